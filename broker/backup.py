@@ -1,0 +1,258 @@
+"""The backup service of a broker: takes partition backups in the background, answers status,
+list and delete for the partitions it leads.
+
+Theory of operation (REFERENCE.md §4)
+-------------------------------------
+When a partition processes ``CHECKPOINT CREATE(id)`` into a new checkpoint, the partition calls
+:meth:`BackupService.checkpoint_created` from its processing task, between two groups. There, in
+well under a millisecond, the service picks the newest snapshot that is entirely before the
+checkpoint, reserves it, pins the log from that snapshot on against compaction and notes the
+segments and their durable sizes (the checkpoint is durable: it was flushed before the effects
+ran). Everything slow happens afterwards in a background task: look for existing copies (a
+COMPLETED one means there is nothing to do; an IN_PROGRESS or FAILED one must not be
+overwritten), then ``store.save`` (manifest IN_PROGRESS, files, re-check, COMPLETED; FAILED on
+any error). The reservation and the pin are released either way.
+
+A broker that starts marks every IN_PROGRESS copy of its partitions FAILED: nothing of it can
+still be running (Zeebe does this only for the latest checkpoint, its issue #41200; we do it for
+all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from storage.backup.api import (
+    Backup,
+    BackupDescriptor,
+    BackupIdentifier,
+    BackupIdentifierWildcard,
+    BackupStatus,
+    BackupStatusCode,
+    BackupStore,
+    FileRef,
+)
+from zeebe_sim import VERSION
+from zeebe_sim.errors import BackupNotConfigured, ZeebeSimError
+from zeebe_sim.ids import BackupId, NodeId, PartitionId
+
+if TYPE_CHECKING:
+    from broker.partition import Partition
+
+log = logging.getLogger(__name__)
+
+CANCELLED_ON_RESTART = "Backup is cancelled due to leader change."
+DELETING = "The backup is going to be deleted."
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def detail(partition_id: int, status: BackupStatus | None) -> dict[str, Any]:
+    """One partition's BackupInfo detail; absent optional fields are omitted (REFERENCE §1)."""
+    if status is None or status.status_code == BackupStatusCode.DOES_NOT_EXIST:
+        return {"partitionId": partition_id, "state": "DOES_NOT_EXIST"}
+    body: dict[str, Any] = {"partitionId": partition_id, "state": status.status_code.name}
+    if status.status_code == BackupStatusCode.FAILED:
+        body["failureReason"] = status.failure_reason or "Unknown reason"
+    if status.created_at is not None:
+        body["createdAt"] = iso(status.created_at)
+    if status.last_modified is not None:
+        body["lastUpdatedAt"] = iso(status.last_modified)
+    descriptor = status.descriptor
+    if descriptor is not None:
+        if descriptor.snapshot_id is not None:
+            body["snapshotId"] = descriptor.snapshot_id
+        if status.status_code != BackupStatusCode.FAILED:
+            body["checkpointPosition"] = descriptor.checkpoint_position
+            body["brokerId"] = status.id.node_id
+            body["brokerVersion"] = descriptor.broker_version
+    return body
+
+
+def best_copy(copies: list[BackupStatus]) -> BackupStatus | None:
+    """Several nodes may hold a copy of one partition's backup: the best state counts."""
+    return max(copies, key=lambda s: (s.status_code, s.last_modified or datetime.min.astimezone()),
+               default=None)
+
+
+class BackupService:
+    def __init__(
+        self, store: BackupStore | None, node_id: int, partition_count: int
+    ) -> None:
+        self.store = store
+        self.node_id = NodeId(node_id)
+        self.partition_count = partition_count
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _require_store(self) -> BackupStore:
+        if self.store is None:
+            raise BackupNotConfigured()
+        return self.store
+
+    async def check(self) -> None:
+        """Fail fast at start-up on a store that cannot work (missing bucket, bad credentials,
+        unreachable endpoint).
+
+        Raises:
+            BackupStoreError: with the reason, in one line.
+        """
+        check = getattr(self.store, "check", None)
+        if check is not None:
+            await check()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self.store is not None:
+            await self.store.close()
+
+    # -- taking backups -----------------------------------------------------------------------
+
+    def checkpoint_created(self, partition: Partition, checkpoint_id: int, position: int) -> None:
+        """Called in the partition's processing task, right after the checkpoint is durable."""
+        if self.store is None:
+            return
+        identifier = BackupIdentifier(
+            self.node_id, PartitionId(partition.partition_id), BackupId(checkpoint_id)
+        )
+        snapshots = partition.snapshots.all()
+        valid = [
+            s
+            for s in snapshots
+            if s.processed_position < position and s.last_followup_event_position < position
+        ]
+        if snapshots and not valid:
+            failure: str | None = (
+                f"Cannot find a snapshot that can be included in the backup {checkpoint_id}. All "
+                f"available snapshots ({', '.join(str(s.id) for s in snapshots)}) have "
+                f"processedPosition or lastFollowupEventPosition >= checkpointPosition {position}"
+            )
+            self._spawn(self._fail(identifier, failure))
+            return
+        snapshot = valid[-1] if valid else None
+        release_snapshot: Callable[[], None] = lambda: None  # noqa: E731
+        if snapshot is not None:
+            release_snapshot = partition.snapshots.reserve(snapshot.id).release
+        floor = snapshot.processed_position + 1 if snapshot is not None else 1
+        partition.hold_log(identifier, floor)
+        segments = {
+            s.path.name: FileRef(s.path, s.size_bytes)
+            for s in partition.log.segments()
+            if s.last_position >= floor
+        }
+        snapshot_files: dict[str, FileRef] = {}
+        if snapshot is not None:
+            for path in sorted(snapshot.directory.iterdir()):
+                snapshot_files[path.name] = FileRef(path, path.stat().st_size)
+            checksum = snapshot.checksum_file
+            snapshot_files[checksum.name] = FileRef(checksum, checksum.stat().st_size)
+        backup = Backup(
+            identifier,
+            BackupDescriptor(
+                snapshot_id=str(snapshot.id) if snapshot is not None else None,
+                checkpoint_position=position,
+                number_of_partitions=self.partition_count,
+                broker_version=VERSION,
+            ),
+            snapshot_files,
+            segments,
+        )
+
+        def release() -> None:
+            release_snapshot()
+            partition.release_log(identifier)
+
+        self._spawn(self._save(backup, release))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fail(self, identifier: BackupIdentifier, reason: str) -> None:
+        try:
+            await self._require_store().mark_failed(identifier, reason)
+        except ZeebeSimError as exc:
+            log.error("cannot mark %s failed: %s", identifier, exc.message)
+
+    async def _save(self, backup: Backup, release: Callable[[], None]) -> None:
+        store = self._require_store()
+        identifier = backup.id
+        try:
+            copies = await self._copies(identifier.partition_id, identifier.checkpoint_id)
+            best = best_copy(copies)
+            if best is not None and best.status_code == BackupStatusCode.COMPLETED:
+                log.info("%s already completed (node %s)", identifier, best.id.node_id)
+                return
+            if best is not None and best.status_code != BackupStatusCode.DOES_NOT_EXIST:
+                # Do not overwrite: an IN_PROGRESS or FAILED copy exists (REFERENCE §4.1).
+                log.warning("%s exists as %s: not taken again", identifier, best.status_code.name)
+                return
+            await store.save(backup)
+            log.info("%s completed", identifier)
+        except ZeebeSimError as exc:
+            log.error("%s failed: %s", identifier, exc.message)
+        finally:
+            release()
+
+    # -- queries ------------------------------------------------------------------------------
+
+    async def _copies(self, partition_id: int, backup_id: int) -> list[BackupStatus]:
+        store = self._require_store()
+        statuses = await store.list(
+            BackupIdentifierWildcard(
+                partition_id=PartitionId(partition_id), checkpoint_prefix=str(backup_id)
+            )
+        )
+        return [s for s in statuses if s.id.checkpoint_id == backup_id]
+
+    async def status(self, partition_id: int, backup_id: int) -> dict[str, Any]:
+        return detail(partition_id, best_copy(await self._copies(partition_id, backup_id)))
+
+    async def list(self, partition_id: int, prefix: str | None) -> list[dict[str, Any]]:
+        store = self._require_store()
+        statuses = await store.list(
+            BackupIdentifierWildcard(partition_id=PartitionId(partition_id), checkpoint_prefix=prefix)
+        )
+        by_id: dict[int, list[BackupStatus]] = {}
+        for status in statuses:
+            by_id.setdefault(status.id.checkpoint_id, []).append(status)
+        return [
+            {"backupId": backup_id, **detail(partition_id, best_copy(copies))}
+            for backup_id, copies in sorted(by_id.items())
+        ]
+
+    async def delete(self, partition_id: int, backup_id: int) -> None:
+        """Delete every copy; an IN_PROGRESS one is marked FAILED first, so that a save still
+        running fails its re-check instead of writing COMPLETED (REFERENCE §4)."""
+        store = self._require_store()
+        for copy in await self._copies(partition_id, backup_id):
+            if copy.status_code == BackupStatusCode.IN_PROGRESS:
+                await store.mark_failed(copy.id, DELETING)
+            await store.delete(copy.id)
+
+    async def fail_in_progress(self, partition_ids: list[int]) -> None:
+        """At start-up: nothing of this partition's backups can still be running."""
+        if self.store is None:
+            return
+        for partition_id in partition_ids:
+            statuses = await self.store.list(
+                BackupIdentifierWildcard(partition_id=PartitionId(partition_id))
+            )
+            for status in statuses:
+                if status.status_code == BackupStatusCode.IN_PROGRESS:
+                    log.warning("marking %s FAILED: the broker restarted", status.id)
+                    await self.store.mark_failed(status.id, CANCELLED_ON_RESTART)

@@ -1,0 +1,258 @@
+"""Event appliers: the only code that changes partition state.
+
+Each applier takes the state and one event and replaces values in the column families; it never
+mutates a stored value in place (see ``state.py``). Live processing and replay after a restart
+run exactly the same appliers, which is what makes state a pure function of the log.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+from broker.engine.state import State
+from broker.records import Record, ValueType
+from zeebe_sim.ids import KEY_LOCAL_MAX
+
+Applier = Callable[[State, Record], None]
+
+
+def sub_key(element_instance_key: int, message_name: str) -> str:
+    return f"{element_instance_key}\0{message_name}"
+
+
+def message_id_key(name: str, correlation_key: str, message_id: str) -> str:
+    return f"{name}\0{correlation_key}\0{message_id}"
+
+
+def correlated_key(message_key: int, bpmn_process_id: str) -> str:
+    return f"{message_key}\0{bpmn_process_id}"
+
+
+def _with(value: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    updated = dict(value)
+    updated.update(changes)
+    return updated
+
+
+# -- deployments ------------------------------------------------------------------------------
+
+
+def _process_created(state: State, event: Record) -> None:
+    value = event.value
+    state.processes[event.key] = value
+    latest = state.latest_process.get(value["bpmnProcessId"])
+    if latest is None or state.processes[latest]["version"] < value["version"]:
+        state.latest_process[value["bpmnProcessId"]] = event.key
+
+
+def _deployment_created(state: State, event: Record) -> None:
+    state.deployments[event.key] = event.value
+
+
+def _distribution_started(state: State, event: Record) -> None:
+    state.distributions[event.key] = tuple(event.value["partitions"])
+
+
+def _distribution_acknowledged(state: State, event: Record) -> None:
+    pending = state.distributions.get(event.key, ())
+    remaining = tuple(p for p in pending if p != event.value["partitionId"])
+    state.distributions[event.key] = remaining
+
+
+def _distribution_finished(state: State, event: Record) -> None:
+    state.distributions.pop(event.key, None)
+
+
+# -- process instances ------------------------------------------------------------------------
+
+
+def _element_activated(state: State, event: Record) -> None:
+    value = event.value
+    if value["bpmnElementType"] == "PROCESS":
+        state.instances[event.key] = {
+            "processInstanceKey": event.key,
+            "processDefinitionKey": value["processDefinitionKey"],
+            "bpmnProcessId": value["bpmnProcessId"],
+            "version": value["version"],
+            "state": "ACTIVE",
+            "variables": value.get("variables", {}),
+            "elementId": None,
+            "elementInstanceKey": None,
+            "startDate": event.timestamp_ms,
+            "endDate": None,
+        }
+        return
+    instance = state.instances[value["processInstanceKey"]]
+    state.instances[value["processInstanceKey"]] = _with(
+        instance, elementId=value["elementId"], elementInstanceKey=event.key
+    )
+
+
+def _element_completed(state: State, event: Record) -> None:
+    value = event.value
+    instance = state.instances[value["processInstanceKey"]]
+    if value["bpmnElementType"] == "PROCESS":
+        state.instances[event.key] = _with(
+            instance, state="COMPLETED", endDate=event.timestamp_ms, elementId=None,
+            elementInstanceKey=None,
+        )
+        return
+    variables = value.get("variables")
+    if variables:
+        instance = _with(instance, variables={**instance["variables"], **variables})
+    state.instances[value["processInstanceKey"]] = _with(
+        instance, elementId=None, elementInstanceKey=None
+    )
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+
+def _job_created(state: State, event: Record) -> None:
+    state.jobs[event.key] = _with(event.value, state="ACTIVATABLE", deadline=-1, worker="")
+    state.activatable_jobs.setdefault(event.value["type"], {})[event.key] = None
+
+
+def _job_batch_activated(state: State, event: Record) -> None:
+    deadline = event.value["deadline"]
+    worker = event.value["worker"]
+    for key in event.value["jobKeys"]:
+        job = state.jobs[key]
+        state.jobs[key] = _with(job, state="ACTIVATED", deadline=deadline, worker=worker)
+        state.activatable_jobs.get(job["type"], {}).pop(key, None)
+        heapq.heappush(state.job_deadlines, (deadline, key))
+
+
+def _job_completed(state: State, event: Record) -> None:
+    job = state.jobs.pop(event.key)
+    state.activatable_jobs.get(job["type"], {}).pop(event.key, None)
+
+
+def _job_timed_out(state: State, event: Record) -> None:
+    job = state.jobs[event.key]
+    state.jobs[event.key] = _with(job, state="ACTIVATABLE", deadline=-1, worker="")
+    state.activatable_jobs.setdefault(job["type"], {})[event.key] = None
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+
+def _message_published(state: State, event: Record) -> None:
+    value = event.value
+    state.messages[event.key] = value
+    if value.get("messageId"):
+        key = message_id_key(value["name"], value["correlationKey"], value["messageId"])
+        state.message_ids[key] = event.key
+    heapq.heappush(state.message_deadlines, (value["deadline"], event.key))
+
+
+def _message_expired(state: State, event: Record) -> None:
+    value = state.messages.pop(event.key, None)
+    if value is not None and value.get("messageId"):
+        state.message_ids.pop(
+            message_id_key(value["name"], value["correlationKey"], value["messageId"]), None
+        )
+    for key in [k for k in state.correlated if k.startswith(f"{event.key}\0")]:
+        del state.correlated[key]
+
+
+def _message_subscription_created(state: State, event: Record) -> None:
+    value = event.value
+    state.message_subscriptions[sub_key(value["elementInstanceKey"], value["messageName"])] = (
+        _with(value, state="OPENED", messageKey=-1)
+    )
+
+
+def _message_subscription_correlating(state: State, event: Record) -> None:
+    value = event.value
+    key = sub_key(value["elementInstanceKey"], value["messageName"])
+    state.message_subscriptions[key] = _with(
+        state.message_subscriptions[key],
+        state="CORRELATING",
+        messageKey=value["messageKey"],
+        variables=value["variables"],
+    )
+    state.correlated[correlated_key(value["messageKey"], value["bpmnProcessId"])] = value[
+        "processInstanceKey"
+    ]
+
+
+def _message_subscription_correlated(state: State, event: Record) -> None:
+    value = event.value
+    state.message_subscriptions.pop(sub_key(value["elementInstanceKey"], value["messageName"]))
+
+
+def _message_subscription_rejected(state: State, event: Record) -> None:
+    value = event.value
+    state.message_subscriptions.pop(
+        sub_key(value["elementInstanceKey"], value["messageName"]), None
+    )
+    state.correlated.pop(correlated_key(value["messageKey"], value["bpmnProcessId"]), None)
+
+
+def _process_subscription_creating(state: State, event: Record) -> None:
+    state.process_subscriptions[event.value["elementInstanceKey"]] = _with(
+        event.value, state="CREATING"
+    )
+
+
+def _process_subscription_created(state: State, event: Record) -> None:
+    key = event.value["elementInstanceKey"]
+    state.process_subscriptions[key] = _with(state.process_subscriptions[key], state="CREATED")
+
+
+def _process_subscription_correlated(state: State, event: Record) -> None:
+    # Kept (not deleted) so that a re-sent CORRELATE for the same message is recognised and
+    # confirmed again instead of being rejected: that is what makes correlation exactly-once
+    # when the confirmation to the message partition is lost.
+    key = event.value["elementInstanceKey"]
+    state.process_subscriptions[key] = _with(
+        state.process_subscriptions[key], state="CORRELATED", messageKey=event.value["messageKey"]
+    )
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+
+def _checkpoint_created(state: State, event: Record) -> None:
+    state.checkpoint_id = event.value["checkpointId"]
+    state.checkpoint_position = event.value["checkpointPosition"]
+
+
+APPLIERS: dict[tuple[str, str], Applier] = {
+    (ValueType.PROCESS, "CREATED"): _process_created,
+    (ValueType.DEPLOYMENT, "CREATED"): _deployment_created,
+    (ValueType.COMMAND_DISTRIBUTION, "STARTED"): _distribution_started,
+    (ValueType.COMMAND_DISTRIBUTION, "ACKNOWLEDGED"): _distribution_acknowledged,
+    (ValueType.COMMAND_DISTRIBUTION, "FINISHED"): _distribution_finished,
+    (ValueType.PROCESS_INSTANCE, "ELEMENT_ACTIVATED"): _element_activated,
+    (ValueType.PROCESS_INSTANCE, "ELEMENT_COMPLETED"): _element_completed,
+    (ValueType.JOB, "CREATED"): _job_created,
+    (ValueType.JOB_BATCH, "ACTIVATED"): _job_batch_activated,
+    (ValueType.JOB, "COMPLETED"): _job_completed,
+    (ValueType.JOB, "TIMED_OUT"): _job_timed_out,
+    (ValueType.MESSAGE, "PUBLISHED"): _message_published,
+    (ValueType.MESSAGE, "EXPIRED"): _message_expired,
+    (ValueType.MESSAGE_SUBSCRIPTION, "CREATED"): _message_subscription_created,
+    (ValueType.MESSAGE_SUBSCRIPTION, "CORRELATING"): _message_subscription_correlating,
+    (ValueType.MESSAGE_SUBSCRIPTION, "CORRELATED"): _message_subscription_correlated,
+    (ValueType.MESSAGE_SUBSCRIPTION, "REJECTED"): _message_subscription_rejected,
+    (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CREATING"): _process_subscription_creating,
+    (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CREATED"): _process_subscription_created,
+    (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CORRELATED"): _process_subscription_correlated,
+    (ValueType.CHECKPOINT, "CREATED"): _checkpoint_created,
+}
+
+
+def apply_event(state: State, event: Record) -> None:
+    """Apply one event; events without an applier (e.g. SEQUENCE_FLOW_TAKEN) change nothing."""
+    # Every key this partition handed out is in some event, so the key generator is derived
+    # from the events too and replay reproduces the same keys.
+    if event.key > 0 and (event.key & KEY_LOCAL_MAX) >= state.next_key_local:
+        if (event.key >> 51) == state.partition_id:
+            state.next_key_local = (event.key & KEY_LOCAL_MAX) + 1
+    applier = APPLIERS.get((event.value_type, event.intent))
+    if applier is not None:
+        applier(state, event)

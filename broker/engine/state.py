@@ -1,0 +1,99 @@
+"""Partition state: what event appliers build and snapshots persist.
+
+Theory of operation
+-------------------
+State is a handful of column families, each a dict from a key to an **immutable** value (a
+value is replaced, never changed in place). That makes a consistent snapshot cheap: a shallow
+copy of each dict, taken between two processing steps, is a frozen view the snapshot writer can
+serialise in the background while processing goes on (REFERENCE.md §2: no long pauses).
+
+Only event appliers (``broker/engine/appliers.py``) change state, so state is a pure function of
+the events in the log. Secondary indexes (jobs by type, subscriptions by name and key) are
+derived: rebuilt from the column families after a snapshot is loaded, never persisted.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping
+from typing import Any
+
+from zeebe_sim.ids import NO_CHECKPOINT
+
+# Column families persisted in snapshots. Values are plain msgpack-able maps.
+COLUMN_FAMILIES = (
+    "processes",  # processDefinitionKey -> process definition (with its model)
+    "latest_process",  # bpmnProcessId -> processDefinitionKey of the newest version
+    "deployments",  # deploymentKey -> the deployment (resources, processes) for distribution
+    "distributions",  # deploymentKey -> partitions that have not acknowledged it yet
+    "instances",  # processInstanceKey -> instance
+    "jobs",  # jobKey -> job
+    "messages",  # messageKey -> buffered message
+    "message_ids",  # "name\0correlationKey\0messageId" -> messageKey, for duplicate rejection
+    "message_subscriptions",  # "elementInstanceKey\0messageName" -> subscription (message side)
+    "process_subscriptions",  # elementInstanceKey -> subscription (process side)
+    "correlated",  # "messageKey\0bpmnProcessId" -> processInstanceKey (a message correlates once)
+)
+
+
+class State:
+    def __init__(self, partition_id: int) -> None:
+        self.partition_id = partition_id
+        self.next_key_local = 1
+        self.checkpoint_id: int = NO_CHECKPOINT
+        self.checkpoint_position: int = -1
+        self.processes: dict[int, dict[str, Any]] = {}
+        self.latest_process: dict[str, int] = {}
+        self.deployments: dict[int, dict[str, Any]] = {}
+        self.distributions: dict[int, tuple[int, ...]] = {}
+        self.instances: dict[int, dict[str, Any]] = {}
+        self.jobs: dict[int, dict[str, Any]] = {}
+        self.messages: dict[int, dict[str, Any]] = {}
+        self.message_ids: dict[str, int] = {}
+        self.message_subscriptions: dict[str, dict[str, Any]] = {}
+        self.process_subscriptions: dict[int, dict[str, Any]] = {}
+        self.correlated: dict[str, int] = {}
+        # Derived indexes, rebuilt by `reindex`.
+        self.activatable_jobs: dict[str, dict[int, None]] = {}  # type -> ordered set of keys
+        # (deadline, key) heaps; entries may be stale (checked against the column family).
+        self.job_deadlines: list[tuple[int, int]] = []
+        self.message_deadlines: list[tuple[int, int]] = []
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def copy_for_snapshot(self) -> dict[str, Any]:
+        """A frozen view of the state, cheap enough to take between two processing steps."""
+        view: dict[str, Any] = {name: dict(getattr(self, name)) for name in COLUMN_FAMILIES}
+        view["meta"] = {
+            "next_key_local": self.next_key_local,
+            "checkpoint_id": self.checkpoint_id,
+            "checkpoint_position": self.checkpoint_position,
+        }
+        return view
+
+    @classmethod
+    def from_snapshot(cls, partition_id: int, view: Mapping[str, Any]) -> State:
+        state = cls(partition_id)
+        meta = view["meta"]
+        state.next_key_local = meta["next_key_local"]
+        state.checkpoint_id = meta["checkpoint_id"]
+        state.checkpoint_position = meta["checkpoint_position"]
+        for name in COLUMN_FAMILIES:
+            loaded = view.get(name, {})
+            if name == "distributions":
+                loaded = {k: tuple(v) for k, v in loaded.items()}
+            setattr(state, name, dict(loaded))
+        state.reindex()
+        return state
+
+    def reindex(self) -> None:
+        self.activatable_jobs = {}
+        self.job_deadlines = []
+        for key, job in self.jobs.items():
+            if job["state"] == "ACTIVATABLE":
+                self.activatable_jobs.setdefault(job["type"], {})[key] = None
+            else:
+                self.job_deadlines.append((job["deadline"], key))
+        self.message_deadlines = [(m["deadline"], key) for key, m in self.messages.items()]
+        heapq.heapify(self.job_deadlines)
+        heapq.heapify(self.message_deadlines)

@@ -1,0 +1,91 @@
+"""One place that maps errors to HTTP: status codes and the two body shapes.
+
+The actuator answers ``{"message": ...}`` (Spring Boot actuator, REFERENCE.md §1); the REST API
+answers Problem Details (``type``, ``title``, ``status``, ``detail``, ``instance``). Handlers
+raise :class:`ZeebeSimError` subclasses and never build error responses themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from zeebe_sim import errors
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[errors.ZeebeSimError], int] = {
+    errors.InvalidArgument: 400,
+    errors.MalformedRequest: 400,
+    errors.NotFound: 404,
+    errors.AlreadyExists: 409,
+    errors.InvalidState: 409,
+    errors.ResourceExhausted: 503,
+    errors.BrokerUnavailable: 502,
+    errors.PartitionLeaderMismatch: 502,
+    errors.RequestTimeout: 504,
+}
+
+# Rejection types written by the engine -> the error they are reported as.
+ERROR_BY_REJECTION: dict[str, type[errors.ZeebeSimError]] = {
+    "INVALID_ARGUMENT": errors.InvalidArgument,
+    "NOT_FOUND": errors.NotFound,
+    "ALREADY_EXISTS": errors.AlreadyExists,
+    "INVALID_STATE": errors.InvalidState,
+    "PROCESSING_ERROR": errors.InternalError,
+}
+
+
+def status_of(error: errors.ZeebeSimError) -> int:
+    for cls in type(error).__mro__:
+        status = STATUS_BY_ERROR.get(cls)  # type: ignore[arg-type]
+        if status is not None:
+            return status
+    return 500
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Body = Callable[[web.Request, int, str, str], dict[str, object]]
+
+
+def _middleware(body: Body, content_type: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except errors.ZeebeSimError as exc:
+            status, title, detail = status_of(exc), exc.code, exc.message
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            status, title, detail = exc.status, exc.reason, exc.text or exc.reason
+            if detail.startswith(f"{exc.status}: "):
+                detail = detail[len(f"{exc.status}: ") :]
+        except Exception:
+            log.exception("request %s %s failed", request.method, request.path)
+            status, title, detail = 500, "INTERNAL_ERROR", "Unexpected error in the gateway"
+        return web.Response(
+            status=status,
+            text=json.dumps(body(request, status, title, detail)),
+            content_type=content_type,
+        )
+
+    return middleware
+
+
+actuator_errors = _middleware(
+    lambda request, status, title, detail: {"message": detail}, "application/json"
+)
+problem_details = _middleware(
+    lambda request, status, title, detail: {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.path,
+    },
+    "application/problem+json",
+)

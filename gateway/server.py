@@ -1,0 +1,50 @@
+"""The gateway process: a broker client and the two HTTP apps (management and REST)."""
+
+from __future__ import annotations
+
+import attrs
+from aiohttp import web
+
+from gateway.actuator import management_app
+from gateway.client import BrokerClient
+from gateway.rest import rest_app
+
+
+@attrs.frozen
+class GatewayConfig:
+    contact_points: tuple[str, ...]
+    host: str = "127.0.0.1"
+    management_port: int = 9600
+    rest_port: int = 8080
+    request_timeout_s: float = 15.0
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.client = BrokerClient(list(config.contact_points), config.request_timeout_s)
+        self._runners: list[web.AppRunner] = []
+        self.management_port = 0
+        self.rest_port = 0
+
+    async def start(self) -> None:
+        await self.client.start()
+        self.management_port = await self._serve(management_app(self.client), self.config.management_port)
+        self.rest_port = await self._serve(rest_app(self.client), self.config.rest_port)
+
+    async def _serve(self, app: web.Application, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, port)
+        await site.start()
+        self._runners.append(runner)
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None)
+        assert sockets
+        return int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        await self.client.stop()

@@ -1,0 +1,45 @@
+"""Backup stores: where partition backups go (in-memory, filesystem, S3) and their manifests.
+
+The interface and its semantics are in :mod:`storage.backup.api`; every store implements it
+through :class:`storage.backup.base.ManifestBackupStore`. The S3 store needs obstore (the ``s3``
+extra) and is imported from :mod:`storage.backup.s3` on demand.
+"""
+
+from storage.backup.api import (
+    Backup,
+    BackupDescriptor,
+    BackupIdentifier,
+    BackupIdentifierWildcard,
+    BackupStatus,
+    BackupStatusCode,
+    BackupStore,
+    FileRef,
+    RestoredBackup,
+)
+from storage.backup.config import (
+    FilesystemStoreConfig,
+    S3StoreConfig,
+    open_store,
+    s3_config_from_env,
+)
+from storage.backup.filesystem import FilesystemBackupStore
+from storage.backup.memory import InMemoryBackupStore, MemoryObjects
+
+__all__ = [
+    "Backup",
+    "BackupDescriptor",
+    "BackupIdentifier",
+    "BackupIdentifierWildcard",
+    "BackupStatus",
+    "BackupStatusCode",
+    "BackupStore",
+    "FileRef",
+    "FilesystemBackupStore",
+    "FilesystemStoreConfig",
+    "InMemoryBackupStore",
+    "MemoryObjects",
+    "RestoredBackup",
+    "S3StoreConfig",
+    "open_store",
+    "s3_config_from_env",
+]

@@ -1,0 +1,200 @@
+"""The backup store interface: what a partition backup is, and what every store must do with it.
+
+A partition backup is identified by (node id, partition id, checkpoint id): the node that took it,
+the partition it belongs to and the checkpoint (= backup) id. Every store (in-memory, filesystem,
+S3) implements :class:`BackupStore` with the same semantics, which are Zeebe's backup-store
+testkit rules and are checked by one contract suite (``tests/backup_store/test_contract.py``):
+
+- ``save`` creates the manifest IN_PROGRESS only if none exists (any existing manifest, whatever
+  its state, is :class:`~zeebe_sim.errors.AlreadyExists`, so a COMPLETED backup is never
+  overwritten), uploads the files, checks that nobody marked the backup FAILED or deleted it
+  meanwhile, and only then writes COMPLETED. On any error it marks the backup FAILED with the
+  error's text and raises :class:`~zeebe_sim.errors.BackupStoreError`.
+- ``get_status`` of an absent backup is a DOES_NOT_EXIST status, never an error.
+- ``delete`` refuses an IN_PROGRESS backup (the caller marks it FAILED first); deleting an absent
+  backup is a no-op.
+- ``mark_failed`` creates a FAILED manifest for an absent backup, fails an IN_PROGRESS one and
+  leaves a COMPLETED one alone.
+- ``restore`` only restores COMPLETED backups, and verifies size and checksum of every file.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import attrs
+
+from zeebe_sim.ids import BackupId, NodeId, PartitionId
+
+
+class BackupStatusCode(enum.IntEnum):
+    """The state of one partition backup copy.
+
+    The numeric order is the "best copy" order of REFERENCE.md §1: when several copies of one
+    partition's backup exist (from different nodes), the greatest one counts.
+    """
+
+    DOES_NOT_EXIST = 0
+    FAILED = 1
+    IN_PROGRESS = 2
+    COMPLETED = 3
+
+
+@attrs.frozen(order=True)
+class BackupIdentifier:
+    """Which partition backup: taken by ``node_id`` of ``partition_id`` at ``checkpoint_id``."""
+
+    node_id: NodeId
+    partition_id: PartitionId
+    checkpoint_id: BackupId
+
+    def __str__(self) -> str:
+        return f"backup {self.checkpoint_id} of partition {self.partition_id} (node {self.node_id})"
+
+
+_DECIMAL_PREFIX = re.compile(r"[0-9]*")
+
+
+def _check_prefix(_: object, __: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and not _DECIMAL_PREFIX.fullmatch(value):
+        raise ValueError(f"checkpoint_prefix must be decimal digits, got {value!r}")
+
+
+@attrs.frozen
+class BackupIdentifierWildcard:
+    """A set of backups: ``None`` matches anything; ``checkpoint_prefix`` matches the checkpoint
+    ids whose decimal form starts with it (``"17"`` matches 17, 170, 1712, ...)."""
+
+    node_id: NodeId | None = None
+    partition_id: PartitionId | None = None
+    checkpoint_prefix: str | None = attrs.field(default=None, validator=_check_prefix)
+
+    def matches(self, id: BackupIdentifier) -> bool:
+        return (
+            (self.node_id is None or id.node_id == self.node_id)
+            and (self.partition_id is None or id.partition_id == self.partition_id)
+            and (
+                self.checkpoint_prefix is None
+                or str(id.checkpoint_id).startswith(self.checkpoint_prefix)
+            )
+        )
+
+
+@attrs.frozen
+class BackupDescriptor:
+    """What a partition backup contains, as Zeebe records it."""
+
+    snapshot_id: str | None
+    checkpoint_position: int
+    number_of_partitions: int
+    broker_version: str
+
+
+@attrs.frozen
+class FileRef:
+    """A file to back up: exactly the first ``size_bytes`` bytes of ``path``.
+
+    Why a size: the active log segment keeps growing while a backup copies it; the backup must
+    hold the bytes that existed when it was taken (up to and past the checkpoint), not whatever
+    the file holds when the upload happens to read it.
+    """
+
+    path: Path
+    size_bytes: int
+
+
+@attrs.frozen
+class Backup:
+    """A partition backup to save. File names are single path components (no ``/``)."""
+
+    id: BackupIdentifier
+    descriptor: BackupDescriptor
+    snapshot_files: dict[str, FileRef]
+    segment_files: dict[str, FileRef]
+
+
+@attrs.frozen
+class BackupStatus:
+    """The state of one partition backup copy in a store. Timestamps are UTC-aware datetimes.
+
+    For DOES_NOT_EXIST every optional field is ``None``. A FAILED backup created by
+    ``mark_failed`` for an absent backup has no descriptor.
+    """
+
+    id: BackupIdentifier
+    status_code: BackupStatusCode
+    descriptor: BackupDescriptor | None = None
+    failure_reason: str | None = None
+    created_at: datetime | None = None
+    last_modified: datetime | None = None
+
+
+@attrs.frozen
+class RestoredBackup:
+    """A backup downloaded and verified into a directory.
+
+    ``snapshot_dir`` is ``<target>/snapshot`` (``None`` for a log-only backup); ``segment_files``
+    are the files under ``<target>/segments``, in the order the backup listed them.
+    """
+
+    id: BackupIdentifier
+    descriptor: BackupDescriptor
+    snapshot_dir: Path | None
+    segment_files: list[Path]
+
+
+class BackupStore(Protocol):
+    """Where partition backups are kept. See the module docstring for the shared semantics."""
+
+    async def save(self, backup: Backup) -> None:
+        """Store ``backup`` and mark it COMPLETED.
+
+        Raises AlreadyExists if a manifest for its id exists in any state, and BackupStoreError
+        for every other failure (after marking the backup FAILED where it is still ours).
+        """
+        ...
+
+    async def get_status(self, id: BackupIdentifier) -> BackupStatus:
+        """The backup's status; DOES_NOT_EXIST if absent. Raises BackupStoreError on I/O."""
+        ...
+
+    async def list(self, wildcard: BackupIdentifierWildcard) -> list[BackupStatus]:
+        """Statuses of every backup matching ``wildcard``, sorted by (checkpoint, partition,
+        node). Raises BackupStoreError on I/O."""
+        ...
+
+    async def delete(self, id: BackupIdentifier) -> None:
+        """Remove the backup and all its files; absent is a no-op.
+
+        Raises InvalidState for an IN_PROGRESS backup, BackupStoreError on I/O.
+        """
+        ...
+
+    async def restore(self, id: BackupIdentifier, target_dir: Path) -> RestoredBackup:
+        """Download a COMPLETED backup into ``target_dir/snapshot`` and ``target_dir/segments``.
+
+        Raises BackupStoreError if the backup is not COMPLETED or on I/O, StorageCorruption if
+        a file is missing or its size or checksum does not match.
+        """
+        ...
+
+    async def mark_failed(self, id: BackupIdentifier, reason: str) -> BackupStatusCode:
+        """Mark the backup FAILED (creating a FAILED manifest if absent); a COMPLETED backup is
+        left alone. Returns the resulting status code. Raises BackupStoreError on I/O."""
+        ...
+
+    async def check(self) -> None:
+        """Verify the store is usable (called at broker start-up).
+
+        Raises BackupStoreError with a one-line reason (missing bucket, bad credentials,
+        unreachable endpoint, unwritable directory).
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release resources; later calls raise BackupStoreError."""
+        ...

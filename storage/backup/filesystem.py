@@ -1,0 +1,419 @@
+"""The filesystem backup store: Zeebe's layout on a local or mounted directory.
+
+Layout (REFERENCE §4)::
+
+    <base>/manifests/<p>/<c>/<n>/manifest.json
+    <base>/contents/<p>/<c>/<n>/snapshot/<file>
+    <base>/contents/<p>/<c>/<n>/segments/<file>
+
+Durability and atomicity, since several broker processes may share one base path and any of
+them may be killed at any instant:
+
+- A manifest is never written in place. It is written to a temp file in its own directory and
+  fsynced; *creation* then hard-links the temp file to ``manifest.json`` (``link`` fails with
+  EEXIST if one exists, so two savers cannot both win and nobody ever sees a half-written
+  manifest), *replacement* renames it over the old one. Then the directory is fsynced so the
+  new name survives a crash. The temp file is removed either way.
+- Compare-and-swap (IN_PROGRESS -> COMPLETED/FAILED, delete) holds an exclusive ``flock`` on the
+  manifest's directory while it reads, compares and renames, so it is atomic across processes.
+  The version compared is a hash of the manifest bytes (every write has a new ``modifiedAt``).
+- Content files are written under their final names and fsynced: a content file is only trusted
+  once a COMPLETED manifest lists it with its size and checksum, so a temp-and-rename dance would
+  buy nothing.
+- Emptied ``<p>`` and ``<c>`` directories are removed, so that ``list`` stays cheap after many
+  deletes; a writer whose parent directory vanishes under it simply creates it again.
+
+All blocking I/O runs in ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final, TypeVar
+
+from storage.backup.api import BackupIdentifier, BackupIdentifierWildcard
+from storage.backup.base import (
+    COMPRESSION_MIN_BYTES,
+    COPY_CHUNK_BYTES,
+    TRANSFER_CONCURRENCY_MAX,
+    Clock,
+    ContentSink,
+    ContentSource,
+    Kind,
+    ManifestBackupStore,
+    ManifestConflict,
+    Version,
+    utc_now,
+)
+from storage.backup.manifest import ZSTD
+from zeebe_sim.errors import BackupStoreError
+from zeebe_sim.ids import BackupId, NodeId, PartitionId
+
+MANIFEST_NAME: Final = "manifest.json"
+_TEMP_PREFIX: Final = ".manifest.json."
+_TEMP_SUFFIX: Final = ".tmp"
+# How often a writer re-creates a directory that a concurrent delete pruned under it.
+_MKDIR_RETRIES_MAX: Final = 5
+_DECIMAL: Final = re.compile(r"[1-9][0-9]*|0")
+
+T = TypeVar("T")
+
+
+class _FilesystemBackend:
+    def __init__(self, base_path: Path, chunk_bytes: int) -> None:
+        self.base = base_path
+        self.manifests = base_path / "manifests"
+        self.contents = base_path / "contents"
+        self.description = f"filesystem backup store at {base_path}"
+        self._chunk_bytes = chunk_bytes
+
+    def manifest_dir(self, id: BackupIdentifier) -> Path:
+        return self.manifests / str(id.partition_id) / str(id.checkpoint_id) / str(id.node_id)
+
+    def content_dir(self, id: BackupIdentifier) -> Path:
+        return self.contents / str(id.partition_id) / str(id.checkpoint_id) / str(id.node_id)
+
+    async def _io(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(fn)
+        except OSError as exc:
+            raise BackupStoreError(
+                f"{what} failed in the {self.description}: {_os_reason(exc)}"
+            ) from exc
+
+    # -- manifests -------------------------------------------------------------------------------
+
+    async def read_manifest(self, id: BackupIdentifier) -> tuple[bytes, Version] | None:
+        path = self.manifest_dir(id) / MANIFEST_NAME
+
+        def read() -> tuple[bytes, Version] | None:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return None
+            return data, _version(data)
+
+        return await self._io(f"Reading the manifest of {id}", read)
+
+    async def create_manifest(self, id: BackupIdentifier, data: bytes) -> Version:
+        directory = self.manifest_dir(id)
+
+        def create() -> Version:
+            for _ in range(_MKDIR_RETRIES_MAX):
+                temp = directory / f"{_TEMP_PREFIX}{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+                try:
+                    _make_dirs_durable(directory)
+                    _write_durable(temp, data)
+                    os.link(temp, directory / MANIFEST_NAME)
+                except FileExistsError:
+                    raise ManifestConflict(str(directory)) from None
+                except FileNotFoundError:
+                    continue  # a concurrent delete removed the directory (or our temp file)
+                finally:
+                    _unlink_quietly(temp)
+                _fsync_dir(directory)
+                return _version(data)
+            raise OSError(errno.ENOENT, "directory keeps disappearing", str(directory))
+
+        return await self._io(f"Creating the manifest of {id}", create)
+
+    async def replace_manifest(
+        self, id: BackupIdentifier, data: bytes, expected: Version
+    ) -> Version:
+        directory = self.manifest_dir(id)
+
+        def replace() -> Version:
+            with _LockedDir(directory) as locked:
+                if not locked:
+                    raise ManifestConflict(str(directory))
+                try:
+                    current = (directory / MANIFEST_NAME).read_bytes()
+                except FileNotFoundError:
+                    raise ManifestConflict(str(directory)) from None
+                if _version(current) != expected:
+                    raise ManifestConflict(str(directory))
+                temp = directory / f"{_TEMP_PREFIX}{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+                try:
+                    _write_durable(temp, data)
+                    os.replace(temp, directory / MANIFEST_NAME)
+                finally:
+                    _unlink_quietly(temp)
+                _fsync_dir(directory)
+                return _version(data)
+
+        return await self._io(f"Updating the manifest of {id}", replace)
+
+    async def delete_manifest(self, id: BackupIdentifier) -> None:
+        directory = self.manifest_dir(id)
+
+        def delete() -> None:
+            with _LockedDir(directory) as locked:
+                if not locked:
+                    return
+                (directory / MANIFEST_NAME).unlink(missing_ok=True)
+                # Temp files left by a creator killed mid-write would keep the directory alive.
+                for entry in os.scandir(directory):
+                    if entry.name.startswith(_TEMP_PREFIX) and entry.name.endswith(_TEMP_SUFFIX):
+                        _unlink_quietly(Path(entry.path))
+                _remove_empty_dirs(directory, stop=self.manifests)
+
+        await self._io(f"Deleting the manifest of {id}", delete)
+
+    async def list_manifests(
+        self, wildcard: BackupIdentifierWildcard
+    ) -> list[tuple[BackupIdentifier, bytes]]:
+        # Walks only the manifest tree, and only the branches the wildcard can match: the
+        # partition and node levels are exact names, the checkpoint level a name prefix.
+        def walk() -> list[tuple[BackupIdentifier, bytes]]:
+            found = []
+            for p in _decimal_entries(self.manifests):
+                if wildcard.partition_id is not None and p != wildcard.partition_id:
+                    continue
+                p_dir = self.manifests / str(p)
+                for c in _decimal_entries(p_dir):
+                    if wildcard.checkpoint_prefix and not str(c).startswith(
+                        wildcard.checkpoint_prefix
+                    ):
+                        continue
+                    c_dir = p_dir / str(c)
+                    for n in _decimal_entries(c_dir):
+                        if wildcard.node_id is not None and n != wildcard.node_id:
+                            continue
+                        try:
+                            data = (c_dir / str(n) / MANIFEST_NAME).read_bytes()
+                        except (FileNotFoundError, NotADirectoryError):
+                            continue  # being created or deleted right now
+                        found.append(
+                            (BackupIdentifier(NodeId(n), PartitionId(p), BackupId(c)), data)
+                        )
+            return found
+
+        return await self._io("Listing backups", walk)
+
+    # -- contents --------------------------------------------------------------------------------
+
+    async def write_content(self, id: BackupIdentifier, source: ContentSource) -> None:
+        directory = self.content_dir(id) / source.kind
+
+        def write() -> None:
+            for _ in range(_MKDIR_RETRIES_MAX):
+                try:
+                    _make_dirs_durable(directory)
+                    f = open(directory / source.name, "wb")
+                except FileNotFoundError:
+                    continue  # pruned by a concurrent delete: create it again
+                with f:
+                    for chunk in source.chunks():
+                        f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+                _fsync_dir(directory)
+                return
+            raise OSError(errno.ENOENT, "directory keeps disappearing", str(directory))
+
+        await self._io(f"Writing {source.kind} file {source.name} of {id}", write)
+
+    async def read_content(
+        self, id: BackupIdentifier, kind: Kind, name: str, sink: ContentSink
+    ) -> None:
+        path = self.content_dir(id) / kind / name
+
+        def read() -> None:
+            try:
+                try:
+                    f = open(path, "rb")
+                except FileNotFoundError:
+                    raise sink.missing() from None
+                with f:
+                    while chunk := f.read(self._chunk_bytes):
+                        sink.write(chunk)
+                sink.finish()
+            except BaseException:
+                sink.abort()
+                raise
+
+        await self._io(f"Reading {kind} file {name} of {id}", read)
+
+    async def delete_contents(self, id: BackupIdentifier) -> None:
+        directory = self.content_dir(id)
+
+        def delete() -> None:
+            # A late upload of a racing save may add files while we remove them (rmtree then
+            # fails with ENOTEMPTY): try again; that save removes its own files too.
+            for attempt in range(_MKDIR_RETRIES_MAX):
+                try:
+                    shutil.rmtree(directory)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.ENOTEMPTY or attempt == _MKDIR_RETRIES_MAX - 1:
+                        raise
+            _fsync_dir_quietly(directory.parent)
+            _remove_empty_dirs(directory.parent, stop=self.contents)
+
+        await self._io(f"Deleting the files of {id}", delete)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        def probe() -> None:
+            for d in (self.manifests, self.contents):
+                _make_dirs_durable(d)
+            probe_file = self.base / f".zeebe-sim-check-{uuid.uuid4().hex}"
+            _write_durable(probe_file, b"ok")
+            probe_file.unlink()
+
+        try:
+            await asyncio.to_thread(probe)
+        except OSError as exc:
+            raise BackupStoreError(
+                f"The {self.description} is not usable: {_os_reason(exc)}"
+            ) from None
+
+    async def close(self) -> None:
+        pass
+
+
+class _LockedDir:
+    """``with _LockedDir(d) as locked``: an exclusive flock on directory ``d``; ``locked`` is
+    False if ``d`` does not exist (or was replaced by another directory while we waited)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._fd: int | None = None
+
+    def __enter__(self) -> bool:
+        try:
+            fd = os.open(self._directory, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return False
+        self._fd = fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # A delete may have removed the directory while we waited for the lock, and a create
+        # may have made a new one under the same name: our lock would not cover that one.
+        try:
+            same = os.stat(self._directory).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        return same
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+
+
+class FilesystemBackupStore(ManifestBackupStore):
+    """A :class:`~storage.backup.api.BackupStore` under ``base_path`` (Zeebe's layout)."""
+
+    def __init__(
+        self,
+        base_path: Path,
+        *,
+        compression: bool = False,
+        compression_min_bytes: int = COMPRESSION_MIN_BYTES,
+        transfer_concurrency_max: int = TRANSFER_CONCURRENCY_MAX,
+        chunk_bytes: int = COPY_CHUNK_BYTES,
+        now: Clock = utc_now,
+    ) -> None:
+        self.base_path = Path(base_path)
+        super().__init__(
+            _FilesystemBackend(self.base_path, chunk_bytes),
+            compression=ZSTD if compression else None,
+            compression_min_bytes=compression_min_bytes,
+            transfer_concurrency_max=transfer_concurrency_max,
+            chunk_bytes=chunk_bytes,
+            now=now,
+        )
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _version(data: bytes) -> Version:
+    return Version(hashlib.sha256(data).hexdigest())
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.filename is not None:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return str(exc)
+
+
+def _decimal_entries(directory: Path) -> list[int]:
+    """Sub-directory names of ``directory`` that are canonical decimal numbers."""
+    try:
+        with os.scandir(directory) as entries:
+            return [int(e.name) for e in entries if _DECIMAL.fullmatch(e.name) and e.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir_quietly(directory: Path) -> None:
+    try:
+        _fsync_dir(directory)
+    except FileNotFoundError:
+        pass
+
+
+def _make_dirs_durable(directory: Path) -> None:
+    """``mkdir -p`` that fsyncs the parent of every directory it creates, so the new entries
+    survive a crash. Raises OSError."""
+    missing = []
+    d = directory
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        _fsync_dir(d.parent)
+
+
+def _remove_empty_dirs(directory: Path, stop: Path) -> None:
+    """Remove ``directory`` and its ancestors below ``stop`` while they are empty."""
+    d = directory
+    while d != stop and stop in d.parents:
+        try:
+            d.rmdir()
+        except OSError:
+            return  # not empty (another backup, or a concurrent create) or already gone
+        _fsync_dir_quietly(d.parent)
+        d = d.parent
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,120 @@
+"""The gateway's pure backup decisions: id parsing, 202/409 and state aggregation."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.backups import (
+    aggregate,
+    aggregate_list,
+    parse_backup_id,
+    parse_path_id,
+    take_backup_outcome,
+)
+from zeebe_sim.errors import AlreadyExists, InvalidArgument
+from zeebe_sim.protocol import TakeBackupResponse
+
+STATES = ["DOES_NOT_EXIST", "FAILED", "IN_PROGRESS", "COMPLETED"]
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(1, 1), ("100", 100), (" 7 ", 7), (2**63 - 1, 2**63 - 1)])
+def test_valid_backup_ids(raw: object, expected: int) -> None:
+    """Positive int64 integers, and numeric strings as in the docs' curl example."""
+    assert parse_backup_id(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [0, -1, 1.5, 100.0, "abc", "", "-5", "1e3", 2**63, True, None, [1], {"a": 1}])
+def test_invalid_backup_ids_are_400(raw: object) -> None:
+    """Zero, negative, fractional, non-numeric, beyond int64, or not a number: InvalidArgument."""
+    with pytest.raises(InvalidArgument, match="A backupId must be provided and it must be > 0"):
+        parse_backup_id(raw)
+
+
+@pytest.mark.parametrize("raw", ["0", "abc", "-1", "9223372036854775808", "1.5"])
+def test_invalid_path_ids(raw: str) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_path_id(raw)
+
+
+def test_202_when_one_created_and_the_highest_id_is_ours() -> None:
+    """A partition that already created the checkpoint (propagated) answers IGNORED: still 202."""
+    take_backup_outcome(5, [TakeBackupResponse(True, 5), TakeBackupResponse(False, 5)])
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [TakeBackupResponse(False, 5), TakeBackupResponse(False, 5)],  # repeated POST
+        [TakeBackupResponse(True, 5), TakeBackupResponse(False, 9)],  # someone is beyond
+        [TakeBackupResponse(False, 9)],
+    ],
+)
+def test_409_otherwise_with_zeebes_message(answers: list[TakeBackupResponse]) -> None:
+    latest = max(a.checkpoint_id for a in answers)
+    with pytest.raises(AlreadyExists) as caught:
+        take_backup_outcome(5, answers)
+    assert caught.value.message == (
+        f"Requested backup has id 5. The latest backup has id {latest}. "
+        "Id of new backups must be higher than the previous one."
+    )
+
+
+def _expected(states: tuple[str, ...]) -> str:
+    if "FAILED" in states:
+        return "FAILED"
+    if "DOES_NOT_EXIST" in states and ({"IN_PROGRESS", "COMPLETED"} & set(states)):
+        return "INCOMPLETE"
+    if "IN_PROGRESS" in states:
+        return "IN_PROGRESS"
+    if set(states) == {"DOES_NOT_EXIST"}:
+        return "DOES_NOT_EXIST"
+    return "COMPLETED"
+
+
+@pytest.mark.parametrize("states", list(itertools.product(STATES, repeat=3)))
+def test_aggregation_over_every_combination_of_three_partitions(states: tuple[str, ...]) -> None:
+    """The ordered rules of REFERENCE §1, for all 64 combinations."""
+    details = [{"partitionId": p, "state": s} for p, s in zip([3, 1, 2], states, strict=True)]
+    info = aggregate(42, details)
+    assert info["state"] == _expected(states)
+    assert [d["partitionId"] for d in info["details"]] == [1, 2, 3]
+    if info["state"] == "FAILED":
+        assert info["failureReason"].startswith("Backup on partition ")
+        assert "Unknown reason" in info["failureReason"]
+    else:
+        assert "failureReason" not in info
+
+
+def test_failure_reason_concatenates_failed_partitions_in_order() -> None:
+    info = aggregate(
+        1,
+        [
+            {"partitionId": 2, "state": "FAILED", "failureReason": "disk full"},
+            {"partitionId": 1, "state": "FAILED", "failureReason": "cancelled"},
+            {"partitionId": 3, "state": "COMPLETED"},
+        ],
+    )
+    assert info["failureReason"] == (
+        "Backup on partition 1 failed due to cancelled. Backup on partition 2 failed due to disk full. "
+    )
+
+
+@given(st.dictionaries(st.integers(1, 50), st.lists(st.sampled_from(STATES[1:]), min_size=1, max_size=3)))
+def test_list_counts_missing_partitions_as_does_not_exist(found: dict[int, list[str]]) -> None:
+    """An id known to only some partitions is never COMPLETED; ids come newest first."""
+    per_partition: list[list[dict[str, object]]] = [[], [], []]
+    for backup_id, states in found.items():
+        for partition, state in enumerate(states, start=1):
+            per_partition[partition - 1].append(
+                {"backupId": backup_id, "partitionId": partition, "state": state, "brokerId": 0}
+            )
+    infos = aggregate_list([1, 2, 3], per_partition)
+    assert [i["backupId"] for i in infos] == sorted(found, reverse=True)
+    for info in infos:
+        states = tuple(found[info["backupId"]]) + ("DOES_NOT_EXIST",) * (3 - len(found[info["backupId"]]))
+        assert info["state"] == _expected(states)
+        assert all("brokerId" not in d for d in info["details"])  # list details are reduced

@@ -1,0 +1,3 @@
+from zeebe_sim.cli import main
+
+main()

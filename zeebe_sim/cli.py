@@ -1,0 +1,282 @@
+"""The ``zeebe-sim`` command line.
+
+Every flag maps to a setting in ``zeebe_sim/config.py`` (which also knows its ``ZEEBE_*``
+environment names and TOML key). Bad configuration prints one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from zeebe_sim import VERSION, config, logs
+from zeebe_sim.errors import ConfigError, ZeebeSimError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CLUSTER_SETTINGS = [
+    "brokers",
+    "partitions",
+    "replication-factor",
+    "data-dir",
+    "host",
+    "broker-port",
+    "snapshot-period",
+    "segment-size",
+    "retry-initial",
+    "retry-max",
+    *config.BACKUP_SETTINGS,
+    "unsafe-no-checkpoint-propagation",
+    "log-level",
+]
+GATEWAY_SETTINGS = ["host", "management-port", "rest-port", "request-timeout", "log-level"]
+
+
+def options(*names: str) -> Callable[[F], F]:
+    """Click options for settings; defaults stay None so that precedence can be applied."""
+
+    def decorate(fn: F) -> F:
+        for name in reversed(names):
+            setting = config.SETTINGS[name]
+            default = setting.default
+            shown = f" [default: {default}]" if default not in (None, False) else ""
+            env = f" [env: {', '.join(setting.env)}]" if setting.env else ""
+            if setting.parse is config._bool:
+                fn = click.option(f"--{name}", is_flag=True, default=None, help=setting.help + env)(fn)
+            elif name == "contact-point":
+                fn = click.option(f"--{name}", multiple=True, help=setting.help + env)(fn)
+            else:
+                fn = click.option(f"--{name}", default=None, help=setting.help + shown + env)(fn)
+        return click.option(
+            "--config",
+            "config_file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="TOML file with settings (keys are the flag names)",
+        )(fn)
+
+    return decorate
+
+
+def resolve(names: list[str], kwargs: dict[str, Any]) -> dict[str, Any]:
+    flags = {k.replace("_", "-"): v for k, v in kwargs.items() if k != "config_file"}
+    flags = {k: v for k, v in flags.items() if v not in (None, ())}
+    toml = config.load_toml(kwargs.get("config_file"))
+    return config.resolve(names, flags, os.environ, toml)
+
+
+def fail(message: str) -> None:
+    click.echo(f"zeebe-sim: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(VERSION, prog_name="zeebe-sim")
+def main() -> None:
+    """A simulated multi-broker Zeebe cluster whose backups behave like the real thing."""
+
+
+def _run(coro: Any) -> None:
+    try:
+        asyncio.run(coro)
+    except ConfigError as exc:
+        fail(exc.message)
+    except ZeebeSimError as exc:
+        click.echo(f"zeebe-sim: {exc.message}", err=True)
+        sys.exit(1)
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def broker_flags(values: dict[str, Any]) -> list[str]:
+    """The flags that carry cluster settings from ``up`` to each broker process."""
+    flags = [
+        "--snapshot-period", f"{values['snapshot-period']}s",
+        "--segment-size", str(values["segment-size"]),
+        "--retry-initial", f"{values['retry-initial']}s",
+        "--retry-max", f"{values['retry-max']}s",
+        "--log-level", values["log-level"],
+    ]
+    for name in config.BACKUP_SETTINGS:
+        value = values[name]
+        if value is True:
+            flags.append(f"--{name}")
+        elif value not in (None, False):
+            flags += [f"--{name}", f"{value}s" if name == "s3-api-call-timeout" else str(value)]
+    if values["unsafe-no-checkpoint-propagation"]:
+        flags.append("--unsafe-no-checkpoint-propagation")
+    return flags
+
+
+@main.command()
+@options(*CLUSTER_SETTINGS, "management-port", "rest-port", "request-timeout")
+def up(**kwargs: Any) -> None:
+    """Run a whole local cluster (brokers + gateway) in the foreground until Ctrl-C."""
+    try:
+        values = resolve([*CLUSTER_SETTINGS, "management-port", "rest-port", "request-timeout"], kwargs)
+    except ConfigError as exc:
+        fail(exc.message)
+    from zeebe_sim.cluster import ClusterError, ClusterSpec, LocalCluster, ManagedProcess
+
+    logs.setup("up", values["log-level"])
+    if values["unsafe-no-checkpoint-propagation"]:
+        click.secho(
+            "WARNING: --unsafe-no-checkpoint-propagation is set: backups may not be consistent",
+            fg="red", err=True,
+        )
+    spec = ClusterSpec(
+        brokers=values["brokers"],
+        partitions=values["partitions"],
+        data_dir=values["data-dir"],
+        host=values["host"],
+        broker_port=values["broker-port"],
+        management_port=values["management-port"],
+        rest_port=values["rest-port"],
+        broker_args=broker_flags(values),
+        gateway_args=["--request-timeout", f"{values['request-timeout']}s", "--log-level", values["log-level"]],
+    )
+
+    def died(process: ManagedProcess, code: int) -> None:
+        click.secho(
+            f"\n!!! {process.name} (pid {process.pid}) exited unexpectedly with code {code}. "
+            "Its partitions are unavailable until the cluster is restarted. !!!\n",
+            fg="red", bold=True, err=True,
+        )
+
+    async def run() -> None:
+        click.echo(f"Starting {spec.brokers} brokers and a gateway, data in {spec.data_dir} ...")
+        cluster = LocalCluster(spec, on_exit=died)
+        try:
+            async with cluster:
+                click.echo(
+                    f"zeebe-sim is up: {spec.brokers} brokers, {spec.partitions} partitions\n"
+                    f"  management (actuator): {cluster.management_url}/actuator/health\n"
+                    f"  REST API:              {cluster.rest_url}/v2/topology\n"
+                    + "".join(
+                        f"  broker {n}:              {cluster.broker_address(n)}\n"
+                        for n in sorted(cluster.brokers)
+                    )
+                    + f"  backups:               {values['backup-store']}\n"
+                    "Press Ctrl-C to stop."
+                )
+                await _until_signal()
+                click.echo("Stopping ...")
+        except ClusterError as exc:
+            click.secho(f"zeebe-sim: {exc}", fg="red", err=True)
+            sys.exit(1)
+
+    _run(run())
+
+
+@main.command()
+@options("node-id", *CLUSTER_SETTINGS, "contact-point")
+@click.option("--exact-port", type=int, default=None, hidden=True)
+def broker(exact_port: int | None, **kwargs: Any) -> None:
+    """Run one broker process (for clusters spread over hosts)."""
+    try:
+        values = resolve(["node-id", *CLUSTER_SETTINGS, "contact-point"], kwargs)
+    except ConfigError as exc:
+        fail(exc.message)
+    contact = kwargs.get("contact_point") or ()
+    if not contact and values["contact-point"]:
+        contact = tuple(values["contact-point"].split(","))
+    if values["node-id"] >= values["brokers"]:
+        fail(f"--node-id: {values['node-id']} is not below the cluster size {values['brokers']}")
+    from broker.partition import PartitionConfig
+    from broker.server import Broker, BrokerConfig
+    from zeebe_sim.cluster import announce_ready
+
+    logs.setup(f"broker-{values['node-id']}", values["log-level"])
+    if values["unsafe-no-checkpoint-propagation"]:
+        click.secho(
+            f"WARNING: broker {values['node-id']}: checkpoint propagation is OFF "
+            "(--unsafe-no-checkpoint-propagation): backups may not be a consistent cut",
+            fg="red", err=True,
+        )
+    # Broker n listens on --broker-port + 10*n (0: any free port). The launcher restarts a
+    # broker that had an OS-chosen port on exactly that port, so its peers find it again.
+    try:
+        store_config = config.backup_store_config(values)
+    except ConfigError as exc:
+        fail(exc.message)
+    port = values["broker-port"] and values["broker-port"] + 10 * values["node-id"]
+    if exact_port is not None:
+        port = exact_port
+    broker_config = BrokerConfig(
+        node_id=values["node-id"],
+        cluster_size=values["brokers"],
+        partition_count=values["partitions"],
+        data_dir=values["data-dir"],
+        host=values["host"],
+        port=port,
+        contact_points=tuple(contact),
+        backup_store=store_config,
+        partition=PartitionConfig(
+            snapshot_period_s=values["snapshot-period"],
+            segment_bytes_max=values["segment-size"],
+            retry_initial_s=values["retry-initial"],
+            retry_max_s=values["retry-max"],
+            checkpoint_propagation=not values["unsafe-no-checkpoint-propagation"],
+        ),
+    )
+
+    async def run() -> None:
+        node = Broker(broker_config)
+        await node.start()
+        announce_ready(node_id=node.node_id, address=node.address)
+        try:
+            await _until_signal()
+        finally:
+            await node.stop()
+
+    _run(run())
+
+
+@main.command()
+@options(*GATEWAY_SETTINGS, "contact-point")
+def gateway(**kwargs: Any) -> None:
+    """Run the gateway process (actuator on the management port, REST API)."""
+    try:
+        values = resolve([*GATEWAY_SETTINGS, "contact-point"], kwargs)
+    except ConfigError as exc:
+        fail(exc.message)
+    contact = kwargs.get("contact_point") or ()
+    if not contact and values["contact-point"]:
+        contact = tuple(values["contact-point"].split(","))
+    if not contact:
+        fail("--contact-point: at least one broker address (host:port) is needed")
+    from gateway.server import Gateway, GatewayConfig
+    from zeebe_sim.cluster import announce_ready
+
+    logs.setup("gateway", values["log-level"])
+    gateway_config = GatewayConfig(
+        contact_points=tuple(contact),
+        host=values["host"],
+        management_port=values["management-port"],
+        rest_port=values["rest-port"],
+        request_timeout_s=values["request-timeout"],
+    )
+
+    async def run() -> None:
+        node = Gateway(gateway_config)
+        await node.start()
+        announce_ready(management_port=node.management_port, rest_port=node.rest_port)
+        try:
+            await _until_signal()
+        finally:
+            await node.stop()
+
+    _run(run())

@@ -1,0 +1,231 @@
+"""Starting real broker and gateway processes: ``zeebe-sim up`` and the test harness.
+
+Each process is ``python -m zeebe_sim broker|gateway ...``. When it is listening it prints one
+line ``ZEEBE_SIM_READY {json}`` on stdout with the ports it really bound (so port 0 works); its
+logs go to stderr. Broker 0 starts first; the others use it as their contact point, and the
+gateway gets every broker as a contact point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+
+READY_MARKER = "ZEEBE_SIM_READY "
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+
+class ClusterError(Exception):
+    pass
+
+
+def announce_ready(**fields: Any) -> None:
+    """Tell the launcher this process is listening (one line on stdout)."""
+    sys.stdout.write(READY_MARKER + json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+@attrs.define
+class ManagedProcess:
+    name: str
+    args: list[str]
+    process: asyncio.subprocess.Process
+    ready: dict[str, Any]
+    expected_exit: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+async def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
+    """Start ``python -m zeebe_sim ARGS`` and wait for its ready line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "zeebe_sim",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=None,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,  # Ctrl-C in a terminal reaches the launcher only
+    )
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(STARTUP_TIMEOUT_S):
+            while True:
+                line = await process.stdout.readline()
+                if not line:
+                    code = await process.wait()
+                    raise ClusterError(f"{name} exited with code {code} before it was ready")
+                text = line.decode(errors="replace")
+                if text.startswith(READY_MARKER):
+                    return ManagedProcess(name, args, process, json.loads(text[len(READY_MARKER):]))
+    except TimeoutError as exc:
+        process.kill()
+        raise ClusterError(f"{name} was not ready within {STARTUP_TIMEOUT_S:g}s") from exc
+
+
+@attrs.define
+class ClusterSpec:
+    brokers: int = 3
+    partitions: int = 3
+    data_dir: Path = Path("./zeebe-data")
+    host: str = "127.0.0.1"
+    broker_port: int = 26501
+    management_port: int = 9600
+    rest_port: int = 8080
+    # further flags passed to every broker / to the gateway, e.g. ["--snapshot-period", "1s"]
+    broker_args: list[str] = attrs.Factory(list)
+    gateway_args: list[str] = attrs.Factory(list)
+    env: dict[str, str] = attrs.Factory(dict)
+
+
+class LocalCluster:
+    """A cluster of real processes on this machine; ``async with`` starts and stops it."""
+
+    def __init__(self, spec: ClusterSpec, on_exit: Callable[[ManagedProcess, int], None] | None = None):
+        self.spec = spec
+        self.brokers: dict[int, ManagedProcess] = {}
+        self.gateway: ManagedProcess | None = None
+        self._on_exit = on_exit
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    # -- addresses ----------------------------------------------------------------------------
+
+    def broker_address(self, node: int) -> str:
+        return str(self.brokers[node].ready["address"])
+
+    @property
+    def management_url(self) -> str:
+        assert self.gateway is not None
+        return f"http://{self.spec.host}:{self.gateway.ready['management_port']}"
+
+    @property
+    def rest_url(self) -> str:
+        assert self.gateway is not None
+        return f"http://{self.spec.host}:{self.gateway.ready['rest_port']}"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> LocalCluster:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def _broker_args(self, node: int, exact_port: int | None) -> list[str]:
+        spec = self.spec
+        args = [
+            "broker",
+            "--node-id", str(node),
+            "--brokers", str(spec.brokers),
+            "--partitions", str(spec.partitions),
+            "--data-dir", str(spec.data_dir),
+            "--host", spec.host,
+            "--broker-port", str(spec.broker_port),
+            *spec.broker_args,
+        ]
+        if exact_port is not None:
+            args += ["--exact-port", str(exact_port)]
+        if node != 0:
+            args += ["--contact-point", self.broker_address(0)]
+        return args
+
+    async def start(self) -> None:
+        spec = self.spec
+        for node in range(spec.brokers):
+            await self.start_broker(node)
+        contact_points = [a for n in sorted(self.brokers) for a in ("--contact-point", self.broker_address(n))]
+        self.gateway = await spawn(
+            "gateway",
+            [
+                "gateway",
+                "--host", spec.host,
+                "--management-port", str(spec.management_port),
+                "--rest-port", str(spec.rest_port),
+                *contact_points,
+                *spec.gateway_args,
+            ],
+            spec.env,
+        )
+        self._watch(self.gateway)
+        await self.wait_ready()
+
+    async def start_broker(self, node: int) -> ManagedProcess:
+        """Start broker ``node``; a restart reuses the port it had, so peers find it again."""
+        port = None
+        if node in self.brokers:
+            port = int(self.broker_address(node).rpartition(":")[2])
+        managed = await spawn(f"broker {node}", self._broker_args(node, port), self.spec.env)
+        self.brokers[node] = managed
+        self._watch(managed)
+        return managed
+
+    async def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Poll the gateway's readiness until every partition has a leader."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        async with aiohttp.ClientSession() as session:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{self.management_url}/actuator/health/readiness") as r:
+                        if r.status == 200:
+                            return
+                if loop.time() > deadline:
+                    raise ClusterError(f"partitions had no leader within {timeout_s:g}s")
+                await asyncio.sleep(0.05)
+
+    def _watch(self, managed: ManagedProcess) -> None:
+        async def watch() -> None:
+            code = await managed.process.wait()
+            if not managed.expected_exit and self._on_exit is not None:
+                self._on_exit(managed, code)
+
+        task = asyncio.get_running_loop().create_task(watch())
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    def kill_broker(self, node: int, sig: int = signal.SIGKILL) -> None:
+        managed = self.brokers[node]
+        managed.expected_exit = True
+        managed.process.send_signal(sig)
+
+    async def wait_exit(self, managed: ManagedProcess) -> int:
+        return await managed.process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM everything (gateway first), SIGKILL what has not exited in time."""
+        processes = [p for p in [self.gateway, *self.brokers.values()] if p is not None]
+        for managed in processes:
+            managed.expected_exit = True
+            if managed.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    managed.process.terminate()
+        for managed in processes:
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await managed.process.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    managed.process.kill()
+                await managed.process.wait()
+        for task in list(self._watchers):
+            task.cancel()

@@ -1,0 +1,252 @@
+"""Configuration: every setting once, with its flag, its Zeebe environment names and a parser.
+
+Precedence: command-line flags > environment (``ZEEBE_*`` names users know from Zeebe) > TOML
+file (``--config``, keys are the flag names without dashes' leading ``--``) > defaults. A bad
+value is a :class:`ConfigError` naming the setting; the CLI prints it on one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from zeebe_sim.errors import ConfigError
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h)?)$")
+_ISO_DURATION = re.compile(
+    r"^PT(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$", re.IGNORECASE
+)
+
+
+def parse_duration_s(text: str) -> float:
+    """Seconds from ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ISO-8601 ``"PT5M"`` or a plain
+    number of seconds."""
+    text = str(text).strip()
+    iso = _ISO_DURATION.match(text)
+    if iso and any(iso.groups()):
+        hours, minutes, seconds = (float(g) if g else 0.0 for g in iso.groups())
+        return hours * 3600 + minutes * 60 + seconds
+    plain = _DURATION.match(text)
+    if not plain:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 500ms or PT5M)")
+    number = float(plain.group(1))
+    return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[plain.group(2)]
+
+
+def _int(low: int, high: int = 1 << 31) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected a whole number")
+        number = int(str(value).strip())
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return number
+
+    return parse
+
+
+def _port(value: Any) -> int:
+    return _int(0, 65535)(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _duration(value: Any) -> float:
+    seconds = parse_duration_s(str(value))
+    if seconds <= 0:
+        raise ValueError("must be positive")
+    return seconds
+
+
+def _path(value: Any) -> Path:
+    return Path(str(value)).expanduser()
+
+
+def _text(value: Any) -> str:
+    return str(value)
+
+
+@attrs.frozen
+class Setting:
+    name: str  # the flag without its dashes, also the TOML key
+    parse: Callable[[Any], Any]
+    default: Any
+    env: tuple[str, ...] = ()
+    help: str = ""
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting("brokers", _int(1, 64), 3, ("ZEEBE_BROKER_CLUSTER_CLUSTERSIZE",),
+                "number of broker processes"),
+        Setting("partitions", _int(1, 128), 3, ("ZEEBE_BROKER_CLUSTER_PARTITIONSCOUNT",),
+                "number of partitions"),
+        Setting("replication-factor", _int(1, 64), 1, ("ZEEBE_BROKER_CLUSTER_REPLICATIONFACTOR",),
+                "replication factor (only 1 is supported)"),
+        Setting("node-id", _int(0, 63), 0, ("ZEEBE_BROKER_CLUSTER_NODEID",), "this broker's id"),
+        Setting("data-dir", _path, Path("./zeebe-data"), ("ZEEBE_BROKER_DATA_DIRECTORY",),
+                "where brokers keep their partitions"),
+        Setting("host", _text, "127.0.0.1", ("ZEEBE_BROKER_NETWORK_HOST",),
+                "address to listen on"),
+        Setting("broker-port", _port, 26501, ("ZEEBE_BROKER_NETWORK_COMMANDAPI_PORT",),
+                "broker n listens on this + 10*n (0: any free port)"),
+        Setting("management-port", _port, 9600, ("ZEEBE_GATEWAY_MONITORING_PORT",),
+                "gateway management/actuator port (0: any free port)"),
+        Setting("rest-port", _port, 8080, ("ZEEBE_GATEWAY_REST_PORT",),
+                "gateway REST API port (0: any free port)"),
+        Setting("contact-point", _text, None, ("ZEEBE_GATEWAY_CLUSTER_INITIALCONTACTPOINTS",),
+                "host:port of a broker to learn the cluster from"),
+        Setting("request-timeout", _duration, 15.0, ("ZEEBE_GATEWAY_CLUSTER_REQUESTTIMEOUT",),
+                "gateway request timeout"),
+        Setting("snapshot-period", _duration, 300.0, ("ZEEBE_BROKER_DATA_SNAPSHOTPERIOD",),
+                "how often partitions take a snapshot"),
+        Setting("segment-size", _int(4096, 1 << 30), 64 * 1024 * 1024,
+                ("ZEEBE_BROKER_DATA_LOGSEGMENTSIZE",), "log segment size in bytes"),
+        Setting("retry-initial", _duration, 10.0, (),
+                "first retry delay of inter-partition commands (doubles up to retry-max)"),
+        Setting("retry-max", _duration, 300.0, (), "longest retry delay"),
+        Setting("backup-store", _choice("filesystem", "s3", "none"), "filesystem",
+                ("ZEEBE_BROKER_DATA_BACKUP_STORE",), "where backups go"),
+        Setting("backup-dir", _path, None, ("ZEEBE_BROKER_DATA_BACKUP_FILESYSTEM_BASEPATH",),
+                "filesystem backup store base path (default <data-dir>/backups)"),
+        Setting("backup-compression", _bool, False, (),
+                "zstd-compress large backup files (filesystem store)"),
+        Setting("s3-bucket-name", _text, None, ("ZEEBE_BROKER_DATA_BACKUP_S3_BUCKETNAME",),
+                "S3 store: bucket"),
+        Setting("s3-endpoint", _text, None, ("ZEEBE_BROKER_DATA_BACKUP_S3_ENDPOINT",),
+                "S3 store: endpoint URL (unset: AWS)"),
+        Setting("s3-region", _text, None, ("ZEEBE_BROKER_DATA_BACKUP_S3_REGION",),
+                "S3 store: region"),
+        Setting("s3-access-key", _text, None, ("ZEEBE_BROKER_DATA_BACKUP_S3_ACCESSKEY",),
+                "S3 store: access key (unset: AWS default credentials)"),
+        Setting("s3-secret-key", _text, None, ("ZEEBE_BROKER_DATA_BACKUP_S3_SECRETKEY",),
+                "S3 store: secret key"),
+        Setting("s3-base-path", _text, None, ("ZEEBE_BROKER_DATA_BACKUP_S3_BASEPATH",),
+                "S3 store: key prefix"),
+        Setting("s3-compression", _choice("zstd", "none"), "none",
+                ("ZEEBE_BROKER_DATA_BACKUP_S3_COMPRESSION",), "S3 store: zstd or none"),
+        Setting("s3-force-path-style-access", _bool, False,
+                ("ZEEBE_BROKER_DATA_BACKUP_S3_FORCEPATHSTYLEACCESS",),
+                "S3 store: path-style URLs (needed by most S3-compatible servers)"),
+        Setting("s3-api-call-timeout", _duration, 180.0,
+                ("ZEEBE_BROKER_DATA_BACKUP_S3_APICALLTIMEOUT",),
+                "S3 store: bound on every S3 call"),
+        Setting("unsafe-no-checkpoint-propagation", _bool, False, (),
+                "UNSAFE, for teaching: do not carry checkpoint ids on inter-partition commands"),
+        Setting("log-level", _choice("debug", "info", "warning", "error"), "warning",
+                ("ZEEBE_LOG_LEVEL",), "log level"),
+    )
+}
+
+
+def load_toml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from exc
+
+
+def resolve(
+    names: list[str],
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    toml: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The value of each named setting, by precedence flags > env > TOML > default.
+
+    Raises:
+        ConfigError: a value does not parse; the message names the setting and its source.
+    """
+    unknown = set(toml) - set(SETTINGS)
+    if unknown:
+        raise ConfigError(f"config: unknown setting(s) {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for name in names:
+        setting = SETTINGS[name]
+        source, raw = "default", setting.default
+        if flags.get(name) is not None:
+            source, raw = f"--{name}", flags[name]
+        elif any(e in env for e in setting.env):
+            var = next(e for e in setting.env if e in env)
+            source, raw = var, env[var]
+        elif name in toml:
+            source, raw = f"{name} (config file)", toml[name]
+        if raw is None:
+            values[name] = None
+            continue
+        try:
+            values[name] = setting.parse(raw)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{source}: invalid value {raw!r}: {exc}") from exc
+    if values.get("replication-factor", 1) != 1:
+        raise ConfigError(
+            "replication-factor: only 1 is supported (replication and leader election are not "
+            "built yet)"
+        )
+    return values
+
+
+S3_SETTINGS = [name for name in SETTINGS if name.startswith("s3-")]
+BACKUP_SETTINGS = ["backup-store", "backup-dir", "backup-compression", *S3_SETTINGS]
+
+
+def backup_store_config(values: Mapping[str, Any]) -> Any:
+    """The broker's backup store configuration from resolved settings (None: no store).
+
+    Raises:
+        ConfigError: the S3 store is chosen without a bucket.
+    """
+    from storage.backup.config import FilesystemStoreConfig, S3StoreConfig
+
+    store = values["backup-store"]
+    if store == "none":
+        return None
+    if store == "filesystem":
+        base = values["backup-dir"] or Path(values["data-dir"]) / "backups"
+        return FilesystemStoreConfig(base_path=base, compression=values["backup-compression"])
+    if not values["s3-bucket-name"]:
+        raise ConfigError(
+            "s3-bucket-name: the S3 backup store needs a bucket "
+            "(--s3-bucket-name or ZEEBE_BROKER_DATA_BACKUP_S3_BUCKETNAME)"
+        )
+    return S3StoreConfig(
+        bucket_name=values["s3-bucket-name"],
+        endpoint=values["s3-endpoint"],
+        region=values["s3-region"],
+        access_key=values["s3-access-key"],
+        secret_key=values["s3-secret-key"],
+        base_path=(values["s3-base-path"] or "").strip("/") or None,
+        compression=None if values["s3-compression"] == "none" else "zstd",
+        force_path_style_access=values["s3-force-path-style-access"],
+        api_call_timeout_s=values["s3-api-call-timeout"],
+    )

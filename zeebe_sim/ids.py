@@ -1,0 +1,43 @@
+"""Typed ids, so that a swapped argument is a type error, and Zeebe's key encoding."""
+
+from __future__ import annotations
+
+from typing import NewType
+
+PartitionId = NewType("PartitionId", int)
+NodeId = NewType("NodeId", int)
+Position = NewType("Position", int)
+BackupId = NewType("BackupId", int)
+Key = NewType("Key", int)
+
+# Zeebe keys carry their partition in the top bits: key = (partitionId << 51) + n. Key-based
+# requests (job completion, instance lookup) are routed by `key >> 51`.
+KEY_PARTITION_SHIFT = 51
+KEY_LOCAL_MAX = (1 << KEY_PARTITION_SHIFT) - 1
+
+# The checkpoint id a partition has before its first checkpoint (Zeebe: NO_CHECKPOINT = -1).
+NO_CHECKPOINT = BackupId(-1)
+
+
+def encode_key(partition_id: PartitionId, local: int) -> Key:
+    assert 0 <= local <= KEY_LOCAL_MAX, local
+    return Key((partition_id << KEY_PARTITION_SHIFT) + local)
+
+
+def partition_of_key(key: int) -> PartitionId:
+    return PartitionId(key >> KEY_PARTITION_SHIFT)
+
+
+def broker_of_partition(partition_id: PartitionId, cluster_size: int) -> NodeId:
+    """Round-robin assignment: partition p (1-based) lives on broker (p-1) % N."""
+    return NodeId((partition_id - 1) % cluster_size)
+
+
+def partitions_of_broker(
+    node_id: NodeId, cluster_size: int, partition_count: int
+) -> list[PartitionId]:
+    return [
+        PartitionId(p)
+        for p in range(1, partition_count + 1)
+        if broker_of_partition(PartitionId(p), cluster_size) == node_id
+    ]

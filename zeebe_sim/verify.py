@@ -1,0 +1,292 @@
+"""Cross-partition consistency checks over partitions' logs and snapshots (DESIGN.md invariants).
+
+Theory of operation
+-------------------
+Each check collects *facts* per partition (from the events in its log and from its snapshot's
+state, which stands for the events compacted away) and looks for an effect on one partition
+whose cause is missing on the partition that must have sent it: an *orphan receive*. In a cut
+taken with checkpoint propagation that cannot happen (REFERENCE.md §3); without it, a command
+sent after the sender's checkpoint can be received before the receiver's, and the restored
+cluster holds an effect without its cause.
+
+When the sender's log no longer starts at position 1 and its snapshot does not show the cause,
+the cause may simply have been compacted away; such a case is counted as *unverifiable*, not
+reported as a violation.
+
+The pure part (:func:`check`) takes :class:`PartitionData`; :func:`load_data_dir` reads a
+stopped cluster's data directory without changing a byte of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from broker.records import Record, RecordType, ValueType
+
+
+@attrs.frozen
+class PartitionData:
+    partition_id: int
+    records: list[Record]
+    snapshot_state: dict[str, Any] | None = None
+    first_position: int = 1  # of the log on disk; > 1 when compacted
+
+    @property
+    def log_complete(self) -> bool:
+        return self.first_position <= 1
+
+
+@attrs.frozen
+class Violation:
+    invariant: str
+    partition_id: int
+    detail: str
+
+
+@attrs.define
+class Report:
+    partitions: int = 0
+    records: int = 0
+    checks: int = 0
+    unverifiable: int = 0
+    checkpoint: int | None = None
+    violations: list[Violation] = attrs.Factory(list)
+    notes: list[str] = attrs.Factory(list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def render(self) -> str:
+        lines = [
+            f"Checked {self.partitions} partitions, {self.records} records, "
+            f"{self.checks} cross-partition effects"
+            + (f", cut at checkpoint {self.checkpoint}" if self.checkpoint is not None else "")
+            + "."
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        if self.unverifiable:
+            lines.append(
+                f"note: {self.unverifiable} effects could not be verified (their cause may have "
+                "been compacted away on the sender)"
+            )
+        if self.ok:
+            lines.append("OK: every invariant holds.")
+        else:
+            lines.append(f"FAILED: {len(self.violations)} violation(s):")
+            lines += [
+                f"  [{v.invariant}] partition {v.partition_id}: {v.detail}"
+                for v in self.violations
+            ]
+        return "\n".join(lines)
+
+
+@attrs.define
+class _Facts:
+    deployments: set[int] = attrs.Factory(set)
+    processes: set[int] = attrs.Factory(set)
+    # element instance keys whose process-side subscription was opened (CREATING written)
+    opening: set[int] = attrs.Factory(set)
+    # element instance keys with a message-side subscription
+    message_subscriptions: set[int] = attrs.Factory(set)
+    # (element instance key, message key) correlations started on the message side
+    correlating: set[tuple[int, int]] = attrs.Factory(set)
+    # (element instance key, message key) correlated on the process side
+    correlated: set[tuple[int, int]] = attrs.Factory(set)
+    # (element instance key, message key) correlations the process side rejected
+    rejected: set[tuple[int, int]] = attrs.Factory(set)
+
+
+def _facts(data: PartitionData) -> _Facts:
+    facts = _Facts()
+    state = data.snapshot_state or {}
+    facts.deployments.update(int(k) for k in state.get("deployments", {}))
+    facts.processes.update(int(k) for k in state.get("processes", {}))
+    for key, sub in state.get("process_subscriptions", {}).items():
+        facts.opening.add(int(key))
+        if sub.get("state") == "CORRELATED":
+            facts.correlated.add((int(key), sub["messageKey"]))
+    for sub in state.get("message_subscriptions", {}).values():
+        facts.message_subscriptions.add(sub["elementInstanceKey"])
+        if sub.get("state") == "CORRELATING":
+            facts.correlating.add((sub["elementInstanceKey"], sub["messageKey"]))
+    for record in data.records:
+        value, kind = record.value, (record.value_type, record.intent)
+        if record.record_type == RecordType.COMMAND_REJECTION:
+            if kind == (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CORRELATE"):
+                facts.rejected.add((value["elementInstanceKey"], value["messageKey"]))
+            continue
+        if record.record_type != RecordType.EVENT:
+            continue
+        if kind == (ValueType.DEPLOYMENT, "CREATED"):
+            facts.deployments.add(record.key)
+        elif kind == (ValueType.PROCESS, "CREATED"):
+            facts.processes.add(record.key)
+        elif kind == (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CREATING"):
+            facts.opening.add(value["elementInstanceKey"])
+        elif kind == (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CORRELATED"):
+            facts.correlated.add((value["elementInstanceKey"], value["messageKey"]))
+        elif kind == (ValueType.MESSAGE_SUBSCRIPTION, "CREATED"):
+            facts.message_subscriptions.add(value["elementInstanceKey"])
+        elif kind == (ValueType.MESSAGE_SUBSCRIPTION, "CORRELATING"):
+            facts.correlating.add((value["elementInstanceKey"], value["messageKey"]))
+    return facts
+
+
+def _effects(data: PartitionData) -> Iterable[tuple[str, int, Any, str]]:
+    """(kind, sender partition, cause, description) for every received effect in the log."""
+    for record in data.records:
+        if record.record_type != RecordType.EVENT:
+            continue
+        value, kind = record.value, (record.value_type, record.intent)
+        if kind == (ValueType.DEPLOYMENT, "CREATED") and data.partition_id != 1:
+            yield "deployments", 1, record.key, f"deployment {record.key} distributed here"
+        elif kind == (ValueType.COMMAND_DISTRIBUTION, "ACKNOWLEDGED"):
+            yield (
+                "deployments",
+                value["partitionId"],
+                record.key,
+                f"acknowledgement of deployment {record.key} by partition {value['partitionId']}",
+            )
+        elif kind == (ValueType.MESSAGE_SUBSCRIPTION, "CREATED"):
+            yield (
+                "opening",
+                value["processInstanceKey"] >> 51,
+                value["elementInstanceKey"],
+                f"message subscription for element {value['elementInstanceKey']}",
+            )
+        elif kind == (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CREATED"):
+            yield (
+                "message_subscriptions",
+                value["messagePartitionId"],
+                value["elementInstanceKey"],
+                f"acknowledged subscription of element {value['elementInstanceKey']}",
+            )
+        elif kind == (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CORRELATED"):
+            pair = (value["elementInstanceKey"], value["messageKey"])
+            yield (
+                "correlating",
+                value["messagePartitionId"],
+                pair,
+                f"correlation of message {pair[1]} to element {pair[0]}",
+            )
+        elif kind == (ValueType.MESSAGE_SUBSCRIPTION, "CORRELATED"):
+            pair = (value["elementInstanceKey"], value["messageKey"])
+            yield (
+                "correlated",
+                value["processInstanceKey"] >> 51,
+                pair,
+                f"confirmed correlation of message {pair[1]} to element {pair[0]}",
+            )
+        elif kind == (ValueType.MESSAGE_SUBSCRIPTION, "REJECTED"):
+            pair = (value["elementInstanceKey"], value["messageKey"])
+            yield (
+                "rejected",
+                value["processInstanceKey"] >> 51,
+                pair,
+                f"rejected correlation of message {pair[1]} to element {pair[0]}",
+            )
+
+
+def check(partitions: list[PartitionData]) -> Report:
+    """Check every invariant that can be checked on these partitions."""
+    report = Report(partitions=len(partitions))
+    by_id = {p.partition_id: p for p in partitions}
+    facts = {p.partition_id: _facts(p) for p in partitions}
+    report.records = sum(len(p.records) for p in partitions)
+    _check_cut(partitions, report)
+
+    for data in partitions:
+        for kind, sender, cause, description in _effects(data):
+            report.checks += 1
+            if sender == data.partition_id or sender not in by_id:
+                continue
+            if cause in getattr(facts[sender], kind):
+                continue
+            if not by_id[sender].log_complete:
+                report.unverifiable += 1
+                continue
+            report.violations.append(
+                Violation(
+                    "no orphan receive",
+                    data.partition_id,
+                    f"{description}, but partition {sender} has no record of sending it",
+                )
+            )
+
+    if 1 in facts:
+        for partition_id, partition_facts in facts.items():
+            extra = partition_facts.processes - facts[1].processes
+            if partition_id != 1 and extra:
+                report.violations.append(
+                    Violation(
+                        "deployments",
+                        partition_id,
+                        f"process definitions {sorted(extra)} are not on partition 1",
+                    )
+                )
+    return report
+
+
+def _check_cut(partitions: list[PartitionData], report: Report) -> None:
+    """Restored clusters: every log ends with CHECKPOINT CREATE of one and the same id."""
+    ends: dict[int, int | None] = {}
+    for data in partitions:
+        last = data.records[-1] if data.records else None
+        is_checkpoint = (
+            last is not None
+            and last.record_type == RecordType.COMMAND
+            and (last.value_type, last.intent) == (ValueType.CHECKPOINT, "CREATE")
+        )
+        ends[data.partition_id] = last.value["checkpointId"] if last and is_checkpoint else None
+    ids = {i for i in ends.values() if i is not None}
+    if not ids:
+        report.notes.append(
+            "no log ends at a checkpoint: not a freshly restored cluster, the cut was not checked"
+        )
+        return
+    if len(ids) == 1 and None not in ends.values():
+        report.checkpoint = ids.pop()
+        return
+    for partition_id, checkpoint in sorted(ends.items()):
+        report.violations.append(
+            Violation(
+                "same cut",
+                partition_id,
+                "log does not end with a checkpoint"
+                if checkpoint is None
+                else f"log ends with checkpoint {checkpoint}",
+            )
+        )
+
+
+def load_data_dir(data_dir: Path) -> list[PartitionData]:
+    """Read every partition found under ``<data-dir>/broker-*/partitions/*``, read-only.
+
+    Raises:
+        FileNotFoundError: no partition directory was found.
+    """
+    from broker.partition import read_records, read_snapshot_state
+    from storage.log import SegmentedLog
+    from storage.snapshots import SnapshotStore
+
+    found: list[PartitionData] = []
+    for directory in sorted(data_dir.glob("broker-*/partitions/*")):
+        if not directory.name.isdigit():
+            continue
+        log = SegmentedLog.open(directory / "log", read_only=True)
+        try:
+            snapshot = SnapshotStore.open(directory / "snapshots", read_only=True).latest()
+            state = read_snapshot_state(snapshot) if snapshot is not None else None
+            # All the log there is: events before the snapshot are facts too.
+            records = list(read_records(log, 1))
+            found.append(PartitionData(int(directory.name), records, state, log.first_position or 1))
+        finally:
+            log.close()
+    if not found:
+        raise FileNotFoundError(f"no partitions under {data_dir}/broker-*/partitions/")
+    return sorted(found, key=lambda p: p.partition_id)
