@@ -70,6 +70,7 @@ class BackupApiError(BackupClientError):
 class GatewayUnreachable(BackupClientError):
     """No connection to the management port, or no answer within the request timeout."""
 
+
 class MalformedAnswer(BackupClientError):
     """The gateway answered 2xx with something that is not the API's JSON."""
 
@@ -310,9 +311,7 @@ class BackupClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> BackupClient:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._timeout_s)
-        )
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_s))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -335,9 +334,8 @@ class BackupClient:
                 try:
                     return response.status, json.loads(payload)
                 except ValueError as exc:
-                    raise MalformedAnswer(
-                        f"unexpected answer from the gateway: {_clip(payload.decode(errors='replace'))}"
-                    ) from exc
+                    text = _clip(payload.decode(errors="replace"))
+                    raise MalformedAnswer(f"unexpected answer from the gateway: {text}") from exc
         except TimeoutError as exc:
             raise GatewayUnreachable(
                 f"no answer from the gateway at {self.base_url} within {self._timeout_s:g}s"

@@ -28,37 +28,29 @@ T = TypeVar("T")
 BACKUP_ID_MAX = 2**63 - 1
 
 
-class Duration(click.ParamType):
+def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float | None:
     """A positive duration: ``30s``, ``5m``, ``500ms``, ``PT5M`` or plain seconds."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            seconds = float(value)
-        else:
-            try:
-                seconds = parse_duration_s(value)
-            except ValueError as exc:
-                self.fail(str(exc), param, ctx)
-        if seconds <= 0:
-            self.fail(f"{value!r} is not a positive duration", param, ctx)
-        return seconds
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration_s(str(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+    if seconds <= 0:
+        raise click.BadParameter(f"{value!r} is not a positive duration", ctx, param)
+    return seconds
 
 
-class IdPrefix(click.ParamType):
+def _id_prefix(ctx: click.Context, param: click.Parameter, value: Any) -> str:
     """The digits a backup id starts with; a trailing ``*`` (as in the API path) is allowed."""
-
-    name = "prefix"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value).strip().removesuffix("*")
-        if text and not text.isdigit():
-            self.fail(f"{value!r} is not a backup id prefix (digits, e.g. 17)", param, ctx)
-        return text
+    text = str(value or "").strip().removesuffix("*")
+    if text and not text.isdigit():
+        raise click.BadParameter(
+            f"{value!r} is not a backup id prefix (digits, e.g. 17)", ctx, param
+        )
+    return text
 
 
-DURATION = Duration()
 BACKUP_ID = click.IntRange(min=1, max=BACKUP_ID_MAX)
 
 
@@ -91,10 +83,10 @@ def _stdout() -> Console:
 )
 @click.option(
     "--duration",
-    type=DURATION,
+    callback=_duration,
+    metavar="DURATION",
     default=None,
-    help="stop starting after this long, e.g. 30s or 5m "
-    "[default: 30s unless --instances is given]",
+    help="stop starting after this long, e.g. 30s or 5m [default: 30s unless --instances is given]",
 )
 @click.option(
     "--instances", type=click.IntRange(min=1), default=None, help="stop after this many starts"
@@ -111,7 +103,8 @@ def _stdout() -> Console:
 )
 @click.option(
     "--completion-timeout",
-    type=DURATION,
+    callback=_duration,
+    metavar="DURATION",
     default=f"{workload.DEFAULT_COMPLETION_TIMEOUT_S:g}s",
     show_default=True,
     help="an instance not completed this long after its start counts as not completed",
@@ -173,14 +166,16 @@ def _backup_options(fn: F) -> F:
 def _wait_options(fn: F) -> F:
     fn = click.option(
         "--poll-interval",
-        type=DURATION,
+        callback=_duration,
+        metavar="DURATION",
         default=f"{bc.DEFAULT_POLL_INTERVAL_S:g}s",
         show_default=True,
         help="time between status polls while waiting",
     )(fn)
     return click.option(
         "--timeout",
-        type=DURATION,
+        callback=_duration,
+        metavar="DURATION",
         default=f"{bc.DEFAULT_WAIT_TIMEOUT_S:g}s",
         show_default=True,
         help="give up waiting after this long (exit 1)",
@@ -241,7 +236,8 @@ def backup() -> None:
 @_wait_options
 @click.option(
     "--incomplete-grace",
-    type=DURATION,
+    callback=_duration,
+    metavar="DURATION",
     default=f"{bc.DEFAULT_INCOMPLETE_GRACE_S:g}s",
     show_default=True,
     help="with --wait: how long INCOMPLETE may last before it counts as failed",
@@ -291,7 +287,9 @@ def take(
     _finish_wait(backup_id_, result, timeout, as_json)
 
 
-def _finish_wait(backup_id: BackupId, result: bc.WaitResult, timeout_s: float, as_json: bool) -> None:
+def _finish_wait(
+    backup_id: BackupId, result: bc.WaitResult, timeout_s: float, as_json: bool
+) -> None:
     if as_json:
         _print_json(result.raw)
     elif result.info is not None:
@@ -300,11 +298,15 @@ def _finish_wait(backup_id: BackupId, result: bc.WaitResult, timeout_s: float, a
         sys.exit(0)
     if result.verdict is bc.Verdict.FAILED:
         state = result.info.state if result.info else "FAILED"
-        reason = f": {result.info.failure_reason}" if result.info and result.info.failure_reason else ""
+        reason = (
+            f": {result.info.failure_reason}" if result.info and result.info.failure_reason else ""
+        )
         _fail(f"backup {backup_id} is {state}{reason}")
     last = result.info.state if result.info else "not visible"
     retrying = f"; last error: {result.last_error}" if result.last_error else ""
-    _fail(f"backup {backup_id} did not complete within {timeout_s:g}s (last state: {last}{retrying})")
+    _fail(
+        f"backup {backup_id} did not complete within {timeout_s:g}s (last state: {last}{retrying})"
+    )
 
 
 @backup.command("status")
@@ -329,7 +331,7 @@ def status(backup_id: int, management_url: str, as_json: bool) -> None:
 
 
 @backup.command("list")
-@click.argument("prefix", required=False, default="", type=IdPrefix())
+@click.argument("prefix", required=False, default="", callback=_id_prefix)
 @_backup_options
 def list_(prefix: str, management_url: str, as_json: bool) -> None:
     """List backups, newest first; with PREFIX only ids starting with those digits."""
@@ -360,7 +362,12 @@ def list_(prefix: str, management_url: str, as_json: bool) -> None:
 @_wait_options
 @_backup_options
 def delete(
-    backup_id: int, wait: bool, timeout: float, poll_interval: float, management_url: str, as_json: bool
+    backup_id: int,
+    wait: bool,
+    timeout: float,
+    poll_interval: float,
+    management_url: str,
+    as_json: bool,
 ) -> None:
     """Delete backup ID (succeeds also when it does not exist)."""
     backup_id_ = BackupId(backup_id)
@@ -392,4 +399,4 @@ def delete(
     elif result is not None:
         click.echo(f"Backup {backup_id_} deleted; its status is now 404.")
     else:
-        click.echo(f"Backup {backup_id_} deletion requested (the API answers 204 even if it never existed).")
+        click.echo(f"Backup {backup_id_} deleted (the API answers the same if it never existed).")

@@ -280,7 +280,9 @@ def load_data_dir(data_dir: Path) -> list[PartitionData]:
             continue
         log = SegmentedLog.open(directory / "log", read_only=True)
         try:
-            snapshot = SnapshotStore.open(directory / "snapshots", read_only=True).latest()
+            snapshot = None
+            if (directory / "snapshots").is_dir():
+                snapshot = SnapshotStore.open(directory / "snapshots", read_only=True).latest()
             state = read_snapshot_state(snapshot) if snapshot is not None else None
             # All the log there is: events before the snapshot are facts too.
             records = list(read_records(log, 1))

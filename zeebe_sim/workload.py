@@ -383,7 +383,7 @@ def demo_bpmn() -> bytes:
 class Reporter(Protocol):
     def update(self, view: ProgressView) -> None: ...
 
-    def close(self, view: ProgressView) -> None: ...
+    def close(self, view: ProgressView | None) -> None: ...
 
 
 class PlainReporter:
@@ -401,8 +401,9 @@ class PlainReporter:
             self._last_s = view.elapsed_s
             self._emit(f"[{view.elapsed_s:6.1f}s] {progress_line(view)}")
 
-    def close(self, view: ProgressView) -> None:
-        self._emit(f"[{view.elapsed_s:6.1f}s] {progress_line(view)}")
+    def close(self, view: ProgressView | None) -> None:
+        if view is not None:
+            self._emit(f"[{view.elapsed_s:6.1f}s] {progress_line(view)}")
 
 
 class RichReporter:
@@ -418,17 +419,24 @@ class RichReporter:
             TextColumn("{task.fields[line]}"),
             console=console,
         )
-        self._task = self._progress.add_task("load", total=None, line="deploying")
-        self._progress.start()
+        self._task = self._progress.add_task("load", total=None, line="")
+        self._started = False
 
     def update(self, view: ProgressView) -> None:
+        # Started on the first update, so that a run that never begins leaves no refresh thread.
+        if not self._started:
+            self._progress.start()
+            self._started = True
         self._progress.update(
             self._task, total=view.planned, completed=view.completed, line=progress_line(view)
         )
 
-    def close(self, view: ProgressView) -> None:
-        self.update(view)
-        self._progress.stop()
+    def close(self, view: ProgressView | None) -> None:
+        if view is not None:
+            self.update(view)
+        if self._started:
+            self._progress.stop()
+            self._started = False
 
 
 def default_reporter() -> Reporter:
@@ -700,6 +708,19 @@ class _Run:
         finally:
             self.completions.release()
 
+    async def drive(self, reporter: Reporter | None) -> None:
+        """Start, work and wait until every instance task has ended."""
+        async with asyncio.TaskGroup() as background:
+            worker = background.create_task(self.work_jobs())
+            report = background.create_task(self.report(reporter)) if reporter else None
+            async with asyncio.TaskGroup() as instances:
+                await self.start_all(instances)
+            # Every instance has ended (completed, failed or past its deadline): nothing is left
+            # for the worker, and the last frame is drawn by the caller.
+            worker.cancel()
+            if report is not None:
+                report.cancel()
+
     def view(self) -> ProgressView:
         return progress_view(self.stats, self.schedule, self.elapsed_s())
 
@@ -726,6 +747,7 @@ async def run_load(
         except (NotImplementedError, RuntimeError):  # not the main thread, or not Unix
             handle_sigint = False
     connections_max = settings.concurrency + POLLS_IN_FLIGHT_MAX + JOB_COMPLETIONS_IN_FLIGHT_MAX
+    run: _Run | None = None
     try:
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
@@ -738,25 +760,14 @@ async def run_load(
                 raise LoadError(
                     f"cannot deploy {PROCESS_ID} at {settings.rest_url}: {exc.kind}"
                 ) from exc
-            return await _drive(settings, api, stop, reporter)
+            # The clock starts after the deployment: rates and latencies are about instances.
+            run = _Run(settings, api, stop)
+            await run.drive(reporter)
+            return summarize(
+                run.stats, settings.rate_per_s, run.elapsed_s(), interrupted=stop.is_set()
+            )
     finally:
+        if reporter is not None:
+            reporter.close(None if run is None else run.view())
         if handle_sigint:
             loop.remove_signal_handler(signal.SIGINT)
-
-
-async def _drive(
-    settings: LoadSettings, api: RestApi, stop: asyncio.Event, reporter: Reporter | None
-) -> LoadSummary:
-    run = _Run(settings, api, stop)
-    async with asyncio.TaskGroup() as background:
-        worker = background.create_task(run.work_jobs())
-        report = background.create_task(run.report(reporter)) if reporter else None
-        async with asyncio.TaskGroup() as instances:
-            await run.start_all(instances)
-        # Every instance task has ended (completed, failed or past its deadline).
-        worker.cancel()
-        if report is not None:
-            report.cancel()
-    if reporter is not None:
-        reporter.close(run.view())
-    return summarize(run.stats, settings.rate_per_s, run.elapsed_s(), interrupted=stop.is_set())

@@ -13,10 +13,12 @@ relative to it.
   streams as a multipart upload with ``multipart_part_bytes`` parts, at most
   ``PART_CONCURRENCY_MAX`` parts in flight per file and ``transfer_concurrency_max`` files at a
   time, so memory stays below about files x (parts + 1) x part size.
-- **Deadlines.** Every S3 request is bounded twice: in obstore (per-request ``timeout``, retries
-  stop after ``retry_timeout``; both = ``api_call_timeout_s``) and by ``asyncio.timeout`` around
-  each awaited call, so an unreachable or hanging endpoint fails an operation within the
-  timeout instead of hanging the broker. Streams are bounded per page/chunk.
+- **Deadlines.** ``api_call_timeout_s`` (Zeebe's ``apiCallTimeout``: one API call, retries
+  included) is enforced by ``asyncio.timeout`` around each awaited call, so an unreachable or
+  hanging endpoint fails an operation within it instead of hanging the broker; streams are
+  bounded per page/chunk. Inside, obstore's per-request ``timeout`` is the same, and it stops
+  retrying after ``RETRY_SHARE`` of it, so that a refused connection surfaces as "cannot
+  connect" rather than as a bare timeout.
 - **Listing** pages through ``ListObjectsV2`` (1,000 keys per page) under the narrowest prefix
   the wildcard allows; a checkpoint-id prefix starts the listing right at it (``start-after``)
   and stops at the first key past it (S3 lists keys in UTF-8 binary order). Only manifests are
@@ -78,6 +80,8 @@ PART_CONCURRENCY_MAX: Final = 2
 # Connecting never needs long; a dead endpoint should fail fast and be retried.
 CONNECT_TIMEOUT_MAX_S: Final = 10.0
 RETRIES_MAX: Final = 10
+# obstore stops retrying after this share of the API call timeout (see "Deadlines").
+RETRY_SHARE: Final = 0.75
 # Rounds of list-and-delete before giving up on a prefix that keeps getting new objects.
 DELETE_ROUNDS_MAX: Final = 3
 DEFAULT_REGION: Final = "us-east-1"
@@ -107,21 +111,20 @@ class _S3Backend:
         self.description = f"S3 backup store {where}" + (
             f" at {config.endpoint}" if config.endpoint else ""
         )
-        timeout = timedelta(seconds=config.api_call_timeout_s)
+        timeout_s = config.api_call_timeout_s
         client_options: ClientConfig = {
-            "timeout": timeout,
-            "connect_timeout": timedelta(
-                seconds=min(config.api_call_timeout_s, CONNECT_TIMEOUT_MAX_S)
-            ),
+            "timeout": timedelta(seconds=timeout_s),
+            "connect_timeout": timedelta(seconds=min(timeout_s / 2, CONNECT_TIMEOUT_MAX_S)),
         }
         if config.endpoint is not None and config.endpoint.startswith("http://"):
             client_options["allow_http"] = True
         retry_config: RetryConfig = {
             "max_retries": RETRIES_MAX,
-            "retry_timeout": timeout,
+            # The last retry starts before RETRY_SHARE + 1/8 of the deadline has passed.
+            "retry_timeout": timedelta(seconds=timeout_s * RETRY_SHARE),
             "backoff": {
                 "init_backoff": timedelta(milliseconds=100),
-                "max_backoff": timedelta(seconds=min(15.0, config.api_call_timeout_s / 4)),
+                "max_backoff": timedelta(seconds=min(15.0, timeout_s / 8)),
                 "base": 2,
             },
         }
@@ -179,8 +182,7 @@ class _S3Backend:
                 " secret key and the bucket's permissions"
             )
         if "error sending request" in text or "Connect" in text or "dns error" in text:
-            endpoint = self._config.endpoint or "the S3 endpoint"
-            return f"cannot connect to {endpoint}"
+            return "cannot connect to the endpoint"
         if code is not None:
             return f"S3 error {code}: {_first_line(exc)}"
         return _first_line(exc)

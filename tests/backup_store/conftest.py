@@ -50,7 +50,9 @@ def s3_kit(moto_endpoint: str, s3_bucket: str) -> S3Kit:
 
 
 @pytest.fixture(params=["memory", "filesystem", "s3"])
-async def kit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StoreKit]:
+async def kit(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[StoreKit]:
     """Each store in turn, on a fresh medium."""
     kit: StoreKit
     if request.param == "memory":

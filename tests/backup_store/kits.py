@@ -207,9 +207,7 @@ class FilesystemKit(StoreKit):
         return FilesystemBackupStore(self.base, compression=compression, **options)
 
     def manifest_path(self, id: BackupIdentifier) -> str:
-        return (
-            f"manifests/{id.partition_id}/{id.checkpoint_id}/{id.node_id}/manifest.json"
-        )
+        return f"manifests/{id.partition_id}/{id.checkpoint_id}/{id.node_id}/manifest.json"
 
     def content_path(self, id: BackupIdentifier, kind: str, name: str) -> str:
         return f"contents/{id.partition_id}/{id.checkpoint_id}/{id.node_id}/{kind}/{name}"
@@ -395,7 +393,8 @@ class TcpProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        assert self._server is not None
+        if self._server is None:
+            return
         self._server.close()
         for writer in self._writers:
             writer.transport.abort()

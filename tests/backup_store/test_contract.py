@@ -98,7 +98,9 @@ async def test_completed_backup_is_never_overwritten(kit: StoreKit, tmp_path: Pa
     assert restored.segment_files[0].read_bytes() == payload(2000, seed=1)
 
 
-async def test_concurrent_saves_of_one_id_let_exactly_one_win(kit: StoreKit, tmp_path: Path) -> None:
+async def test_concurrent_saves_of_one_id_let_exactly_one_win(
+    kit: StoreKit, tmp_path: Path
+) -> None:
     """Two saves racing for one id: one completes, the other gets AlreadyExists."""
     store_a, store_b = kit.open(), kit.open()
     id = bid()
@@ -188,7 +190,9 @@ async def test_list_by_wildcard(kit: StoreKit, tmp_path: Path) -> None:
     await asyncio.gather(*(store.mark_failed(id, "made for listing") for id in ids[1:]))
     await store.save(small_backup(tmp_path, ids[0]))
 
-    def expect(node: int | None, partition: int | None, prefix: str | None) -> list[tuple[int, ...]]:
+    def expect(
+        node: int | None, partition: int | None, prefix: str | None
+    ) -> list[tuple[int, ...]]:
         chosen = [
             id
             for id in ids
@@ -242,7 +246,19 @@ async def test_list_many_backups(kit: StoreKit) -> None:
     narrow = await store.list(
         BackupIdentifierWildcard(partition_id=PartitionId(2), checkpoint_prefix="11")
     )
-    assert [s.id.checkpoint_id for s in narrow] == [11, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119]
+    assert [s.id.checkpoint_id for s in narrow] == [
+        11,
+        110,
+        111,
+        112,
+        113,
+        114,
+        115,
+        116,
+        117,
+        118,
+        119,
+    ]
 
 
 # -- delete ---------------------------------------------------------------------------------------
@@ -417,7 +433,9 @@ async def test_restore_round_trip_is_byte_identical(
         assert stored == segments["2.log"]
 
 
-async def test_restore_of_log_only_backup_has_no_snapshot_dir(kit: StoreKit, tmp_path: Path) -> None:
+async def test_restore_of_log_only_backup_has_no_snapshot_dir(
+    kit: StoreKit, tmp_path: Path
+) -> None:
     """A backup without a snapshot restores only segments; snapshot_dir is None."""
     store = kit.open()
     id = bid()
@@ -505,7 +523,12 @@ async def test_manifest_records_checksums_sizes_and_compression(
         {"name": "tiny", "size": 3, "crc32c": google_crc32c.value(b"abc")}
     ]
     assert doc["segments"]["files"] == [
-        {"name": "1.log", "size": len(big), "crc32c": google_crc32c.value(big), "compression": "zstd"}
+        {
+            "name": "1.log",
+            "size": len(big),
+            "crc32c": google_crc32c.value(big),
+            "compression": "zstd",
+        }
     ]
     assert doc["createdAt"].endswith("Z") and doc["modifiedAt"].endswith("Z")
     assert "failureReason" not in doc

@@ -1,0 +1,167 @@
+"""A test harness: start a real cluster from pytest and drive it over HTTP.
+
+    async with running_cluster(tmp_path) as cluster:
+        api = cluster.api
+        await api.deploy(Path("examples/demo-process.bpmn"))
+        key = await api.create_instance("demo-process", {"correlationKey": "k"})
+        cluster.kill_broker(1)                    # SIGKILL, mid-whatever
+        await cluster.start_broker(1)             # same data, same port
+
+Every port is chosen by the OS, so tests can run side by side. Nothing here sleeps to wait for
+a condition: :func:`eventually` polls one with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+
+from zeebe_sim.cluster import ClusterSpec, LocalCluster
+
+T = TypeVar("T")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class ClusterApi:
+    """Thin client of the gateway's REST API (port 8080) and actuator (port 9600)."""
+
+    def __init__(self, session: aiohttp.ClientSession, rest_url: str, management_url: str):
+        self.session = session
+        self.rest_url = rest_url
+        self.management_url = management_url
+
+    async def call(
+        self, method: str, url: str, *, json: Any = None, data: Any = None, ok: tuple[int, ...] = (200, 202, 204)
+    ) -> Any:
+        async with self.session.request(method, url, json=json, data=data) as response:
+            body = await response.json(content_type=None) if response.status != 204 else None
+            if response.status not in ok:
+                raise ApiError(response.status, body)
+            return body
+
+    async def deploy(self, bpmn: Path | bytes, name: str = "process.bpmn") -> dict[str, Any]:
+        content = bpmn.read_bytes() if isinstance(bpmn, Path) else bpmn
+        form = aiohttp.FormData()
+        form.add_field("resources", content, filename=bpmn.name if isinstance(bpmn, Path) else name)
+        result: dict[str, Any] = await self.call("POST", f"{self.rest_url}/v2/deployments", data=form)
+        return result
+
+    async def create_instance(self, process_id: str, variables: dict[str, Any] | None = None) -> int:
+        body = await self.call(
+            "POST",
+            f"{self.rest_url}/v2/process-instances",
+            json={"processDefinitionId": process_id, "variables": variables or {}},
+        )
+        return int(body["processInstanceKey"])
+
+    async def get_instance(self, key: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("GET", f"{self.rest_url}/v2/process-instances/{key}")
+        return result
+
+    async def activate_jobs(self, job_type: str, max_jobs: int = 100, timeout_ms: int = 60_000) -> list[dict[str, Any]]:
+        body = await self.call(
+            "POST",
+            f"{self.rest_url}/v2/jobs/activation",
+            json={"type": job_type, "maxJobsToActivate": max_jobs, "timeout": timeout_ms, "worker": "harness"},
+        )
+        jobs: list[dict[str, Any]] = body["jobs"]
+        return jobs
+
+    async def complete_job(self, job_key: int | str, variables: dict[str, Any] | None = None) -> None:
+        await self.call(
+            "POST", f"{self.rest_url}/v2/jobs/{job_key}/completion", json={"variables": variables or {}}
+        )
+
+    async def publish(
+        self, name: str, correlation_key: str, ttl_ms: int = 60_000, variables: dict[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> int:
+        body: dict[str, Any] = {
+            "name": name, "correlationKey": correlation_key, "timeToLive": ttl_ms, "variables": variables or {},
+        }
+        if message_id is not None:
+            body["messageId"] = message_id
+        result = await self.call("POST", f"{self.rest_url}/v2/messages/publication", json=body)
+        return int(result["messageKey"])
+
+    async def take_backup(self, backup_id: int | str) -> Any:
+        return await self.call("POST", f"{self.management_url}/actuator/backups", json={"backupId": backup_id})
+
+    async def backup(self, backup_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("GET", f"{self.management_url}/actuator/backups/{backup_id}")
+        return result
+
+    async def wait_for_backup(self, backup_id: int, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Poll until the backup is no longer IN_PROGRESS; returns its BackupInfo."""
+
+        async def settled() -> dict[str, Any] | None:
+            info = await self.backup(backup_id)
+            return None if info["state"] == "IN_PROGRESS" else info
+
+        return await eventually(settled, timeout_s=timeout_s)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], timeout_s: float = 30.0, interval_s: float = 0.05
+) -> T:
+    """Poll ``probe`` until it returns something other than None (or False), with a deadline.
+
+    Exceptions from the probe count as "not yet" until the deadline, then the last one is
+    raised.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = await probe()
+            if result is not None and result is not False:
+                return result
+        except Exception as exc:
+            last_error = exc
+        if loop.time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout_s:g}s") from last_error
+        await asyncio.sleep(interval_s)
+
+
+class RunningCluster(LocalCluster):
+    api: ClusterApi
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(
+    data_dir: Path,
+    *,
+    brokers: int = 3,
+    partitions: int = 3,
+    broker_args: list[str] | None = None,
+    gateway_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[RunningCluster]:
+    """Start brokers and a gateway as real processes on OS-chosen ports; stop them after."""
+    spec = ClusterSpec(
+        brokers=brokers,
+        partitions=partitions,
+        data_dir=data_dir,
+        broker_port=0,
+        management_port=0,
+        rest_port=0,
+        broker_args=broker_args or [],
+        gateway_args=gateway_args or [],
+        env=env or {},
+    )
+    cluster = RunningCluster(spec)
+    async with cluster, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        cluster.api = ClusterApi(session, cluster.rest_url, cluster.management_url)
+        yield cluster
