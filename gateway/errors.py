@@ -27,6 +27,7 @@ STATUS_BY_ERROR: dict[type[errors.ZeebeSimError], int] = {
     errors.BrokerUnavailable: 502,
     errors.PartitionLeaderMismatch: 502,
     errors.RequestTimeout: 504,
+    errors.BackupNotConfigured: 400,
 }
 
 # Rejection types written by the engine -> the error they are reported as.

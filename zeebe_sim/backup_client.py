@@ -128,7 +128,8 @@ def parse_backup_info(raw: Any) -> BackupInfo:
     state = _optional(raw, "state", str)
     if backup_id is None or state is None:
         raise MalformedAnswer("unexpected answer from the gateway: no backupId or state")
-    details_raw = raw.get("details") or []
+    details_raw = raw.get("details")
+    details_raw = [] if details_raw is None else details_raw
     if not isinstance(details_raw, list):
         raise MalformedAnswer("unexpected answer from the gateway: details is not a list")
     details = []

@@ -103,11 +103,12 @@ class ClusterApi:
         return result
 
     async def wait_for_backup(self, backup_id: int, timeout_s: float = 60.0) -> dict[str, Any]:
-        """Poll until the backup is no longer IN_PROGRESS; returns its BackupInfo."""
+        """Poll until the backup is COMPLETED or FAILED; returns its BackupInfo. (Right after
+        the POST a partition may not have written its manifest yet: INCOMPLETE for a moment.)"""
 
         async def settled() -> dict[str, Any] | None:
             info = await self.backup(backup_id)
-            return None if info["state"] == "IN_PROGRESS" else info
+            return info if info["state"] in ("COMPLETED", "FAILED") else None
 
         return await eventually(settled, timeout_s=timeout_s)
 

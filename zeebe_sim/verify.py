@@ -218,6 +218,7 @@ def check(partitions: list[PartitionData]) -> Report:
                 )
             )
 
+    _check_exactly_once(partitions, report)
     if 1 in facts:
         for partition_id, partition_facts in facts.items():
             extra = partition_facts.processes - facts[1].processes
@@ -230,6 +231,29 @@ def check(partitions: list[PartitionData]) -> Report:
                     )
                 )
     return report
+
+
+def _check_exactly_once(partitions: list[PartitionData], report: Report) -> None:
+    """No element instance (process instances included) completes twice, however often the
+    commands that led there were re-sent."""
+    for data in partitions:
+        completed: set[int] = set()
+        for record in data.records:
+            if (
+                record.record_type == RecordType.EVENT
+                and (record.value_type, record.intent)
+                == (ValueType.PROCESS_INSTANCE, "ELEMENT_COMPLETED")
+            ):
+                if record.key in completed:
+                    report.violations.append(
+                        Violation(
+                            "exactly once",
+                            data.partition_id,
+                            f"element instance {record.key} ({record.value['elementId']}) "
+                            "completed twice",
+                        )
+                    )
+                completed.add(record.key)
 
 
 def _check_cut(partitions: list[PartitionData], report: Report) -> None:

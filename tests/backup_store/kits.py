@@ -122,7 +122,7 @@ class FakeClock:
         return self.now
 
 
-# -- kits -------------------------------------------------------------------------------------------
+# -- kits ------------------------------------------------------------------------------------------
 
 
 class StoreKit:
@@ -289,7 +289,7 @@ class S3Kit(StoreKit):
         await obstore.delete_async(self.raw, path)
 
 
-# -- a save held open in the middle of its upload ---------------------------------------------------
+# -- a save held open in the middle of its upload --------------------------------------------------
 
 
 class HeldSave:

@@ -358,7 +358,7 @@ async def test_mark_failed_leaves_completed_and_failed_backups_alone(
     assert (await store.get_status(failed)).failure_reason == "first"
 
 
-# -- races with a running save ----------------------------------------------------------------------
+# -- races with a running save ---------------------------------------------------------------------
 
 
 async def test_mark_failed_during_save_wins(kit: StoreKit, tmp_path: Path) -> None:
@@ -464,7 +464,7 @@ async def test_restore_detects_a_corrupted_file(
     await kit.corrupt(id, "segments", "1.log")
 
     target = tmp_path / "restore"
-    with pytest.raises(StorageCorruption, match="1.log"):
+    with pytest.raises(StorageCorruption, match=r"1\.log"):
         await store.restore(id, target)
     assert [p for p in target.rglob("*") if p.is_file()] == []
 

@@ -1,0 +1,167 @@
+"""Filesystem-store specifics: Zeebe's exact on-disk layout, atomic manifests (no temp files
+left, create-if-absent across processes), tidy deletes and a clear start-up check."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from storage.backup.api import BackupIdentifierWildcard, BackupStatusCode, FileRef
+from storage.backup.filesystem import FilesystemBackupStore
+from zeebe_sim.errors import BackupStoreError
+
+from .kits import FilesystemKit, HeldSave, bid, make_backup, payload, small_backup
+
+
+@pytest.fixture
+def fs_kit(tmp_path_factory: pytest.TempPathFactory) -> FilesystemKit:
+    return FilesystemKit(tmp_path_factory.mktemp("store"))
+
+
+async def test_exact_on_disk_layout(fs_kit: FilesystemKit, tmp_path: Path) -> None:
+    """Files land exactly where Zeebe puts them: manifests/<p>/<c>/<n>/manifest.json and
+    contents/<p>/<c>/<n>/{snapshot,segments}/<file>, and nothing else."""
+    store = fs_kit.open()
+    await store.save(small_backup(tmp_path, bid(node=1, partition=2, checkpoint=17)))
+
+    assert await fs_kit.stored_paths() == {
+        "manifests/2/17/1/manifest.json",
+        "contents/2/17/1/snapshot/CURRENT",
+        "contents/2/17/1/snapshot/000003.sst",
+        "contents/2/17/1/segments/1.log",
+        "contents/2/17/1/segments/2.log",
+    }
+    assert (fs_kit.base / "contents/2/17/1/segments/1.log").read_bytes() == payload(5000, 1)
+
+
+async def test_no_temp_files_are_left_behind(fs_kit: FilesystemKit, tmp_path: Path) -> None:
+    """Manifests are written via temp files; after saves, failures, races, mark_failed and
+    deletes no temp file remains anywhere."""
+    store = fs_kit.open()
+    await store.save(small_backup(tmp_path, bid(checkpoint=1)))
+    await store.mark_failed(bid(checkpoint=2), "failed")
+    failing = small_backup(tmp_path, bid(checkpoint=3))
+    failing.segment_files["x.log"] = FileRef(tmp_path / "missing", 1)
+    with pytest.raises(BackupStoreError):
+        await store.save(failing)
+    async with HeldSave(store, tmp_path, bid(checkpoint=4)):
+        await store.mark_failed(bid(checkpoint=4), "raced")
+    await asyncio.gather(
+        *(store.save(small_backup(tmp_path, bid(checkpoint=5))) for _ in range(4)),
+        return_exceptions=True,
+    )
+    await store.delete(bid(checkpoint=1))
+
+    names = [p.name for p in fs_kit.base.rglob("*")]
+    assert [n for n in names if n.startswith(".") or n.endswith(".tmp")] == []
+
+
+async def test_delete_prunes_empty_directories(fs_kit: FilesystemKit, tmp_path: Path) -> None:
+    """Deleting every backup leaves only the two empty roots, so list() stays cheap after
+    thousands of deletes."""
+    store = fs_kit.open()
+    ids = [bid(node=n, partition=p, checkpoint=c) for n in (0, 1) for p in (1, 2) for c in (7, 8)]
+    for id in ids:
+        await store.save(small_backup(tmp_path, id))
+    for id in ids:
+        await store.delete(id)
+    assert fs_kit.directories() == {"manifests", "contents"}
+
+
+async def test_stale_temp_file_from_a_killed_writer_is_harmless(
+    fs_kit: FilesystemKit, tmp_path: Path
+) -> None:
+    """A temp manifest left by a process killed mid-write is ignored by status and list, and
+    delete removes it with the backup."""
+    store = fs_kit.open()
+    id = bid()
+    await store.save(small_backup(tmp_path, id))
+    stale = fs_kit.base / "manifests/1/10/0/.manifest.json.0123abcd.tmp"
+    stale.write_bytes(b'{"half": ')
+
+    assert (await store.get_status(id)).status_code == BackupStatusCode.COMPLETED
+    assert len(await store.list(BackupIdentifierWildcard())) == 1
+    await store.delete(id)
+    assert await fs_kit.stored_paths() == set()
+
+
+async def test_list_ignores_foreign_entries(fs_kit: FilesystemKit, tmp_path: Path) -> None:
+    """Stray files and non-numeric or non-canonical directory names under manifests/ are not
+    backups and do not break listing."""
+    store = fs_kit.open()
+    await store.save(small_backup(tmp_path, bid()))
+    for junk in ("manifests/notes", "manifests/1/abc", "manifests/01/10/0", "manifests/1/10/x"):
+        (fs_kit.base / junk).mkdir(parents=True, exist_ok=True)
+    (fs_kit.base / "manifests/README").write_text("hello")
+
+    assert [s.id for s in await store.list(BackupIdentifierWildcard())] == [bid()]
+
+
+def test_create_if_absent_holds_across_processes(fs_kit: FilesystemKit, tmp_path: Path) -> None:
+    """Several broker processes saving the same backup id at once: exactly one wins, the others
+    get AlreadyExists (the manifest is created with link(), which cannot overwrite)."""
+    backup = make_backup(tmp_path, bid(), segments={"1.log": payload(100_000, seed=1)})
+    source = backup.segment_files["1.log"].path
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from pathlib import Path
+        from storage.backup.api import Backup, FileRef
+        from storage.backup.filesystem import FilesystemBackupStore
+        from tests.backup_store.kits import bid, descriptor
+        from zeebe_sim.errors import AlreadyExists
+
+        async def main():
+            store = FilesystemBackupStore(Path({str(fs_kit.base)!r}))
+            backup = Backup(bid(), descriptor(None), {{}},
+                            {{"1.log": FileRef(Path({str(source)!r}), 100_000)}})
+            print("ready", flush=True)
+            sys.stdin.readline()  # start together
+            try:
+                await store.save(backup)
+                print("won")
+            except AlreadyExists:
+                print("lost")
+
+        asyncio.run(main())
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    for p in processes:  # a barrier: everyone imported and waiting, then go
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in processes:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outputs = [p.communicate(timeout=60)[0].strip() for p in processes]
+    assert sorted(outputs) == ["lost", "lost", "lost", "won"]
+    assert all(p.returncode == 0 for p in processes)
+
+
+async def test_check_reports_an_unusable_base_path(tmp_path: Path) -> None:
+    """A base path that cannot hold directories fails check() with one line naming it."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    store = FilesystemBackupStore(blocker / "backups")
+    with pytest.raises(BackupStoreError) as raised:
+        await store.check()
+    assert str(blocker) in str(raised.value) and "\n" not in str(raised.value)
+
+    await FilesystemBackupStore(tmp_path / "fresh").check()
+    assert (tmp_path / "fresh" / "manifests").is_dir()
