@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -50,7 +51,7 @@ INBOX_COMMANDS_MAX = 10_000
 GROUP_COMMANDS_MAX = 500
 # Entries of a column family serialised between two yields to the event loop while a snapshot
 # is written, so processing never waits long for the loop.
-SNAPSHOT_CHUNK_ENTRIES = 2_000
+SNAPSHOT_CHUNK_ENTRIES = 1_000
 TICK_S = 0.05
 
 
@@ -257,9 +258,12 @@ class Partition:
             for task in self._maintenance:
                 task()
             self._maintenance.clear()
-            self.longest_pause_ms = max(
-                self.longest_pause_ms, (time.perf_counter() - started) * 1000
-            )
+            self._note_pause(started)
+
+    def _note_pause(self, started: float) -> None:
+        """Record work done on the processing path that is not processing (snapshot, backup
+        start): the longest such pause is a reported figure (target: under 10 ms)."""
+        self.longest_pause_ms = max(self.longest_pause_ms, (time.perf_counter() - started) * 1000)
 
     def _process(self, command: Record, reply: Any) -> ProcessingResult:
         position = self.log.last_position + 1
@@ -291,7 +295,9 @@ class Partition:
             self._send(send, checkpoint_id)
         if result.checkpoint_created is not None and self._on_checkpoint is not None:
             checkpoint_id, position = result.checkpoint_created
+            started = time.perf_counter()
             self._on_checkpoint(self, checkpoint_id, position)
+            self._note_pause(started)
 
     # -- timers: deadlines and retries --------------------------------------------------------
 
@@ -355,10 +361,19 @@ class Partition:
     ) -> None:
         try:
             chunks: list[bytes] = []
-            async for chunk in _serialise_state(view):
+            serialiser = _serialise_state(view)
+            while True:
+                # Each chunk is serialised on the loop, between processing groups: it is a
+                # processing pause, so it is measured as one.
+                started = time.perf_counter()
+                chunk = next(serialiser, None)
+                self._note_pause(started)
+                if chunk is None:
+                    break
                 chunks.append(chunk)
+                await asyncio.sleep(0)
             pending = self.snapshots.begin(snapshot_id, last_followup_position)
-            pending.write_file(STATE_FILE, chunks)
+            await asyncio.to_thread(pending.write_file, STATE_FILE, chunks)
             snapshot = await asyncio.to_thread(self.snapshots.persist, pending)
             log.info(
                 "snapshot taken",
@@ -424,18 +439,18 @@ def _record_of(command: _Command) -> Record:
     )
 
 
-async def _serialise_state(view: dict[str, Any]) -> Any:
+def _serialise_state(view: dict[str, Any]) -> Iterator[bytes]:
     """The snapshot file as msgpack chunks: the meta map, then per column family its name, its
-    size and its entries as [key, value] pairs. Yields to the loop between chunks."""
+    size and its entries as [key, value] pairs; each chunk is little work, so the caller can
+    yield to the loop between them."""
     packer = msgpack.Packer(use_bin_type=True)
     yield packer.pack(view["meta"])
     for name in COLUMN_FAMILIES:
-        items = list(view[name].items())
-        yield packer.pack(name) + packer.pack(len(items))
-        for start in range(0, len(items), SNAPSHOT_CHUNK_ENTRIES):
-            chunk = items[start : start + SNAPSHOT_CHUNK_ENTRIES]
+        family: dict[Any, Any] = view[name]  # a frozen copy: safe to iterate lazily
+        yield packer.pack(name) + packer.pack(len(family))
+        items = iter(family.items())
+        while chunk := list(itertools.islice(items, SNAPSHOT_CHUNK_ENTRIES)):
             yield b"".join(packer.pack([k, v]) for k, v in chunk)
-            await asyncio.sleep(0)
 
 
 def read_snapshot_state(snapshot: Snapshot) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -195,29 +196,38 @@ def status_table(info: BackupInfo) -> Table:
     if info.failure_reason:
         title += f"\n{info.failure_reason}"
     table = Table(title=title, title_justify="left")
-    for column in ("Partition", "State", "Created", "Last updated", "Checkpoint position"):
-        table.add_column(column)
-    for column in ("Snapshot", "Broker", "Failure reason"):
-        table.add_column(column)
+    failures = any(d.failure_reason for d in info.details)
+    # Ids and states never wrap; times may break between date and time on a narrow terminal.
+    # (lastUpdatedAt and brokerVersion are left to --json: the table must fit 80 columns.)
+    table.add_column("Partition", justify="right", no_wrap=True)
+    table.add_column("State", no_wrap=True)
+    table.add_column("Created")
+    table.add_column("Position", justify="right", no_wrap=True)
+    table.add_column("Snapshot", no_wrap=True)
+    table.add_column("Broker", justify="right", no_wrap=True)
+    if failures:  # only FAILED partitions have one: no empty column otherwise
+        table.add_column("Failure reason")
     for d in info.details:
-        table.add_row(
+        row = [
             str(d.partition_id),
             styled(d.state),
             format_time(d.created_at),
-            format_time(d.last_updated_at),
             "" if d.checkpoint_position is None else str(d.checkpoint_position),
             d.snapshot_id or "",
             "" if d.broker_id is None else str(d.broker_id),
-            d.failure_reason or "",
-        )
+        ]
+        table.add_row(*row, *([d.failure_reason or ""] if failures else []))
     return table
 
 
 def list_table(infos: list[BackupInfo]) -> Table:
     """Many backups, one row each, in the server's order (newest id first)."""
     table = Table(title_justify="left")
-    for column in ("Backup ID", "State", "Partitions", "Created", "Failure reason"):
-        table.add_column(column)
+    table.add_column("Backup ID", justify="right", no_wrap=True)
+    table.add_column("State", no_wrap=True)
+    table.add_column("Partitions")
+    table.add_column("Created")
+    table.add_column("Failure reason")
     for info in infos:
         table.add_row(
             str(info.backup_id),
@@ -340,6 +350,14 @@ class BackupClient:
         except TimeoutError as exc:
             raise GatewayUnreachable(
                 f"no answer from the gateway at {self.base_url} within {self._timeout_s:g}s"
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            # "Connection refused" rather than aiohttp's "Cannot connect to host ... ssl:default".
+            error = exc.os_error
+            reason = os.strerror(error.errno) if error.errno and error.errno > 0 else None
+            reason = reason or error.strerror or str(error)
+            raise GatewayUnreachable(
+                f"cannot reach the gateway at {self.base_url}: {reason}"
             ) from exc
         except aiohttp.ClientConnectionError as exc:
             raise GatewayUnreachable(f"cannot reach the gateway at {self.base_url}: {exc}") from exc

@@ -8,7 +8,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import boto3
+import boto3  # type: ignore[import-untyped]
 import pytest
 from moto.server import ThreadedMotoServer
 

@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import boto3
+import boto3  # type: ignore[import-untyped]
 import obstore
 import pytest
 

@@ -453,7 +453,7 @@ def test_status_table_has_a_row_per_partition() -> None:
     assert "COMPLETED" in rows[0] and "2022-12-09 10:00:00Z" in rows[0]
     assert "FAILED" in rows[1] and "disk full" in rows[1]
     text = render(bc.status_table(bc.parse_backup_info(COMPLETED_INFO)))
-    assert "2-1-3-2" in text and "2022-12-08 13:00:56Z" in text
+    assert "2-1-3-2" in text and "2022-12-08 13:00:55Z" in text
 
 
 def test_list_table_summarizes_partition_states() -> None:
