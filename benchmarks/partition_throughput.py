@@ -31,7 +31,9 @@ async def drive(partition: Partition, instances: int, concurrency: int) -> float
     async def one() -> None:
         async with semaphore:
             response = await partition.submit(
-                ValueType.PROCESS_INSTANCE_CREATION, "CREATE", -1,
+                ValueType.PROCESS_INSTANCE_CREATION,
+                "CREATE",
+                -1,
                 {"bpmnProcessId": "order-process", "version": -1, "variables": {"n": 1}},
             )
             assert response.rejection_type is None, response
@@ -55,12 +57,18 @@ async def main(instances: int, concurrency: int) -> None:
         store = FilesystemBackupStore(directory / "backups")
         backups = BackupService(store, node_id=0, partition_count=1)
         partition = Partition(
-            1, 1, directory / "p1", PartitionConfig(snapshot_period_s=3600), lambda s, c: None,
+            1,
+            1,
+            directory / "p1",
+            PartitionConfig(snapshot_period_s=3600),
+            lambda s, c: None,
             on_checkpoint=backups.checkpoint_created,
         )
         await partition.start()
         deploy = await partition.submit(
-            ValueType.DEPLOYMENT, "CREATE", -1,
+            ValueType.DEPLOYMENT,
+            "CREATE",
+            -1,
             {"resources": [{"resourceName": "order.bpmn", "resource": BPMN}]},
         )
         assert deploy.rejection_type is None, deploy
@@ -70,8 +78,10 @@ async def main(instances: int, concurrency: int) -> None:
         seconds = await drive(partition, instances, concurrency)
         records = partition.records_written - records_before
         print(f"one partition, {instances} instance creations, {concurrency} in flight:")
-        print(f"  {records} records in {seconds:.2f} s = {records / seconds:,.0f} records/s "
-              f"({instances / seconds:,.0f} commands/s), every group fsynced before its answers")
+        print(
+            f"  {records} records in {seconds:.2f} s = {records / seconds:,.0f} records/s "
+            f"({instances / seconds:,.0f} commands/s), every group fsynced before its answers"
+        )
 
         # Snapshot and backup while processing goes on: the loop lag shows any pause.
         stop = asyncio.Event()
@@ -86,15 +96,20 @@ async def main(instances: int, concurrency: int) -> None:
         await load
         stop.set()
         await lag_task
-        while backups._tasks:  # the backup upload runs in the background
-            await asyncio.sleep(0.01)
+        await backups.wait_idle()  # the backup upload runs in the background
         state_entries = len(partition.state.instances) + len(partition.state.jobs)
-        print(f"snapshot {snapshot.id if snapshot else None} of {state_entries:,} state entries "
-              f"and backup 1, taken while processing went on:")
-        print(f"  longest pause of processing caused by them (state copy, each serialised "
-              f"chunk, backup start): {partition.longest_pause_ms:.2f} ms")
-        print(f"  (event loop lag of a 1 ms sleeper meanwhile, i.e. processing groups themselves"
-              f" included: median {statistics.median(lag):.1f} ms, max {max(lag):.1f} ms)")
+        print(
+            f"snapshot {snapshot.id if snapshot else None} of {state_entries:,} state entries "
+            f"and backup 1, taken while processing went on:"
+        )
+        print(
+            f"  longest pause of processing caused by them (state copy, each serialised "
+            f"chunk, backup start): {partition.longest_pause_ms:.2f} ms"
+        )
+        print(
+            f"  (event loop lag of a 1 ms sleeper meanwhile, i.e. processing groups themselves"
+            f" included: median {statistics.median(lag):.1f} ms, max {max(lag):.1f} ms)"
+        )
         (status,) = await store.list(BackupIdentifierWildcard())
         print(f"  backup 1: {status.status_code.name}")
         await partition.stop()

@@ -79,14 +79,15 @@ def detail(partition_id: int, status: BackupStatus | None) -> dict[str, Any]:
 
 def best_copy(copies: list[BackupStatus]) -> BackupStatus | None:
     """Several nodes may hold a copy of one partition's backup: the best state counts."""
-    return max(copies, key=lambda s: (s.status_code, s.last_modified or datetime.min.astimezone()),
-               default=None)
+    return max(
+        copies,
+        key=lambda s: (s.status_code, s.last_modified or datetime.min.astimezone()),
+        default=None,
+    )
 
 
 class BackupService:
-    def __init__(
-        self, store: BackupStore | None, node_id: int, partition_count: int
-    ) -> None:
+    def __init__(self, store: BackupStore | None, node_id: int, partition_count: int) -> None:
         self.store = store
         self.node_id = NodeId(node_id)
         self.partition_count = partition_count
@@ -107,6 +108,11 @@ class BackupService:
         check = getattr(self.store, "check", None)
         if check is not None:
             await check()
+
+    async def wait_idle(self) -> None:
+        """Wait until no backup is being taken (tests and benchmarks)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -135,7 +141,7 @@ class BackupService:
             if s.processed_position < position and s.last_followup_event_position < position
         ]
         if snapshots and not valid:
-            failure: str | None = (
+            failure = (
                 f"Cannot find a snapshot that can be included in the backup {checkpoint_id}. All "
                 f"available snapshots ({', '.join(str(s.id) for s in snapshots)}) have "
                 f"processedPosition or lastFollowupEventPosition >= checkpointPosition {position}"
@@ -222,10 +228,12 @@ class BackupService:
     async def status(self, partition_id: int, backup_id: int) -> dict[str, Any]:
         return detail(partition_id, best_copy(await self._copies(partition_id, backup_id)))
 
-    async def list(self, partition_id: int, prefix: str | None) -> list[dict[str, Any]]:
+    async def list_backups(self, partition_id: int, prefix: str | None) -> list[dict[str, Any]]:
         store = self._require_store()
         statuses = await store.list(
-            BackupIdentifierWildcard(partition_id=PartitionId(partition_id), checkpoint_prefix=prefix)
+            BackupIdentifierWildcard(
+                partition_id=PartitionId(partition_id), checkpoint_prefix=prefix
+            )
         )
         by_id: dict[int, list[BackupStatus]] = {}
         for status in statuses:

@@ -280,9 +280,7 @@ class Partition:
         self.records_written += len(result.records)
         return result
 
-    def _carry_out(
-        self, reply: asyncio.Future[Response] | None, result: ProcessingResult
-    ) -> None:
+    def _carry_out(self, reply: asyncio.Future[Response] | None, result: ProcessingResult) -> None:
         if reply is not None and not reply.done():
             assert result.response is not None
             reply.set_result(result.response)

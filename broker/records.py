@@ -65,7 +65,7 @@ class Record:
 
 
 def encode_records(records: Sequence[Record]) -> bytes:
-    return msgpack.packb(
+    packed: bytes = msgpack.packb(
         [
             (
                 r.position,
@@ -83,6 +83,7 @@ def encode_records(records: Sequence[Record]) -> bytes:
         ],
         use_bin_type=True,
     )
+    return packed
 
 
 def decode_records(payload: bytes) -> list[Record]:

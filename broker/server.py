@@ -47,9 +47,9 @@ from zeebe_sim.protocol import (
     ExecuteCommandRequest,
     ExecuteCommandResponse,
     InterPartitionCommandSent,
-    Message,
     ListBackupsRequest,
     ListBackupsResponse,
+    Message,
     QueryRequest,
     QueryResponse,
     TakeBackupRequest,
@@ -200,7 +200,7 @@ class Broker:
         if isinstance(message, ListBackupsRequest):
             self._partition(message.partition_id)
             return ListBackupsResponse(
-                await self.backups.list(message.partition_id, message.prefix)
+                await self.backups.list_backups(message.partition_id, message.prefix)
             )
         if isinstance(message, DeleteBackupRequest):
             self._partition(message.partition_id)

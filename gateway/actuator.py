@@ -27,7 +27,10 @@ async def health(request: web.Request) -> web.Response:
     body = {
         "status": "UP" if up else "DOWN",
         "components": {
-            "brokers": {"status": "UP" if client.brokers else "DOWN", "details": {"count": len(client.brokers)}},
+            "brokers": {
+                "status": "UP" if client.brokers else "DOWN",
+                "details": {"count": len(client.brokers)},
+            },
             "partitions": {
                 "status": "UP" if client.all_partitions_have_leader else "DOWN",
                 "details": _partitions(client),

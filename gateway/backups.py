@@ -128,7 +128,9 @@ def aggregate_list(
     result = []
     for backup_id in sorted(by_id, reverse=True):
         found = by_id[backup_id]
-        details = [found.get(p, {"partitionId": p, "state": "DOES_NOT_EXIST"}) for p in partition_ids]
+        details = [
+            found.get(p, {"partitionId": p, "state": "DOES_NOT_EXIST"}) for p in partition_ids
+        ]
         result.append(aggregate(backup_id, details))
     return result
 
@@ -160,9 +162,7 @@ async def take_backup(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or "backupId" not in body:
         raise InvalidArgument(f"{ID_REQUIRED}, but the body has no backupId")
     backup_id = parse_backup_id(body["backupId"])
-    answers = await _fan_out(
-        client, lambda p: TakeBackupRequest(p, backup_id), idempotent=False
-    )
+    answers = await _fan_out(client, lambda p: TakeBackupRequest(p, backup_id), idempotent=False)
     take_backup_outcome(backup_id, [a for a in answers if isinstance(a, TakeBackupResponse)])
     return web.json_response(
         {

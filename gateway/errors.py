@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from zeebe_sim import errors
 
@@ -42,7 +43,7 @@ ERROR_BY_REJECTION: dict[str, type[errors.ZeebeSimError]] = {
 
 def status_of(error: errors.ZeebeSimError) -> int:
     for cls in type(error).__mro__:
-        status = STATUS_BY_ERROR.get(cls)  # type: ignore[arg-type]
+        status = STATUS_BY_ERROR.get(cls)
         if status is not None:
             return status
     return 500
@@ -52,7 +53,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Body = Callable[[web.Request, int, str, str], dict[str, object]]
 
 
-def _middleware(body: Body, content_type: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _middleware(body: Body, content_type: str) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:

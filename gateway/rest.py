@@ -39,7 +39,9 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+def _field(
+    body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...
+) -> Any:
     if name not in body or body[name] is None:
         if default is ...:
             raise InvalidArgument(f"No {name} provided")
@@ -98,10 +100,14 @@ async def deploy(request: web.Request) -> web.Response:
         content = await part.read(decode=False)
         if len(content) > RESOURCE_BYTES_MAX:
             raise InvalidArgument(f"Resource exceeds {RESOURCE_BYTES_MAX} bytes")
-        resources.append({"resourceName": part.filename or "resource.bpmn", "resource": bytes(content)})
+        resources.append(
+            {"resourceName": part.filename or "resource.bpmn", "resource": bytes(content)}
+        )
     if not resources:
         raise InvalidArgument("No resources provided: add at least one 'resources' file part")
-    response = _check(await client.execute(1, ValueType.DEPLOYMENT, "CREATE", -1, {"resources": resources}))
+    response = _check(
+        await client.execute(1, ValueType.DEPLOYMENT, "CREATE", -1, {"resources": resources})
+    )
     value = response.value
     return web.json_response(
         {
@@ -200,7 +206,9 @@ async def activate_jobs(request: web.Request) -> web.Response:
             "timeout": timeout,
             "maxJobsToActivate": max_jobs - len(jobs),
         }
-        response = _check(await client.execute(partition, ValueType.JOB_BATCH, "ACTIVATE", -1, value))
+        response = _check(
+            await client.execute(partition, ValueType.JOB_BATCH, "ACTIVATE", -1, value)
+        )
         for job in response.value["jobs"]:
             jobs.append(
                 {
@@ -297,4 +305,3 @@ def rest_app(client: BrokerClient) -> web.Application:
     app.router.add_post("/v2/messages/publication", publish_message)
     app.router.add_get("/v2/topology", topology)
     return app
-

@@ -29,7 +29,9 @@ class Gateway:
 
     async def start(self) -> None:
         await self.client.start()
-        self.management_port = await self._serve(management_app(self.client), self.config.management_port)
+        self.management_port = await self._serve(
+            management_app(self.client), self.config.management_port
+        )
         self.rest_port = await self._serve(rest_app(self.client), self.config.rest_port)
 
     async def _serve(self, app: web.Application, port: int) -> int:

@@ -49,7 +49,9 @@ def options(*names: str) -> Callable[[F], F]:
             shown = f" [default: {default}]" if default not in (None, False) else ""
             env = f" [env: {', '.join(setting.env)}]" if setting.env else ""
             if setting.parse is config._bool:
-                fn = click.option(f"--{name}", is_flag=True, default=None, help=setting.help + env)(fn)
+                fn = click.option(f"--{name}", is_flag=True, default=None, help=setting.help + env)(
+                    fn
+                )
             elif name == "contact-point":
                 fn = click.option(f"--{name}", multiple=True, help=setting.help + env)(fn)
             else:
@@ -104,11 +106,16 @@ async def _until_signal() -> None:
 def broker_flags(values: dict[str, Any]) -> list[str]:
     """The flags that carry cluster settings from ``up`` to each broker process."""
     flags = [
-        "--snapshot-period", f"{values['snapshot-period']}s",
-        "--segment-size", str(values["segment-size"]),
-        "--retry-initial", f"{values['retry-initial']}s",
-        "--retry-max", f"{values['retry-max']}s",
-        "--log-level", values["log-level"],
+        "--snapshot-period",
+        f"{values['snapshot-period']}s",
+        "--segment-size",
+        str(values["segment-size"]),
+        "--retry-initial",
+        f"{values['retry-initial']}s",
+        "--retry-max",
+        f"{values['retry-max']}s",
+        "--log-level",
+        values["log-level"],
     ]
     for name in config.BACKUP_SETTINGS:
         value = values[name]
@@ -126,7 +133,9 @@ def broker_flags(values: dict[str, Any]) -> list[str]:
 def up(**kwargs: Any) -> None:
     """Run a whole local cluster (brokers + gateway) in the foreground until Ctrl-C."""
     try:
-        values = resolve([*CLUSTER_SETTINGS, "management-port", "rest-port", "request-timeout"], kwargs)
+        values = resolve(
+            [*CLUSTER_SETTINGS, "management-port", "rest-port", "request-timeout"], kwargs
+        )
     except ConfigError as exc:
         fail(exc.message)
     from zeebe_sim.cluster import ClusterError, ClusterSpec, LocalCluster, ManagedProcess
@@ -135,7 +144,8 @@ def up(**kwargs: Any) -> None:
     if values["unsafe-no-checkpoint-propagation"]:
         click.secho(
             "WARNING: --unsafe-no-checkpoint-propagation is set: backups may not be consistent",
-            fg="red", err=True,
+            fg="red",
+            err=True,
         )
     spec = ClusterSpec(
         brokers=values["brokers"],
@@ -146,14 +156,21 @@ def up(**kwargs: Any) -> None:
         management_port=values["management-port"],
         rest_port=values["rest-port"],
         broker_args=broker_flags(values),
-        gateway_args=["--request-timeout", f"{values['request-timeout']}s", "--log-level", values["log-level"]],
+        gateway_args=[
+            "--request-timeout",
+            f"{values['request-timeout']}s",
+            "--log-level",
+            values["log-level"],
+        ],
     )
 
     def died(process: ManagedProcess, code: int) -> None:
         click.secho(
             f"\n!!! {process.name} (pid {process.pid}) exited unexpectedly with code {code}. "
             "Its partitions are unavailable until the cluster is restarted. !!!\n",
-            fg="red", bold=True, err=True,
+            fg="red",
+            bold=True,
+            err=True,
         )
 
     async def run() -> None:
@@ -204,7 +221,8 @@ def broker(exact_port: int | None, **kwargs: Any) -> None:
         click.secho(
             f"WARNING: broker {values['node-id']}: checkpoint propagation is OFF "
             "(--unsafe-no-checkpoint-propagation): backups may not be a consistent cut",
-            fg="red", err=True,
+            fg="red",
+            err=True,
         )
     # Broker n listens on --broker-port + 10*n (0: any free port). The launcher restarts a
     # broker that had an OS-chosen port on exactly that port, so its peers find it again.

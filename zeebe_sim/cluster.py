@@ -72,7 +72,9 @@ async def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -
                     raise ClusterError(f"{name} exited with code {code} before it was ready")
                 text = line.decode(errors="replace")
                 if text.startswith(READY_MARKER):
-                    return ManagedProcess(name, args, process, json.loads(text[len(READY_MARKER):]))
+                    return ManagedProcess(
+                        name, args, process, json.loads(text[len(READY_MARKER) :])
+                    )
     except TimeoutError as exc:
         process.kill()
         raise ClusterError(f"{name} was not ready within {STARTUP_TIMEOUT_S:g}s") from exc
@@ -96,7 +98,9 @@ class ClusterSpec:
 class LocalCluster:
     """A cluster of real processes on this machine; ``async with`` starts and stops it."""
 
-    def __init__(self, spec: ClusterSpec, on_exit: Callable[[ManagedProcess, int], None] | None = None):
+    def __init__(
+        self, spec: ClusterSpec, on_exit: Callable[[ManagedProcess, int], None] | None = None
+    ):
         self.spec = spec
         self.brokers: dict[int, ManagedProcess] = {}
         self.gateway: ManagedProcess | None = None
@@ -135,12 +139,18 @@ class LocalCluster:
         spec = self.spec
         args = [
             "broker",
-            "--node-id", str(node),
-            "--brokers", str(spec.brokers),
-            "--partitions", str(spec.partitions),
-            "--data-dir", str(spec.data_dir),
-            "--host", spec.host,
-            "--broker-port", str(spec.broker_port),
+            "--node-id",
+            str(node),
+            "--brokers",
+            str(spec.brokers),
+            "--partitions",
+            str(spec.partitions),
+            "--data-dir",
+            str(spec.data_dir),
+            "--host",
+            spec.host,
+            "--broker-port",
+            str(spec.broker_port),
             *spec.broker_args,
         ]
         if exact_port is not None:
@@ -153,14 +163,19 @@ class LocalCluster:
         spec = self.spec
         for node in range(spec.brokers):
             await self.start_broker(node)
-        contact_points = [a for n in sorted(self.brokers) for a in ("--contact-point", self.broker_address(n))]
+        contact_points = [
+            a for n in sorted(self.brokers) for a in ("--contact-point", self.broker_address(n))
+        ]
         self.gateway = await spawn(
             "gateway",
             [
                 "gateway",
-                "--host", spec.host,
-                "--management-port", str(spec.management_port),
-                "--rest-port", str(spec.rest_port),
+                "--host",
+                spec.host,
+                "--management-port",
+                str(spec.management_port),
+                "--rest-port",
+                str(spec.rest_port),
                 *contact_points,
                 *spec.gateway_args,
             ],

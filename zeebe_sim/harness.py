@@ -42,7 +42,13 @@ class ClusterApi:
         self.management_url = management_url
 
     async def call(
-        self, method: str, url: str, *, json: Any = None, data: Any = None, ok: tuple[int, ...] = (200, 202, 204)
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        data: Any = None,
+        ok: tuple[int, ...] = (200, 202, 204),
     ) -> Any:
         async with self.session.request(method, url, json=json, data=data) as response:
             body = await response.json(content_type=None) if response.status != 204 else None
@@ -51,13 +57,17 @@ class ClusterApi:
             return body
 
     async def deploy(self, bpmn: Path | bytes, name: str = "process.bpmn") -> dict[str, Any]:
-        content = bpmn.read_bytes() if isinstance(bpmn, Path) else bpmn
+        content = await asyncio.to_thread(bpmn.read_bytes) if isinstance(bpmn, Path) else bpmn
         form = aiohttp.FormData()
         form.add_field("resources", content, filename=bpmn.name if isinstance(bpmn, Path) else name)
-        result: dict[str, Any] = await self.call("POST", f"{self.rest_url}/v2/deployments", data=form)
+        result: dict[str, Any] = await self.call(
+            "POST", f"{self.rest_url}/v2/deployments", data=form
+        )
         return result
 
-    async def create_instance(self, process_id: str, variables: dict[str, Any] | None = None) -> int:
+    async def create_instance(
+        self, process_id: str, variables: dict[str, Any] | None = None
+    ) -> int:
         body = await self.call(
             "POST",
             f"{self.rest_url}/v2/process-instances",
@@ -66,29 +76,49 @@ class ClusterApi:
         return int(body["processInstanceKey"])
 
     async def get_instance(self, key: int) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call("GET", f"{self.rest_url}/v2/process-instances/{key}")
+        result: dict[str, Any] = await self.call(
+            "GET", f"{self.rest_url}/v2/process-instances/{key}"
+        )
         return result
 
-    async def activate_jobs(self, job_type: str, max_jobs: int = 100, timeout_ms: int = 60_000) -> list[dict[str, Any]]:
+    async def activate_jobs(
+        self, job_type: str, max_jobs: int = 100, timeout_ms: int = 60_000
+    ) -> list[dict[str, Any]]:
         body = await self.call(
             "POST",
             f"{self.rest_url}/v2/jobs/activation",
-            json={"type": job_type, "maxJobsToActivate": max_jobs, "timeout": timeout_ms, "worker": "harness"},
+            json={
+                "type": job_type,
+                "maxJobsToActivate": max_jobs,
+                "timeout": timeout_ms,
+                "worker": "harness",
+            },
         )
         jobs: list[dict[str, Any]] = body["jobs"]
         return jobs
 
-    async def complete_job(self, job_key: int | str, variables: dict[str, Any] | None = None) -> None:
+    async def complete_job(
+        self, job_key: int | str, variables: dict[str, Any] | None = None
+    ) -> None:
         await self.call(
-            "POST", f"{self.rest_url}/v2/jobs/{job_key}/completion", json={"variables": variables or {}}
+            "POST",
+            f"{self.rest_url}/v2/jobs/{job_key}/completion",
+            json={"variables": variables or {}},
         )
 
     async def publish(
-        self, name: str, correlation_key: str, ttl_ms: int = 60_000, variables: dict[str, Any] | None = None,
+        self,
+        name: str,
+        correlation_key: str,
+        ttl_ms: int = 60_000,
+        variables: dict[str, Any] | None = None,
         message_id: str | None = None,
     ) -> int:
         body: dict[str, Any] = {
-            "name": name, "correlationKey": correlation_key, "timeToLive": ttl_ms, "variables": variables or {},
+            "name": name,
+            "correlationKey": correlation_key,
+            "timeToLive": ttl_ms,
+            "variables": variables or {},
         }
         if message_id is not None:
             body["messageId"] = message_id
@@ -96,10 +126,14 @@ class ClusterApi:
         return int(result["messageKey"])
 
     async def take_backup(self, backup_id: int | str) -> Any:
-        return await self.call("POST", f"{self.management_url}/actuator/backups", json={"backupId": backup_id})
+        return await self.call(
+            "POST", f"{self.management_url}/actuator/backups", json={"backupId": backup_id}
+        )
 
     async def backup(self, backup_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call("GET", f"{self.management_url}/actuator/backups/{backup_id}")
+        result: dict[str, Any] = await self.call(
+            "GET", f"{self.management_url}/actuator/backups/{backup_id}"
+        )
         return result
 
     async def wait_for_backup(self, backup_id: int, timeout_s: float = 60.0) -> dict[str, Any]:

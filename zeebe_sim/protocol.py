@@ -246,10 +246,8 @@ def _spec(cls: type[Message]) -> tuple[_FieldSpec, ...]:
     if spec is None:
         hints = typing.get_type_hints(cls)
         spec = tuple(
-            _FieldSpec(
-                f.name, _outer_types(hints[f.name]), required=f.default is attrs.NOTHING
-            )
-            for f in attrs.fields(cls)
+            _FieldSpec(f.name, _outer_types(hints[f.name]), required=f.default is attrs.NOTHING)
+            for f in attrs.fields(cls)  # type: ignore[arg-type]
         )
         _SPECS[cls] = spec
     return spec
@@ -258,7 +256,7 @@ def _spec(cls: type[Message]) -> tuple[_FieldSpec, ...]:
 def encode(message: Message, request_id: int = 0) -> bytes:
     """One complete frame (header included) for ``message``."""
     fields = {s.name: getattr(message, s.name) for s in _spec(type(message))}
-    body = msgpack.packb(
+    body: bytes = msgpack.packb(
         [PROTOCOL_VERSION, type(message).__name__, request_id, fields], use_bin_type=True
     )
     if len(body) > FRAME_BYTES_MAX:

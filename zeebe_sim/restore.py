@@ -121,7 +121,9 @@ async def restore(
             staged.append((stage, broker_dir(data_dir, node)))
             for partition_id in partitions_of_broker(NodeId(node), cluster_size, partition_count):
                 await _restore_partition(
-                    store, backups[partition_id], stage / "partitions" / str(partition_id),
+                    store,
+                    backups[partition_id],
+                    stage / "partitions" / str(partition_id),
                     progress,
                 )
         for stage, target in staged:
@@ -198,4 +200,3 @@ async def _restore_partition(
     finally:
         log.close()
     progress(f"Partition {partition_id}: log truncated right after checkpoint position {position}")
-

@@ -87,9 +87,7 @@ class SimulatedCluster:
 
     def _emit(self, partition_id: int, result: ProcessingResult) -> None:
         checkpoint_id = (
-            self.partitions[partition_id].state.checkpoint_id
-            if self.checkpoint_propagation
-            else -1
+            self.partitions[partition_id].state.checkpoint_id if self.checkpoint_propagation else -1
         )
         self.network.extend(InFlight(send, checkpoint_id) for send in result.sends)
 
@@ -126,12 +124,11 @@ class SimulatedCluster:
 
     def fire_retries(self) -> None:
         """Every partition re-sends what is still unacknowledged (its retry timers fire)."""
-        for partition_id, partition in self.partitions.items():
+        for partition in self.partitions.values():
             checkpoint_id = partition.state.checkpoint_id if self.checkpoint_propagation else -1
             self.network.extend(
                 InFlight(send, checkpoint_id) for send in partition.engine.pending_sends()
             )
-        _ = partition_id
 
     def settle(self, rounds: int = 20) -> None:
         """Deliver everything and fire retries until nothing is pending."""
@@ -149,7 +146,10 @@ class SimulatedCluster:
         backup of each partition is its log up to (and including) its checkpoint command."""
         for partition_id in self.partitions:
             self.command(
-                partition_id, ValueType.CHECKPOINT, "CREATE", checkpoint_id,
+                partition_id,
+                ValueType.CHECKPOINT,
+                "CREATE",
+                checkpoint_id,
                 checkpointId=checkpoint_id,
             )
         return self.backup_logs(checkpoint_id)

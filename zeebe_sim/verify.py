@@ -79,8 +79,7 @@ class Report:
         else:
             lines.append(f"FAILED: {len(self.violations)} violation(s):")
             lines += [
-                f"  [{v.invariant}] partition {v.partition_id}: {v.detail}"
-                for v in self.violations
+                f"  [{v.invariant}] partition {v.partition_id}: {v.detail}" for v in self.violations
             ]
         return "\n".join(lines)
 
@@ -239,10 +238,9 @@ def _check_exactly_once(partitions: list[PartitionData], report: Report) -> None
     for data in partitions:
         completed: set[int] = set()
         for record in data.records:
-            if (
-                record.record_type == RecordType.EVENT
-                and (record.value_type, record.intent)
-                == (ValueType.PROCESS_INSTANCE, "ELEMENT_COMPLETED")
+            if record.record_type == RecordType.EVENT and (record.value_type, record.intent) == (
+                ValueType.PROCESS_INSTANCE,
+                "ELEMENT_COMPLETED",
             ):
                 if record.key in completed:
                     report.violations.append(
@@ -310,7 +308,9 @@ def load_data_dir(data_dir: Path) -> list[PartitionData]:
             state = read_snapshot_state(snapshot) if snapshot is not None else None
             # All the log there is: events before the snapshot are facts too.
             records = list(read_records(log, 1))
-            found.append(PartitionData(int(directory.name), records, state, log.first_position or 1))
+            found.append(
+                PartitionData(int(directory.name), records, state, log.first_position or 1)
+            )
         finally:
             log.close()
     if not found:

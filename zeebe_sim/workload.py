@@ -39,12 +39,12 @@ import json
 import math
 import signal
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
 import attrs
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -406,20 +406,31 @@ class PlainReporter:
             self._emit(f"[{view.elapsed_s:6.1f}s] {progress_line(view)}")
 
 
+class _TwoLineProgress(Progress):
+    """The bar on one line and the counters on the next, so both fit an 80-column terminal
+    (Rich's documented way to customize: override ``get_renderables``)."""
+
+    line = ""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        yield Text(self.line)
+
+
 class RichReporter:
-    """A live progress bar (completed of planned) with the counters beside it."""
+    """A live progress bar (completed of planned), with the counters below it."""
 
     def __init__(self, console: Console) -> None:
-        self._progress = Progress(
+        self._progress = _TwoLineProgress(
             SpinnerColumn(),
             TextColumn("[bold]load"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("completed"),
             TimeElapsedColumn(),
-            TextColumn("{task.fields[line]}"),
             console=console,
         )
-        self._task = self._progress.add_task("load", total=None, line="")
+        self._task = self._progress.add_task("load", total=None)
         self._started = False
 
     def update(self, view: ProgressView) -> None:
@@ -427,9 +438,8 @@ class RichReporter:
         if not self._started:
             self._progress.start()
             self._started = True
-        self._progress.update(
-            self._task, total=view.planned, completed=view.completed, line=progress_line(view)
-        )
+        self._progress.line = progress_line(view)
+        self._progress.update(self._task, total=view.planned, completed=view.completed)
 
     def close(self, view: ProgressView | None) -> None:
         if view is not None:

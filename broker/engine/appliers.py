@@ -95,7 +95,10 @@ def _element_completed(state: State, event: Record) -> None:
     instance = state.instances[value["processInstanceKey"]]
     if value["bpmnElementType"] == "PROCESS":
         state.instances[event.key] = _with(
-            instance, state="COMPLETED", endDate=event.timestamp_ms, elementId=None,
+            instance,
+            state="COMPLETED",
+            endDate=event.timestamp_ms,
+            elementId=None,
             elementInstanceKey=None,
         )
         return
@@ -160,8 +163,8 @@ def _message_expired(state: State, event: Record) -> None:
 
 def _message_subscription_created(state: State, event: Record) -> None:
     value = event.value
-    state.message_subscriptions[sub_key(value["elementInstanceKey"], value["messageName"])] = (
-        _with(value, state="OPENED", messageKey=-1)
+    state.message_subscriptions[sub_key(value["elementInstanceKey"], value["messageName"])] = _with(
+        value, state="OPENED", messageKey=-1
     )
 
 

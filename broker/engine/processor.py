@@ -436,8 +436,10 @@ class Engine:
             ValueType.PROCESS_INSTANCE,
             "ELEMENT_ACTIVATED",
             instance_key,
-            {**self._element_value(instance_key, process, definition_key, "PROCESS", None),
-             "variables": variables},
+            {
+                **self._element_value(instance_key, process, definition_key, "PROCESS", None),
+                "variables": variables,
+            },
         )
         model = self._model(definition_key)
         self._run_from(ctx, instance_key, model.nodes[model.start_node])
@@ -576,9 +578,7 @@ class Engine:
             raise _Rejected("INVALID_ARGUMENT", "Expected variables to be a JSON object")
         completed = {**_without(job, "state"), "variables": variables}
         ctx.event(ValueType.JOB, "COMPLETED", key, completed)
-        self._complete_element(
-            ctx, job["processInstanceKey"], job["elementInstanceKey"], variables
-        )
+        self._complete_element(ctx, job["processInstanceKey"], job["elementInstanceKey"], variables)
         ctx.respond("COMPLETED", key, completed)
 
     def _time_out_job(self, ctx: _Context) -> None:
@@ -709,9 +709,7 @@ class Engine:
 
     def _reject_correlation(self, ctx: _Context) -> None:
         value = ctx.command.value
-        ctx.result.resolved.append(
-            ("correlate", value["elementInstanceKey"], value["messageName"])
-        )
+        ctx.result.resolved.append(("correlate", value["elementInstanceKey"], value["messageName"]))
         subscription = self.state.message_subscriptions.get(
             sub_key(value["elementInstanceKey"], value["messageName"])
         )
@@ -758,9 +756,7 @@ class Engine:
             "messageName": node.message_name,
             "correlationKey": correlation_key,
             "bpmnProcessId": instance["bpmnProcessId"],
-            "messagePartitionId": subscription_partition_id(
-                correlation_key, self.partition_count
-            ),
+            "messagePartitionId": subscription_partition_id(correlation_key, self.partition_count),
         }
         ctx.event(ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CREATING", element_key, subscription)
         ctx.result.sends.append(self._open_subscription_send(subscription))
@@ -805,8 +801,13 @@ class Engine:
         if subscription is not None and subscription["state"] == "CORRELATED":
             if subscription["messageKey"] == value["messageKey"]:
                 # A re-sent CORRELATE: confirm again, the first confirmation may have been lost.
-                ctx.send(message_partition, ValueType.MESSAGE_SUBSCRIPTION, "CORRELATE",
-                         ctx.command.key, answer)
+                ctx.send(
+                    message_partition,
+                    ValueType.MESSAGE_SUBSCRIPTION,
+                    "CORRELATE",
+                    ctx.command.key,
+                    answer,
+                )
                 raise _Rejected("INVALID_STATE", "The subscription is already correlated")
             subscription = None
         instance = self.state.instances.get(value["processInstanceKey"])
@@ -815,8 +816,9 @@ class Engine:
             or instance is None
             or instance["elementInstanceKey"] != element_key
         ):
-            ctx.send(message_partition, ValueType.MESSAGE_SUBSCRIPTION, "REJECT",
-                     ctx.command.key, answer)
+            ctx.send(
+                message_partition, ValueType.MESSAGE_SUBSCRIPTION, "REJECT", ctx.command.key, answer
+            )
             raise _Rejected(
                 "INVALID_STATE",
                 f"Expected to correlate subscription for element {element_key}, but the "
@@ -829,8 +831,9 @@ class Engine:
             element_key,
             {**subscription, "messageKey": value["messageKey"], "variables": value["variables"]},
         )
-        ctx.send(message_partition, ValueType.MESSAGE_SUBSCRIPTION, "CORRELATE",
-                 ctx.command.key, answer)
+        ctx.send(
+            message_partition, ValueType.MESSAGE_SUBSCRIPTION, "CORRELATE", ctx.command.key, answer
+        )
         self._complete_element(ctx, value["processInstanceKey"], element_key, value["variables"])
 
     # -- checkpoints --------------------------------------------------------------------------

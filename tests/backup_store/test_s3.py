@@ -13,7 +13,7 @@ import boto3  # type: ignore[import-untyped]
 import obstore
 import pytest
 
-from storage.backup.api import BackupIdentifierWildcard, BackupStatusCode
+from storage.backup.api import BackupIdentifierWildcard, BackupStatusCode, FileRef
 from storage.backup.manifest import Manifest, encode_manifest
 from storage.backup.s3 import S3BackupStore
 from zeebe_sim.errors import BackupStoreError
@@ -269,3 +269,22 @@ async def test_server_stopping_mid_save_fails_it_in_time_and_never_completes(
     finally:
         await store.close()
         await proxy.stop()
+
+
+async def test_large_file_that_is_shorter_than_claimed_fails_with_our_reason(
+    s3_kit: S3Kit, tmp_path: Path
+) -> None:
+    """A source error in the middle of a multipart upload fails the save with the source's own
+    reason (not obstore's), and the backup is FAILED."""
+    store = s3_kit.open(multipart_part_bytes=5 * 1024 * 1024)
+    id = bid()
+    path = tmp_path / "1.log"
+    path.write_bytes(payload(7 * 1024 * 1024, seed=3))
+    backup = make_backup(tmp_path, id, segments={"2.log": b"x"})
+    backup.segment_files["1.log"] = FileRef(path, 9 * 1024 * 1024)
+
+    with pytest.raises(BackupStoreError, match="fewer than the 9437184 bytes"):
+        await store.save(backup)
+    status = await store.get_status(id)
+    assert status.status_code == BackupStatusCode.FAILED
+    assert status.failure_reason is not None and "fewer than" in status.failure_reason

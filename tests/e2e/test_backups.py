@@ -22,15 +22,24 @@ pytestmark = pytest.mark.slow
 
 async def zeebe_sim(*args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "zeebe_sim", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "zeebe_sim",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await process.communicate()
     return process.returncode or 0, output.decode()
 
 
-async def raw(cluster: RunningCluster, method: str, path: str, body: bytes | None = None,
-              headers: dict[str, str] | None = None) -> tuple[int, Any]:
+async def raw(
+    cluster: RunningCluster,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     async with cluster.api.session.request(
         method, cluster.management_url + path, data=body, headers=headers
     ) as response:
@@ -45,38 +54,66 @@ async def test_the_documented_curl_commands_work_verbatim(tmp_path: Path) -> Non
     -d '{ "backupId": "100" }', then GET, list, DELETE: the documented bodies."""
     async with running_cluster(tmp_path) as cluster:
         status, body = await raw(
-            cluster, "POST", "/actuator/backups", b'{ "backupId": "100" }',
+            cluster,
+            "POST",
+            "/actuator/backups",
+            b'{ "backupId": "100" }',
             {"Content-Type": "application/json"},
         )
-        assert (status, body) == (202, {
-            "message": "A backup with id 100 has been scheduled. Use GET actuator/backups/100 "
-            "to monitor the status."
-        })
+        assert (status, body) == (
+            202,
+            {
+                "message": "A backup with id 100 has been scheduled. Use GET actuator/backups/100 "
+                "to monitor the status."
+            },
+        )
         info = await cluster.api.wait_for_backup(100)
         assert info["state"] == "COMPLETED"
         assert [d["partitionId"] for d in info["details"]] == [1, 2, 3]
         for detail in info["details"]:
-            assert set(detail) >= {"partitionId", "state", "createdAt", "lastUpdatedAt",
-                                   "checkpointPosition", "brokerId", "brokerVersion"}
+            assert set(detail) >= {
+                "partitionId",
+                "state",
+                "createdAt",
+                "lastUpdatedAt",
+                "checkpointPosition",
+                "brokerId",
+                "brokerVersion",
+            }
             assert detail["createdAt"].endswith("Z") and "failureReason" not in detail
             assert detail["brokerId"] == detail["partitionId"] - 1
-        for path in ("/actuator/backups", "/actuator/backupRuntime", "/actuator/backups/1*",
-                     "/actuator/backups/*"):
+        for path in (
+            "/actuator/backups",
+            "/actuator/backupRuntime",
+            "/actuator/backups/1*",
+            "/actuator/backups/*",
+        ):
             status, listed = await raw(cluster, "GET", path)
             assert status == 200 and [b["backupId"] for b in listed] == [100], path
-            assert set(listed[0]["details"][0]) == {"partitionId", "state", "createdAt", "brokerVersion"}
+            assert set(listed[0]["details"][0]) == {
+                "partitionId",
+                "state",
+                "createdAt",
+                "brokerVersion",
+            }
         status, listed = await raw(cluster, "GET", "/actuator/backups/2*")
         assert (status, listed) == (200, [])
         status, same = await raw(cluster, "GET", "/actuator/backupRuntime/100")
         assert status == 200 and same["state"] == "COMPLETED"
         assert await raw(cluster, "DELETE", "/actuator/backups/100") == (204, None)
         assert await raw(cluster, "GET", "/actuator/backups/100") == (
-            404, {"message": "Backup with id 100 does not exist"}
+            404,
+            {"message": "Backup with id 100 does not exist"},
         )
         assert await raw(cluster, "DELETE", "/actuator/backups/100") == (204, None)
         # Ids are never reusable, even after DELETE.
-        status, body = await raw(cluster, "POST", "/actuator/backups", b'{"backupId": 100}',
-                                 {"Content-Type": "application/json"})
+        status, body = await raw(
+            cluster,
+            "POST",
+            "/actuator/backups",
+            b'{"backupId": 100}',
+            {"Content-Type": "application/json"},
+        )
         assert status == 409 and body["message"] == (
             "Requested backup has id 100. The latest backup has id 100. Id of new backups must "
             "be higher than the previous one."
@@ -84,9 +121,18 @@ async def test_the_documented_curl_commands_work_verbatim(tmp_path: Path) -> Non
 
 
 BAD_BODIES = [
-    b'{"backupId": 0}', b'{"backupId": -3}', b'{"backupId": 1.5}', b'{"backupId": "abc"}',
-    b'{"backupId": 9223372036854775808}', b'{"backupId": true}', b'{"backupId": null}',
-    b"", b"{not json", b"[]", b'{"id": 5}', b'"5"',
+    b'{"backupId": 0}',
+    b'{"backupId": -3}',
+    b'{"backupId": 1.5}',
+    b'{"backupId": "abc"}',
+    b'{"backupId": 9223372036854775808}',
+    b'{"backupId": true}',
+    b'{"backupId": null}',
+    b"",
+    b"{not json",
+    b"[]",
+    b'{"id": 5}',
+    b'"5"',
 ]
 
 
@@ -94,12 +140,24 @@ async def test_bad_backup_input_is_400_never_500(tmp_path: Path) -> None:
     """Ids 0, negative, fractional, non-numeric, beyond int64; missing body; broken JSON."""
     async with running_cluster(tmp_path, brokers=1, partitions=1) as cluster:
         for body in BAD_BODIES:
-            status, answer = await raw(cluster, "POST", "/actuator/backups", body or None,
-                                       {"Content-Type": "application/json"})
+            status, answer = await raw(
+                cluster,
+                "POST",
+                "/actuator/backups",
+                body or None,
+                {"Content-Type": "application/json"},
+            )
             assert status == 400, (body, answer)
-            assert answer["message"].startswith("A backupId must be provided and it must be > 0"), answer
-        for path in ("/actuator/backups/0", "/actuator/backups/abc", "/actuator/backups/-1",
-                     "/actuator/backups/99999999999999999999", "/actuator/backups/1x*"):
+            assert answer["message"].startswith("A backupId must be provided and it must be > 0"), (
+                answer
+            )
+        for path in (
+            "/actuator/backups/0",
+            "/actuator/backups/abc",
+            "/actuator/backups/-1",
+            "/actuator/backups/99999999999999999999",
+            "/actuator/backups/1x*",
+        ):
             status, answer = await raw(cluster, "GET", path)
             assert status == 400 and "message" in answer, (path, answer)
         status, answer = await raw(cluster, "DELETE", "/actuator/backups/0")
@@ -109,23 +167,38 @@ async def test_bad_backup_input_is_400_never_500(tmp_path: Path) -> None:
 async def test_many_simultaneous_posts_of_one_id_give_exactly_one_202(tmp_path: Path) -> None:
     async with running_cluster(tmp_path) as cluster:
         results = await asyncio.gather(
-            *(raw(cluster, "POST", "/actuator/backups", b'{"backupId": 7}',
-                  {"Content-Type": "application/json"}) for _ in range(25))
+            *(
+                raw(
+                    cluster,
+                    "POST",
+                    "/actuator/backups",
+                    b'{"backupId": 7}',
+                    {"Content-Type": "application/json"},
+                )
+                for _ in range(25)
+            )
         )
         assert sorted(s for s, _ in results) == [202] + [409] * 24
         assert (await cluster.api.wait_for_backup(7))["state"] == "COMPLETED"
 
 
-async def test_without_a_store_backup_calls_are_400_and_checkpoints_still_advance(tmp_path: Path) -> None:
-    message = ("Cannot process backup requests. No backup store is configured. To use this "
-               "feature, configure backup in broker configuration.")
+async def test_without_a_store_backup_calls_are_400_and_checkpoints_still_advance(
+    tmp_path: Path,
+) -> None:
+    message = (
+        "Cannot process backup requests. No backup store is configured. To use this "
+        "feature, configure backup in broker configuration."
+    )
     async with running_cluster(tmp_path, broker_args=["--backup-store", "none"]) as cluster:
-        for method, path, body in [("POST", "/actuator/backups", b'{"backupId": 5}'),
-                                   ("GET", "/actuator/backups/5", None),
-                                   ("GET", "/actuator/backups", None),
-                                   ("DELETE", "/actuator/backups/5", None)]:
+        for method, path, body in [
+            ("POST", "/actuator/backups", b'{"backupId": 5}'),
+            ("GET", "/actuator/backups/5", None),
+            ("GET", "/actuator/backups", None),
+            ("DELETE", "/actuator/backups/5", None),
+        ]:
             assert await raw(cluster, method, path, body, {"Content-Type": "application/json"}) == (
-                400, {"message": message}
+                400,
+                {"message": message},
             )
         partitions = await cluster.api.call("GET", f"{cluster.management_url}/actuator/partitions")
         assert {p["checkpointId"] for p in partitions.values()} == {5}
@@ -141,7 +214,9 @@ async def test_backup_restore_is_a_consistent_cut_and_the_cluster_works_on(tmp_p
     keys = [f"order-{i}" for i in range(40)]
     async with running_cluster(data, broker_args=args, gateway_args=FAST_GATEWAY_ARGS) as cluster:
         await cluster.api.deploy(DEMO_BPMN)
-        before = [await cluster.api.create_instance("demo-process", {"correlationKey": k}) for k in keys]
+        before = [
+            await cluster.api.create_instance("demo-process", {"correlationKey": k}) for k in keys
+        ]
         await complete_all(cluster, "demo-task")
         published: list[str] = []
 
@@ -160,8 +235,9 @@ async def test_backup_restore_is_a_consistent_cut_and_the_cluster_works_on(tmp_p
     for broker in data.glob("broker-*"):
         shutil.rmtree(broker)
 
-    code, output = await zeebe_sim("restore", "--backup-id", "200", "--data-dir", str(data),
-                                   "--backup-dir", str(backups))
+    code, output = await zeebe_sim(
+        "restore", "--backup-id", "200", "--data-dir", str(data), "--backup-dir", str(backups)
+    )
     assert code == 0, output
     assert "log truncated right after checkpoint position" in output
     code, report = await run_verify(data)
@@ -209,17 +285,23 @@ async def test_restore_refuses_and_touches_nothing(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     code, output = await zeebe_sim("restore", "--backup-id", "4", "--data-dir", str(empty), *args)
     assert code == 1 and "partition 1 is DOES_NOT_EXIST" in output
-    code, output = await zeebe_sim("restore", "--backup-id", "3", "--data-dir", str(empty),
-                                   "--partitions", "4", *args)
+    code, output = await zeebe_sim(
+        "restore", "--backup-id", "3", "--data-dir", str(empty), "--partitions", "4", *args
+    )
     assert code == 1 and "3 partitions" in output
     assert not any(empty.glob("broker-*")) if empty.exists() else True
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
 
 
 async def test_bad_cli_configuration_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    for args in (["up", "--brokers", "zero"], ["up", "--replication-factor", "3"],
-                 ["broker", "--node-id", "5", "--brokers", "3"], ["up", "--backup-store", "tape"],
-                 ["up", "--snapshot-period", "soon"], ["gateway"]):
+    for args in (
+        ["up", "--brokers", "zero"],
+        ["up", "--replication-factor", "3"],
+        ["broker", "--node-id", "5", "--brokers", "3"],
+        ["up", "--backup-store", "tape"],
+        ["up", "--snapshot-period", "soon"],
+        ["gateway"],
+    ):
         code, output = await zeebe_sim(*args)
         assert code == 2, (args, output)
         assert len(output.strip().splitlines()) == 1, output

@@ -39,7 +39,9 @@ async def test_fresh_cluster_answers_health_and_topology(tmp_path: Path) -> None
         assert health["status"] == "UP"
         topology = await cluster.api.call("GET", f"{cluster.rest_url}/v2/topology")
         assert topology["clusterSize"] == 3 and topology["partitionsCount"] == 3
-        leaders = {p["partitionId"]: b["nodeId"] for b in topology["brokers"] for p in b["partitions"]}
+        leaders = {
+            p["partitionId"]: b["nodeId"] for b in topology["brokers"] for p in b["partitions"]
+        }
         assert leaders == {1: 0, 2: 1, 3: 2}
 
 
@@ -48,7 +50,10 @@ async def test_modeler_bpmn_instances_on_every_partition_jobs_complete(tmp_path:
     tasks' jobs are activated and completed; variables merge; every instance completes."""
     async with running_cluster(tmp_path, broker_args=FAST_BROKER_ARGS) as cluster:
         deployment = await cluster.api.deploy(ORDER_BPMN)
-        assert deployment["deployments"][0]["processDefinition"]["processDefinitionId"] == "order-process"
+        assert (
+            deployment["deployments"][0]["processDefinition"]["processDefinitionId"]
+            == "order-process"
+        )
         keys = [await cluster.api.create_instance("order-process", {"order": i}) for i in range(6)]
         assert {partition_of_key(k) for k in keys} == {1, 2, 3}
         assert len(await complete_all(cluster, "reserve-stock")) == 6
@@ -160,7 +165,11 @@ BAD_REST_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/v2/process-instances/2251799813685249", {}),
     ("POST", "/v2/jobs/activation", {"json": {"type": "t"}}),
     ("POST", "/v2/jobs/activation", {"json": {"type": "t", "maxJobsToActivate": 0, "timeout": 1}}),
-    ("POST", "/v2/jobs/activation", {"json": {"type": "t", "maxJobsToActivate": True, "timeout": 1}}),
+    (
+        "POST",
+        "/v2/jobs/activation",
+        {"json": {"type": "t", "maxJobsToActivate": True, "timeout": 1}},
+    ),
     ("POST", "/v2/jobs/123/completion", {"json": {}}),
     ("POST", "/v2/jobs/2251799813685249/completion", {"json": {"variables": "x"}}),
     ("POST", "/v2/jobs/2251799813685249/completion", {"json": {}}),
@@ -168,7 +177,11 @@ BAD_REST_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/v2/messages/publication", {"json": {"name": "m", "timeToLive": -5}}),
     ("POST", "/v2/deployments", {"json": {"resources": "x"}}),
     ("POST", "/v2/deployments", {"form": b"<not-bpmn/>"}),
-    ("POST", "/v2/deployments", {"form": b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><x>&a;</x>"}),
+    (
+        "POST",
+        "/v2/deployments",
+        {"form": b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><x>&a;</x>"},
+    ),
     ("GET", "/v2/nowhere", {}),
     ("DELETE", "/v2/topology", {}),
 ]
@@ -182,7 +195,9 @@ async def test_bad_rest_input_gets_4xx_problem_details_never_500(tmp_path: Path)
                 form = aiohttp.FormData()
                 form.add_field("resources", kwargs.pop("form"), filename="bad.bpmn")
                 kwargs = {"data": form}
-            async with cluster.api.session.request(method, cluster.rest_url + path, **kwargs) as response:
+            async with cluster.api.session.request(
+                method, cluster.rest_url + path, **kwargs
+            ) as response:
                 body = await response.json(content_type=None)
                 assert 400 <= response.status < 500, (method, path, response.status, body)
                 assert response.headers["Content-Type"].startswith("application/problem+json")

@@ -29,8 +29,14 @@ async def states(cluster: RunningCluster, keys: list[int]) -> list[str]:
 
 async def run_verify(data_dir: Path) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "zeebe_sim", "verify", "--data-dir", str(data_dir),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "zeebe_sim",
+        "verify",
+        "--data-dir",
+        str(data_dir),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await process.communicate()
     return process.returncode or 0, output.decode()
@@ -46,9 +52,12 @@ async def test_messages_correlate_across_partitions_exactly_once(tmp_path: Path)
         for i, key in enumerate(correlation_keys):
             if i % 2 == 0:
                 await cluster.api.publish("demo-message", key, variables={"early": True})
-            instances.append(await cluster.api.create_instance("demo-process", {"correlationKey": key}))
+            instances.append(
+                await cluster.api.create_instance("demo-process", {"correlationKey": key})
+            )
         crossing = [
-            k for k, c in zip(instances, correlation_keys, strict=True)
+            k
+            for k, c in zip(instances, correlation_keys, strict=True)
             if partition_of_key(k) != subscription_partition_id(c, 3)
         ]
         assert len(crossing) >= 6 and {partition_of_key(k) for k in instances} == {1, 2, 3}
@@ -99,7 +108,9 @@ async def test_kill_9_with_messages_in_flight_retries_finish_the_work(tmp_path: 
         # A second deployment while broker 2 is down is distributed once it is back.
         cluster.kill_broker(2)
         await cluster.wait_exit(cluster.brokers[2])
-        await cluster.api.deploy(DEMO_BPMN.read_bytes().replace(b'name="Demo', b'name="Demo v2'), "v2.bpmn")
+        await cluster.api.deploy(
+            DEMO_BPMN.read_bytes().replace(b'name="Demo', b'name="Demo v2'), "v2.bpmn"
+        )
         await cluster.start_broker(2)
         await cluster.wait_ready()
 
@@ -109,8 +120,13 @@ async def test_kill_9_with_messages_in_flight_retries_finish_the_work(tmp_path: 
         await eventually(done, timeout_s=30, interval_s=0.2)
 
         async def version_two_everywhere() -> bool:
-            started = [await cluster.api.create_instance("demo-process", {"correlationKey": "x"}) for _ in range(3)]
-            versions = {(await cluster.api.get_instance(k))["processDefinitionVersion"] for k in started}
+            started = [
+                await cluster.api.create_instance("demo-process", {"correlationKey": "x"})
+                for _ in range(3)
+            ]
+            versions = {
+                (await cluster.api.get_instance(k))["processDefinitionVersion"] for k in started
+            }
             return versions == {2}
 
         await eventually(version_two_everywhere, timeout_s=30, interval_s=0.2)

@@ -21,13 +21,17 @@ from zeebe_sim.protocol import TakeBackupResponse
 STATES = ["DOES_NOT_EXIST", "FAILED", "IN_PROGRESS", "COMPLETED"]
 
 
-@pytest.mark.parametrize(("raw", "expected"), [(1, 1), ("100", 100), (" 7 ", 7), (2**63 - 1, 2**63 - 1)])
+@pytest.mark.parametrize(
+    ("raw", "expected"), [(1, 1), ("100", 100), (" 7 ", 7), (2**63 - 1, 2**63 - 1)]
+)
 def test_valid_backup_ids(raw: object, expected: int) -> None:
     """Positive int64 integers, and numeric strings as in the docs' curl example."""
     assert parse_backup_id(raw) == expected
 
 
-@pytest.mark.parametrize("raw", [0, -1, 1.5, 100.0, "abc", "", "-5", "1e3", 2**63, True, None, [1], {"a": 1}])
+@pytest.mark.parametrize(
+    "raw", [0, -1, 1.5, 100.0, "abc", "", "-5", "1e3", 2**63, True, None, [1], {"a": 1}]
+)
 def test_invalid_backup_ids_are_400(raw: object) -> None:
     """Zero, negative, fractional, non-numeric, beyond int64, or not a number: InvalidArgument."""
     with pytest.raises(InvalidArgument, match="A backupId must be provided and it must be > 0"):
@@ -99,11 +103,16 @@ def test_failure_reason_concatenates_failed_partitions_in_order() -> None:
         ],
     )
     assert info["failureReason"] == (
-        "Backup on partition 1 failed due to cancelled. Backup on partition 2 failed due to disk full. "
+        "Backup on partition 1 failed due to cancelled. "
+        "Backup on partition 2 failed due to disk full. "
     )
 
 
-@given(st.dictionaries(st.integers(1, 50), st.lists(st.sampled_from(STATES[1:]), min_size=1, max_size=3)))
+@given(
+    st.dictionaries(
+        st.integers(1, 50), st.lists(st.sampled_from(STATES[1:]), min_size=1, max_size=3)
+    )
+)
 def test_list_counts_missing_partitions_as_does_not_exist(found: dict[int, list[str]]) -> None:
     """An id known to only some partitions is never COMPLETED; ids come newest first."""
     per_partition: list[list[dict[str, object]]] = [[], [], []]
@@ -115,6 +124,8 @@ def test_list_counts_missing_partitions_as_does_not_exist(found: dict[int, list[
     infos = aggregate_list([1, 2, 3], per_partition)
     assert [i["backupId"] for i in infos] == sorted(found, reverse=True)
     for info in infos:
-        states = tuple(found[info["backupId"]]) + ("DOES_NOT_EXIST",) * (3 - len(found[info["backupId"]]))
+        states = tuple(found[info["backupId"]]) + ("DOES_NOT_EXIST",) * (
+            3 - len(found[info["backupId"]])
+        )
         assert info["state"] == _expected(states)
         assert all("brokerId" not in d for d in info["details"])  # list details are reduced

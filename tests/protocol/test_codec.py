@@ -24,7 +24,9 @@ from zeebe_sim.protocol import (
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 values = st.dictionaries(st.text(max_size=10), json_values, max_size=5)
@@ -99,9 +101,21 @@ def _frame(body: Any) -> bytes:
         (_frame([1, "TopologyRequest", -5, {}]), "request id"),
         (_frame([1, "ErrorResponse", 1, {"code": "X"}]), "missing field"),
         (_frame([1, "ErrorResponse", 1, {"code": "X", "message": 5}]), "unexpected int"),
-        (_frame([1, "ErrorResponse", 1, {"code": "X", "message": "m", "extra": 1}]), "unknown fields"),
-        (_frame([1, "ExecuteCommandRequest", 1, {"partition_id": True, "value_type": "J",
-                 "intent": "C", "key": 1, "value": {}}]), "unexpected bool"),
+        (
+            _frame([1, "ErrorResponse", 1, {"code": "X", "message": "m", "extra": 1}]),
+            "unknown fields",
+        ),
+        (
+            _frame(
+                [
+                    1,
+                    "ExecuteCommandRequest",
+                    1,
+                    {"partition_id": True, "value_type": "J", "intent": "C", "key": 1, "value": {}},
+                ]
+            ),
+            "unexpected bool",
+        ),
     ],
 )
 def test_malformed_frames_raise(frame: bytes, complaint: str) -> None:
@@ -119,7 +133,9 @@ def test_oversized_frame_is_refused_before_buffering() -> None:
 
 def test_encoding_an_oversized_message_fails() -> None:
     """We never send a frame the other side would refuse."""
-    big = ExecuteCommandRequest(1, "DEPLOYMENT", "CREATE", -1, {"r": b"x" * protocol.FRAME_BYTES_MAX})
+    big = ExecuteCommandRequest(
+        1, "DEPLOYMENT", "CREATE", -1, {"r": b"x" * protocol.FRAME_BYTES_MAX}
+    )
     with pytest.raises(ProtocolError):
         encode(big)
 

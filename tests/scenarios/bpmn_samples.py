@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 
-def process_xml(process_id: str, *, job_type: str | None = "work", message: str | None = "ping") -> bytes:
+def process_xml(
+    process_id: str, *, job_type: str | None = "work", message: str | None = "ping"
+) -> bytes:
     """start -> [service task] -> [message catch on =key] -> end."""
     elements = ['<bpmn:startEvent id="start" />']
     flows = []
@@ -11,7 +13,8 @@ def process_xml(process_id: str, *, job_type: str | None = "work", message: str 
     if job_type is not None:
         elements.append(
             '<bpmn:serviceTask id="task"><bpmn:extensionElements>'
-            f'<zeebe:taskDefinition type="{job_type}" /></bpmn:extensionElements></bpmn:serviceTask>'
+            f'<zeebe:taskDefinition type="{job_type}" />'
+            "</bpmn:extensionElements></bpmn:serviceTask>"
         )
         flows.append((previous, "task"))
         previous = "task"

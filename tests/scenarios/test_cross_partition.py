@@ -26,7 +26,9 @@ def deploy(cluster: SimulatedCluster, process_id: str = "p", **kwargs: Any) -> i
         1,
         ValueType.DEPLOYMENT,
         "CREATE",
-        resources=[{"resourceName": f"{process_id}.bpmn", "resource": process_xml(process_id, **kwargs)}],
+        resources=[
+            {"resourceName": f"{process_id}.bpmn", "resource": process_xml(process_id, **kwargs)}
+        ],
     )
     assert result.response is not None and result.response.rejection_type is None, result.response
     return int(result.response.key)
@@ -43,8 +45,12 @@ def key_for(partition: int, exclude: int | None = None) -> str:
 
 def create(cluster: SimulatedCluster, partition: int, correlation_key: str) -> int:
     result = cluster.command(
-        partition, ValueType.PROCESS_INSTANCE_CREATION, "CREATE",
-        bpmnProcessId="p", version=-1, variables={"key": correlation_key},
+        partition,
+        ValueType.PROCESS_INSTANCE_CREATION,
+        "CREATE",
+        bpmnProcessId="p",
+        version=-1,
+        variables={"key": correlation_key},
     )
     assert result.response is not None and result.response.rejection_type is None, result.response
     return int(result.response.key)
@@ -54,21 +60,36 @@ def complete_jobs(cluster: SimulatedCluster) -> int:
     done = 0
     for partition in cluster.partitions:
         result = cluster.command(
-            partition, ValueType.JOB_BATCH, "ACTIVATE",
-            type="work", worker="w", timeout=60_000, maxJobsToActivate=100,
+            partition,
+            ValueType.JOB_BATCH,
+            "ACTIVATE",
+            type="work",
+            worker="w",
+            timeout=60_000,
+            maxJobsToActivate=100,
         )
         assert result.response is not None
         for job in result.response.value["jobs"]:
-            cluster.command(partition, ValueType.JOB, "COMPLETE", job["jobKey"], variables={"done": True})
+            cluster.command(
+                partition, ValueType.JOB, "COMPLETE", job["jobKey"], variables={"done": True}
+            )
             done += 1
     return done
 
 
-def publish(cluster: SimulatedCluster, correlation_key: str, ttl: int = 60_000, **extra: Any) -> Any:
+def publish(
+    cluster: SimulatedCluster, correlation_key: str, ttl: int = 60_000, **extra: Any
+) -> Any:
     partition = subscription_partition_id(correlation_key, PARTITIONS)
     return cluster.command(
-        partition, ValueType.MESSAGE, "PUBLISH",
-        name="ping", correlationKey=correlation_key, timeToLive=ttl, variables={"got": correlation_key}, **extra,
+        partition,
+        ValueType.MESSAGE,
+        "PUBLISH",
+        name="ping",
+        correlationKey=correlation_key,
+        timeToLive=ttl,
+        variables={"got": correlation_key},
+        **extra,
     )
 
 
@@ -79,7 +100,8 @@ def completions(cluster: SimulatedCluster) -> dict[int, int]:
         for record in partition.records:
             if (
                 record.record_type == RecordType.EVENT
-                and (record.value_type, record.intent) == (ValueType.PROCESS_INSTANCE, "ELEMENT_COMPLETED")
+                and (record.value_type, record.intent)
+                == (ValueType.PROCESS_INSTANCE, "ELEMENT_COMPLETED")
                 and record.value["bpmnElementType"] == "PROCESS"
             ):
                 counts[record.key] = counts.get(record.key, 0) + 1
@@ -118,8 +140,10 @@ def test_lost_and_duplicated_distribution_is_retried_and_applied_once() -> None:
     cluster.settle()
     assert key not in cluster.partitions[1].state.distributions
     created = [
-        r for r in cluster.partitions[2].records
-        if (r.value_type, r.intent, r.record_type) == (ValueType.PROCESS, "CREATED", RecordType.EVENT)
+        r
+        for r in cluster.partitions[2].records
+        if (r.value_type, r.intent, r.record_type)
+        == (ValueType.PROCESS, "CREATED", RecordType.EVENT)
     ]
     assert len(created) == 1
 
@@ -209,11 +233,13 @@ def test_any_loss_duplication_and_reordering_ends_in_the_same_state(
     # every message partition
     keys = [f"order-{i}" for i in range(6)]
     instances: list[int] = []
-    for step in range(60):
+    for _ in range(60):
         choice = rng.random()
         if choice < 0.15 and len(instances) < 6:
             # Only partitions that have the process can start an instance.
-            ready = [p for p, part in cluster.partitions.items() if "p" in part.state.latest_process]
+            ready = [
+                p for p, part in cluster.partitions.items() if "p" in part.state.latest_process
+            ]
             instances.append(create(cluster, rng.choice(ready), keys[len(instances)]))
         elif choice < 0.25:
             complete_jobs(cluster)
@@ -242,7 +268,9 @@ def test_any_loss_duplication_and_reordering_ends_in_the_same_state(
     assert verify(cluster).ok
 
 
-def _checkpoint_races_a_correlation(propagation: bool) -> tuple[SimulatedCluster, dict[int, list[Any]]]:
+def _checkpoint_races_a_correlation(
+    propagation: bool,
+) -> tuple[SimulatedCluster, dict[int, list[Any]]]:
     """Message partition B checkpoints, then correlates a message to an instance on A; the
     CORRELATE reaches A before A's own checkpoint command from the gateway."""
     cluster = SimulatedCluster(PARTITIONS, checkpoint_propagation=propagation)
@@ -266,7 +294,9 @@ def test_without_propagation_the_backup_is_not_a_consistent_cut() -> None:
     _, backup = _checkpoint_races_a_correlation(propagation=False)
     report = verify(backup)
     assert not report.ok
-    assert any(v.invariant == "no orphan receive" and v.partition_id == 1 for v in report.violations)
+    assert any(
+        v.invariant == "no orphan receive" and v.partition_id == 1 for v in report.violations
+    )
     assert "partition 2 has no record of sending it" in report.render()
 
 
@@ -275,9 +305,13 @@ def test_with_propagation_the_backup_is_a_consistent_cut_and_restores_cleanly() 
     correlation is after A's cut too; the restored cluster is consistent and works on."""
     cluster, backup = _checkpoint_races_a_correlation(propagation=True)
     a_log = cluster.partitions[1].records
-    checkpoint_commands = [r for r in a_log if r.value_type == ValueType.CHECKPOINT and r.is_command]
+    checkpoint_commands = [
+        r for r in a_log if r.value_type == ValueType.CHECKPOINT and r.is_command
+    ]
     assert checkpoint_commands[0].position < next(
-        r.position for r in a_log if r.value_type == ValueType.PROCESS_MESSAGE_SUBSCRIPTION and r.intent == "CORRELATE"
+        r.position
+        for r in a_log
+        if r.value_type == ValueType.PROCESS_MESSAGE_SUBSCRIPTION and r.intent == "CORRELATE"
     )
     assert verify(backup).ok
     restored = SimulatedCluster.restore(backup)
