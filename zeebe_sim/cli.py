@@ -369,3 +369,13 @@ def verify(data_dir: Path) -> None:
     report = check(partitions)
     click.echo(report.render())
     sys.exit(0 if report.ok else 1)
+
+
+def _register_tools() -> None:
+    from zeebe_sim.tools_cli import backup, load
+
+    main.add_command(load)
+    main.add_command(backup)
+
+
+_register_tools()

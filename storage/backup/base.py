@@ -634,20 +634,25 @@ class ManifestBackupStore:
             raise BackupStoreError(f"{self!r} is closed")
 
     async def _bounded(self, jobs: Sequence[Awaitable[None]]) -> None:
-        """Run ``jobs`` at most ``transfer_concurrency_max`` at a time; the first failure
-        cancels the rest and is raised as itself (not as an ExceptionGroup)."""
-        limit = asyncio.Semaphore(self._transfer_concurrency_max)
+        await gather_bounded(jobs, self._transfer_concurrency_max)
 
-        async def run(job: Awaitable[None]) -> None:
-            async with limit:
-                await job
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                for job in jobs:
-                    group.create_task(run(job))
-        except BaseExceptionGroup as group_error:
-            raise _first_leaf(group_error) from None
+async def gather_bounded(jobs: Sequence[Awaitable[T]], limit: int) -> list[T]:
+    """Run ``jobs`` at most ``limit`` at a time and return their results in order. The first
+    failure cancels the rest (no job outlives the call) and is raised as itself, not as an
+    ExceptionGroup."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def run(job: Awaitable[T]) -> T:
+        async with semaphore:
+            return await job
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(run(job)) for job in jobs]
+    except BaseExceptionGroup as group_error:
+        raise _first_leaf(group_error) from None
+    return [t.result() for t in tasks]
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -60,6 +60,7 @@ from storage.backup.base import (
     Version,
     backup_prefix,
     content_key,
+    gather_bounded,
     manifest_key,
     parse_manifest_key,
     utc_now,
@@ -196,9 +197,8 @@ class _S3Backend:
     # -- manifests -------------------------------------------------------------------------------
 
     async def read_manifest(self, id: BackupIdentifier) -> tuple[bytes, Version] | None:
-        return await self._read_manifest_key(manifest_key(id), f"Reading the manifest of {id}")
+        key = manifest_key(id)
 
-    async def _read_manifest_key(self, key: str, what: str) -> tuple[bytes, Version] | None:
         async def op() -> tuple[bytes, Version] | None:
             try:
                 result = await obstore.get_async(self.store, key)
@@ -208,7 +208,7 @@ class _S3Backend:
             data = bytes(await result.bytes_async())
             return data, Version(result.meta["e_tag"] or "")
 
-        return await self._call(what, op)
+        return await self._call(f"Reading the manifest of {id}", op)
 
     async def create_manifest(self, id: BackupIdentifier, data: bytes) -> Version:
         key = manifest_key(id)
@@ -281,14 +281,11 @@ class _S3Backend:
                         break
                     ids += _matching(keys, wildcard)
 
-        limit = asyncio.Semaphore(MANIFEST_READ_CONCURRENCY_MAX)
-
         async def read(id: BackupIdentifier) -> tuple[BackupIdentifier, bytes] | None:
-            async with limit:
-                found = await self.read_manifest(id)
+            found = await self.read_manifest(id)
             return None if found is None else (id, found[0])  # None: deleted since listed
 
-        results = await asyncio.gather(*(read(id) for id in ids))
+        results = await gather_bounded([read(id) for id in ids], MANIFEST_READ_CONCURRENCY_MAX)
         return [r for r in results if r is not None]
 
     async def _pages(

@@ -275,7 +275,7 @@ async def test_large_file_that_is_shorter_than_claimed_fails_with_our_reason(
     s3_kit: S3Kit, tmp_path: Path
 ) -> None:
     """A source error in the middle of a multipart upload fails the save with the source's own
-    reason (not obstore's), and the backup is FAILED."""
+    reason (not obstore's), the backup is FAILED, and no incomplete multipart upload is left."""
     store = s3_kit.open(multipart_part_bytes=5 * 1024 * 1024)
     id = bid()
     path = tmp_path / "1.log"
@@ -283,8 +283,10 @@ async def test_large_file_that_is_shorter_than_claimed_fails_with_our_reason(
     backup = make_backup(tmp_path, id, segments={"2.log": b"x"})
     backup.segment_files["1.log"] = FileRef(path, 9 * 1024 * 1024)
 
-    with pytest.raises(BackupStoreError, match="fewer than the 9437184 bytes"):
+    with pytest.raises(BackupStoreError, match="fewer than the 9437184 to back up"):
         await store.save(backup)
     status = await store.get_status(id)
     assert status.status_code == BackupStatusCode.FAILED
     assert status.failure_reason is not None and "fewer than" in status.failure_reason
+    uploads = boto_client(s3_kit.endpoint).list_multipart_uploads(Bucket=s3_kit.bucket)  # type: ignore[attr-defined]
+    assert not uploads.get("Uploads"), "the failed multipart upload was not aborted"
