@@ -21,6 +21,7 @@ all).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -92,6 +93,7 @@ class BackupService:
         self.node_id = NodeId(node_id)
         self.partition_count = partition_count
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: collections.Counter[int] = collections.Counter()
 
     def _require_store(self) -> BackupStore:
         if self.store is None:
@@ -177,11 +179,18 @@ class BackupService:
             segments,
         )
 
+        self._running[partition.partition_id] += 1
+
         def release() -> None:
             release_snapshot()
             partition.release_log(identifier)
+            self._running[partition.partition_id] -= 1
 
         self._spawn(self._save(backup, release))
+
+    def running(self, partition_id: int) -> int:
+        """Backups of this partition being taken right now."""
+        return self._running[partition_id]
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -238,7 +238,10 @@ class Broker:
                 raise InvalidArgument("process-instance query needs an integer key")
             return self._partition(query.partition_id).engine.process_instance(key)
         if query.query == "partitions":
-            return {str(p): partition.status() for p, partition in self.partitions.items()}
+            return {
+                str(p): {**partition.status(), "backupsRunning": self.backups.running(p)}
+                for p, partition in self.partitions.items()
+            }
         raise InvalidArgument(f"unknown query {query.query!r}")
 
     def topology(self) -> TopologyResponse:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +13,8 @@ from gateway.client import BrokerClient
 from gateway.errors import actuator_errors
 
 CLIENT = web.AppKey("client", BrokerClient)
+# Served as a document, not under /actuator: it describes the API, it is not part of it.
+OPENAPI_PATH = "/openapi/backup-management-api.yaml"
 
 
 def _partitions(client: BrokerClient) -> dict[str, Any]:
@@ -62,9 +66,22 @@ async def partitions(request: web.Request) -> web.Response:
     return web.json_response(dict(sorted(result.items(), key=lambda kv: int(kv[0]))))
 
 
+@functools.cache
+def openapi_document() -> bytes:
+    """The Backup Management API's OpenAPI document (``gateway/openapi.yaml``, package data),
+    read once per process."""
+    return resources.files("gateway").joinpath("openapi.yaml").read_bytes()
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=openapi_document(), content_type="application/yaml")
+
+
 def management_app(client: BrokerClient) -> web.Application:
     app = web.Application(middlewares=[actuator_errors])
     app[CLIENT] = client
+    openapi_document()  # a missing document fails the start, not the first request
+    app.router.add_get(OPENAPI_PATH, openapi)
     app.router.add_get("/actuator/health", health)
     app.router.add_get("/actuator/health/readiness", readiness)
     app.router.add_get("/actuator/health/liveness", liveness)

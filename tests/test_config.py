@@ -6,27 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from zeebe_sim.config import backup_store_config, load_toml, parse_duration_s, resolve
+from zeebe_sim.config import (
+    BACKUP_SETTINGS,
+    backup_store_config,
+    load_toml,
+    parse_duration_s,
+    resolve,
+)
 from zeebe_sim.errors import ConfigError
 
-NAMES = [
-    "brokers",
-    "partitions",
-    "snapshot-period",
-    "backup-store",
-    "data-dir",
-    "backup-dir",
-    "backup-compression",
-    "s3-bucket-name",
-    "s3-endpoint",
-    "s3-region",
-    "s3-access-key",
-    "s3-secret-key",
-    "s3-base-path",
-    "s3-compression",
-    "s3-force-path-style-access",
-    "s3-api-call-timeout",
-]
+NAMES = ["brokers", "partitions", "snapshot-period", "data-dir", *BACKUP_SETTINGS]
 
 
 def test_precedence_flags_over_env_over_toml_over_defaults() -> None:

@@ -122,7 +122,8 @@ def broker_flags(values: dict[str, Any]) -> list[str]:
         if value is True:
             flags.append(f"--{name}")
         elif value not in (None, False):
-            flags += [f"--{name}", f"{value}s" if name == "s3-api-call-timeout" else str(value)]
+            seconds = name in ("s3-api-call-timeout", "backup-upload-delay")
+            flags += [f"--{name}", f"{value}s" if seconds else str(value)]
     if values["unsafe-no-checkpoint-propagation"]:
         flags.append("--unsafe-no-checkpoint-propagation")
     return flags

@@ -17,25 +17,31 @@ import attrs
 
 from zeebe_sim.errors import ConfigError
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h)?)$")
 _ISO_DURATION = re.compile(
-    r"^PT(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$", re.IGNORECASE
+    r"P(?:(?P<d>\d+(?:\.\d+)?)D)?"
+    r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?",
+    re.IGNORECASE,
 )
+_SIMPLE_DURATION = re.compile(r"(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?", re.IGNORECASE)
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
 
 
 def parse_duration_s(text: str) -> float:
-    """Seconds from ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ISO-8601 ``"PT5M"`` or a plain
-    number of seconds."""
-    text = str(text).strip()
-    iso = _ISO_DURATION.match(text)
-    if iso and any(iso.groups()):
-        hours, minutes, seconds = (float(g) if g else 0.0 for g in iso.groups())
-        return hours * 3600 + minutes * 60 + seconds
-    plain = _DURATION.match(text)
-    if not plain:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 500ms or PT5M)")
-    number = float(plain.group(1))
-    return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[plain.group(2)]
+    """Seconds in ``text``: ISO-8601 (``PT180S``, ``PT1M30S``, ``P1D``), plain seconds
+    (``180``, ``2.5``) or ``500ms``/``30s``/``3m``/``1h``. Raises ValueError if not positive."""
+    text = text.strip()
+    iso = _ISO_DURATION.fullmatch(text)
+    if iso and any(iso.groupdict().values()) and not text.upper().endswith("T"):
+        parts = {k: float(v) if v else 0.0 for k, v in iso.groupdict().items()}
+        seconds = parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+    else:
+        simple = _SIMPLE_DURATION.fullmatch(text)
+        if simple is None:
+            raise ValueError(f"not a duration: {text!r} (use e.g. PT180S, 180 or 3m)")
+        seconds = float(simple["n"]) * _UNIT_S[(simple["unit"] or "").lower()]
+    if not seconds > 0:
+        raise ValueError(f"must be positive, got {text!r}")
+    return seconds
 
 
 def _int(low: int, high: int = 1 << 31) -> Callable[[Any], int]:
@@ -76,10 +82,15 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 
 
 def _duration(value: Any) -> float:
-    seconds = parse_duration_s(str(value))
-    if seconds <= 0:
-        raise ValueError("must be positive")
-    return seconds
+    return parse_duration_s(str(value))
+
+
+def _delay(value: Any) -> float:
+    """A duration that may be zero (off)."""
+    text = str(value).strip().lower()
+    if text.rstrip("s").rstrip("m") in ("0", "0.0") or text in ("pt0s", ""):
+        return 0.0
+    return parse_duration_s(text)
 
 
 def _path(value: Any) -> Path:
@@ -211,6 +222,14 @@ SETTINGS: dict[str, Setting] = {
             "zstd-compress large backup files (filesystem store)",
         ),
         Setting(
+            "backup-upload-delay",
+            _delay,
+            0.0,
+            (),
+            "FAULT INJECTION: wait this long before uploading a backup's files, so that "
+            "IN_PROGRESS backups can be observed, killed and deleted",
+        ),
+        Setting(
             "s3-bucket-name",
             _text,
             None,
@@ -340,7 +359,13 @@ def resolve(
 
 
 S3_SETTINGS = [name for name in SETTINGS if name.startswith("s3-")]
-BACKUP_SETTINGS = ["backup-store", "backup-dir", "backup-compression", *S3_SETTINGS]
+BACKUP_SETTINGS = [
+    "backup-store",
+    "backup-dir",
+    "backup-compression",
+    "backup-upload-delay",
+    *S3_SETTINGS,
+]
 
 
 def backup_store_config(values: Mapping[str, Any]) -> Any:
@@ -356,7 +381,11 @@ def backup_store_config(values: Mapping[str, Any]) -> Any:
         return None
     if store == "filesystem":
         base = values["backup-dir"] or Path(values["data-dir"]) / "backups"
-        return FilesystemStoreConfig(base_path=base, compression=values["backup-compression"])
+        return FilesystemStoreConfig(
+            base_path=base,
+            compression=values["backup-compression"],
+            upload_delay_s=values["backup-upload-delay"],
+        )
     if not values["s3-bucket-name"]:
         raise ConfigError(
             "s3-bucket-name: the S3 backup store needs a bucket "
@@ -372,4 +401,5 @@ def backup_store_config(values: Mapping[str, Any]) -> Any:
         compression=None if values["s3-compression"] == "none" else "zstd",
         force_path_style_access=values["s3-force-path-style-access"],
         api_call_timeout_s=values["s3-api-call-timeout"],
+        upload_delay_s=values["backup-upload-delay"],
     )

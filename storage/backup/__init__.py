@@ -20,7 +20,6 @@ from storage.backup.config import (
     FilesystemStoreConfig,
     S3StoreConfig,
     open_store,
-    s3_config_from_env,
 )
 from storage.backup.filesystem import FilesystemBackupStore
 from storage.backup.memory import InMemoryBackupStore, MemoryObjects
@@ -41,5 +40,4 @@ __all__ = [
     "RestoredBackup",
     "S3StoreConfig",
     "open_store",
-    "s3_config_from_env",
 ]

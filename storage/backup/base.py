@@ -320,6 +320,7 @@ class ManifestBackupStore:
         transfer_concurrency_max: int = TRANSFER_CONCURRENCY_MAX,
         chunk_bytes: int = COPY_CHUNK_BYTES,
         now: Clock = utc_now,
+        upload_delay_s: float = 0.0,
     ) -> None:
         assert compression is None or compression in COMPRESSIONS, compression
         assert transfer_concurrency_max >= 1 and chunk_bytes >= 1
@@ -329,6 +330,9 @@ class ManifestBackupStore:
         self._transfer_concurrency_max = transfer_concurrency_max
         self._chunk_bytes = chunk_bytes
         self._now = now
+        # Fault injection ("easier to break on purpose"): wait this long between writing the
+        # IN_PROGRESS manifest and uploading, so that a backup can be caught in flight.
+        self._upload_delay_s = upload_delay_s
         self._closed = False
 
     def __repr__(self) -> str:
@@ -351,6 +355,8 @@ class ManifestBackupStore:
         except ManifestConflict:
             raise AlreadyExists(f"Cannot save {id}: a backup with this id already exists") from None
         try:
+            if self._upload_delay_s:
+                await asyncio.sleep(self._upload_delay_s)
             snapshot, segments = await self._upload(backup)
             await self._complete(id, manifest, version, snapshot, segments)
             return

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
@@ -37,6 +36,7 @@ class FilesystemStoreConfig:
 
     base_path: Path
     compression: bool = False
+    upload_delay_s: float = 0.0  # fault injection: see ManifestBackupStore
 
     def __attrs_post_init__(self) -> None:
         if not str(self.base_path).strip():
@@ -64,6 +64,7 @@ class S3StoreConfig:
     api_call_timeout_s: float = 180.0
     multipart_part_bytes: int = S3_PART_BYTES_DEFAULT
     transfer_concurrency_max: int = S3_TRANSFER_CONCURRENCY_DEFAULT
+    upload_delay_s: float = 0.0  # fault injection: see ManifestBackupStore
 
     def __attrs_post_init__(self) -> None:
         if not _BUCKET.fullmatch(self.bucket_name):
@@ -113,71 +114,6 @@ _FIELD_TO_ENV_SUFFIX: Final = {
 }
 
 
-def s3_config_from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    """The ``S3StoreConfig`` keyword arguments set in ``env`` (Zeebe's variable names).
-
-    Unset or empty variables are left out, so the result can be layered over other sources.
-    ``..._COMPRESSION`` is ``zstd`` or ``none``; ``..._FORCEPATHSTYLEACCESS`` true/false;
-    ``..._APICALLTIMEOUT`` an ISO-8601 duration (``PT180S``, ``PT3M``), a number of seconds, or
-    ``500ms``/``30s``/``3m``/``1h``. Raises ConfigError naming the variable.
-    """
-    out: dict[str, Any] = {}
-    for field, suffix in _FIELD_TO_ENV_SUFFIX.items():
-        name = S3_ENV_PREFIX + suffix
-        raw = env.get(name)
-        if raw is None or not raw.strip():
-            continue
-        value = raw.strip()
-        if field == "compression":
-            if value.lower() == "none":
-                out[field] = None
-            elif value.lower() == "zstd":
-                out[field] = "zstd"
-            else:
-                raise ConfigError(f"{name} must be zstd or none, got {raw!r}")
-        elif field == "force_path_style_access":
-            if value.lower() not in ("true", "false"):
-                raise ConfigError(f"{name} must be true or false, got {raw!r}")
-            out[field] = value.lower() == "true"
-        elif field == "api_call_timeout_s":
-            try:
-                out[field] = parse_duration_s(value)
-            except ValueError as exc:
-                raise ConfigError(f"{name}: {exc}") from None
-        elif field == "base_path":
-            out[field] = value.strip("/") or None
-        else:
-            out[field] = value
-    return out
-
-
-_ISO_DURATION: Final = re.compile(
-    r"P(?:(?P<d>\d+(?:\.\d+)?)D)?"
-    r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?",
-    re.IGNORECASE,
-)
-_SIMPLE_DURATION: Final = re.compile(r"(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?", re.IGNORECASE)
-_UNIT_S: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
-
-
-def parse_duration_s(text: str) -> float:
-    """Seconds in ``text``: ISO-8601 (``PT180S``, ``PT1M30S``, ``P1D``), plain seconds
-    (``180``, ``2.5``) or ``500ms``/``30s``/``3m``/``1h``. Raises ValueError if not positive."""
-    text = text.strip()
-    iso = _ISO_DURATION.fullmatch(text)
-    if iso and any(iso.groupdict().values()) and not text.upper().endswith("T"):
-        parts = {k: float(v) if v else 0.0 for k, v in iso.groupdict().items()}
-        seconds = parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
-    else:
-        simple = _SIMPLE_DURATION.fullmatch(text)
-        if simple is None:
-            raise ValueError(f"not a duration: {text!r} (use e.g. PT180S, 180 or 3m)")
-        seconds = float(simple["n"]) * _UNIT_S[(simple["unit"] or "").lower()]
-    if not seconds > 0:
-        raise ValueError(f"must be positive, got {text!r}")
-    return seconds
-
-
 def open_store(config: FilesystemStoreConfig | S3StoreConfig) -> BackupStore:
     """The store ``config`` describes. Nothing is contacted yet: call ``check()`` for that.
 
@@ -186,7 +122,11 @@ def open_store(config: FilesystemStoreConfig | S3StoreConfig) -> BackupStore:
     if isinstance(config, FilesystemStoreConfig):
         from storage.backup.filesystem import FilesystemBackupStore
 
-        return FilesystemBackupStore(config.base_path, compression=config.compression)
+        return FilesystemBackupStore(
+            config.base_path,
+            compression=config.compression,
+            upload_delay_s=config.upload_delay_s,
+        )
     # Imported here so that obstore (the optional "s3" extra) is only needed for S3.
     from storage.backup.s3 import S3BackupStore
 

@@ -324,6 +324,7 @@ class FilesystemBackupStore(ManifestBackupStore):
         transfer_concurrency_max: int = TRANSFER_CONCURRENCY_MAX,
         chunk_bytes: int = COPY_CHUNK_BYTES,
         now: Clock = utc_now,
+        upload_delay_s: float = 0.0,
     ) -> None:
         self.base_path = Path(base_path)
         super().__init__(
@@ -333,6 +334,7 @@ class FilesystemBackupStore(ManifestBackupStore):
             transfer_concurrency_max=transfer_concurrency_max,
             chunk_bytes=chunk_bytes,
             now=now,
+            upload_delay_s=upload_delay_s,
         )
 
 

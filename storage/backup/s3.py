@@ -465,6 +465,7 @@ class S3BackupStore(ManifestBackupStore):
             compression_min_bytes=compression_min_bytes,
             transfer_concurrency_max=config.transfer_concurrency_max,
             now=now,
+            upload_delay_s=config.upload_delay_s,
         )
 
     async def check(self) -> None:

@@ -7,22 +7,27 @@ from pathlib import Path
 
 import pytest
 
-from storage.backup.config import (
-    FilesystemStoreConfig,
-    S3StoreConfig,
-    open_store,
-    parse_duration_s,
-    s3_config_from_env,
-)
+from storage.backup.config import FilesystemStoreConfig, S3StoreConfig, open_store
 from storage.backup.filesystem import FilesystemBackupStore
 from storage.backup.s3 import S3BackupStore
+from zeebe_sim.config import BACKUP_SETTINGS, backup_store_config, parse_duration_s, resolve
 from zeebe_sim.errors import ConfigError
 
 P = "ZEEBE_BROKER_DATA_BACKUP_S3_"
 
 
+def s3_from_env(env: dict[str, str]) -> S3StoreConfig:
+    """The S3 store configuration the CLI builds from Zeebe's environment names."""
+    values = resolve(
+        [*BACKUP_SETTINGS, "data-dir"], {}, {"ZEEBE_BROKER_DATA_BACKUP_STORE": "S3", **env}, {}
+    )
+    config = backup_store_config(values)
+    assert isinstance(config, S3StoreConfig)
+    return config
+
+
 def test_env_names_map_to_config_fields() -> None:
-    """Every Zeebe S3 variable is read; the result builds an S3StoreConfig."""
+    """Every Zeebe S3 variable is read into the S3StoreConfig."""
     env = {
         P + "BUCKETNAME": "zeebe-backups",
         P + "ENDPOINT": "http://localhost:9000",
@@ -35,25 +40,17 @@ def test_env_names_map_to_config_fields() -> None:
         P + "APICALLTIMEOUT": "PT3M",
         "UNRELATED": "x",
     }
-    values = s3_config_from_env(env)
-    assert values == {
-        "bucket_name": "zeebe-backups",
-        "endpoint": "http://localhost:9000",
-        "region": "eu-west-1",
-        "access_key": "key",
-        "secret_key": "secret",
-        "base_path": "cluster-a",
-        "compression": "zstd",
-        "force_path_style_access": True,
-        "api_call_timeout_s": 180.0,
-    }
-    assert S3StoreConfig(**values).api_call_timeout_s == 180.0
-
-
-def test_unset_and_empty_variables_are_left_out() -> None:
-    """Only what is set is returned, so other sources can fill the rest."""
-    assert s3_config_from_env({P + "ENDPOINT": "", P + "REGION": "  "}) == {}
-    assert s3_config_from_env({P + "COMPRESSION": "none"}) == {"compression": None}
+    assert s3_from_env(env) == S3StoreConfig(
+        bucket_name="zeebe-backups",
+        endpoint="http://localhost:9000",
+        region="eu-west-1",
+        access_key="key",
+        secret_key="secret",
+        base_path="cluster-a",
+        compression="zstd",
+        force_path_style_access=True,
+        api_call_timeout_s=180.0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -75,14 +72,17 @@ def test_unset_and_empty_variables_are_left_out() -> None:
 def test_api_call_timeout_formats(text: str, seconds: float) -> None:
     """ISO-8601 durations (Zeebe's apiCallTimeout), plain seconds and short units are read."""
     assert parse_duration_s(text) == seconds
+    assert (
+        s3_from_env({P + "BUCKETNAME": "zeebe", P + "APICALLTIMEOUT": text}).api_call_timeout_s
+        == seconds
+    )
 
 
-@pytest.mark.parametrize("text", ["", "PT", "P", "P1DT", "abc", "-5", "0", "PT0S", "5 parsecs"])
+@pytest.mark.parametrize("text", ["PT", "P", "P1DT", "abc", "-5", "0", "PT0S", "5 parsecs"])
 def test_bad_api_call_timeout_names_the_variable(text: str) -> None:
     """A bad duration is a one-line ConfigError naming the variable."""
-    env = {P + "APICALLTIMEOUT": text or "x"}
     with pytest.raises(ConfigError, match=P + "APICALLTIMEOUT") as raised:
-        s3_config_from_env(env)
+        s3_from_env({P + "BUCKETNAME": "zeebe", P + "APICALLTIMEOUT": text})
     assert "\n" not in str(raised.value)
 
 
@@ -93,7 +93,7 @@ def test_bad_api_call_timeout_names_the_variable(text: str) -> None:
 def test_bad_choices_name_the_variable(name: str, value: str) -> None:
     """Values outside the allowed choices are a ConfigError naming the variable."""
     with pytest.raises(ConfigError, match=P + name):
-        s3_config_from_env({P + name: value})
+        s3_from_env({P + "BUCKETNAME": "zeebe", P + name: value})
 
 
 @pytest.mark.parametrize(

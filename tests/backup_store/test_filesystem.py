@@ -143,13 +143,19 @@ def test_create_if_absent_holds_across_processes(fs_kit: FilesystemKit, tmp_path
         )
         for _ in range(4)
     ]
-    for p in processes:  # a barrier: everyone imported and waiting, then go
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    for p in processes:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    outputs = [p.communicate(timeout=60)[0].strip() for p in processes]
+    try:
+        for p in processes:  # a barrier: everyone imported and waiting, then go
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        for p in processes:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outputs = [p.communicate(timeout=60)[0].strip() for p in processes]
+    finally:
+        for p in processes:  # never leave a child behind, even when an assertion failed
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert sorted(outputs) == ["lost", "lost", "lost", "won"]
     assert all(p.returncode == 0 for p in processes)
 

@@ -306,3 +306,70 @@ async def test_bad_cli_configuration_is_one_line_and_exit_2(tmp_path: Path) -> N
         assert code == 2, (args, output)
         assert len(output.strip().splitlines()) == 1, output
     assert aiohttp  # the API client used above
+
+
+SLOW_BACKUP_ARGS = ["--backup-upload-delay", "2s"]
+
+
+async def partition_backup_state(cluster: RunningCluster, backup_id: int, partition: int) -> str:
+    info = await cluster.api.call(
+        "GET", f"{cluster.management_url}/actuator/backups/{backup_id}", ok=(200, 404)
+    )
+    details = {d["partitionId"]: d for d in info.get("details", [])}
+    return str(details.get(partition, {}).get("state", "DOES_NOT_EXIST"))
+
+
+async def no_backup_running(cluster: RunningCluster) -> bool:
+    partitions = await cluster.api.call("GET", f"{cluster.management_url}/actuator/partitions")
+    return all(p["backupsRunning"] == 0 for p in partitions.values())
+
+
+async def test_kill_9_mid_backup_leaves_it_failed_and_the_next_id_succeeds(tmp_path: Path) -> None:
+    """A broker killed while its partition's backup uploads comes back and marks that backup
+    FAILED (never COMPLETED); a backup with a higher id then completes."""
+    async with running_cluster(
+        tmp_path, broker_args=SLOW_BACKUP_ARGS, gateway_args=FAST_GATEWAY_ARGS
+    ) as cluster:
+        await cluster.api.take_backup(1)
+
+        async def uploading() -> bool:
+            return await partition_backup_state(cluster, 1, 2) == "IN_PROGRESS"
+
+        await eventually(uploading, timeout_s=10, interval_s=0.02)
+        cluster.kill_broker(1)  # leads partition 2
+        await cluster.wait_exit(cluster.brokers[1])
+        await cluster.start_broker(1)
+        await cluster.wait_ready()
+        await eventually(lambda: no_backup_running(cluster), timeout_s=20)
+        info = await cluster.api.backup(1)
+        assert info["state"] == "FAILED", info
+        failed = {d["partitionId"]: d for d in info["details"]}[2]
+        assert failed["state"] == "FAILED"
+        assert failed["failureReason"] == "Backup is cancelled due to leader change."
+        assert "Backup on partition 2 failed due to Backup is cancelled" in info["failureReason"]
+        await cluster.api.take_backup(2)
+        assert (await cluster.api.wait_for_backup(2))["state"] == "COMPLETED"
+        assert (await cluster.api.backup(1))["state"] == "FAILED"
+
+
+async def test_deleting_an_in_progress_backup_fails_it_first_and_it_never_comes_back(
+    tmp_path: Path,
+) -> None:
+    """DELETE while the upload runs: 204, then 404, and still 404 once the upload is over."""
+    backups = tmp_path / "backups"
+    args = [*SLOW_BACKUP_ARGS, "--backup-dir", str(backups)]
+    async with running_cluster(tmp_path / "data", broker_args=args) as cluster:
+        await cluster.api.take_backup(9)
+
+        async def uploading() -> bool:
+            return all(
+                [await partition_backup_state(cluster, 9, p) == "IN_PROGRESS" for p in (1, 2, 3)]
+            )
+
+        await eventually(uploading, timeout_s=10, interval_s=0.02)
+        assert await raw(cluster, "DELETE", "/actuator/backups/9") == (204, None)
+        assert (await raw(cluster, "GET", "/actuator/backups/9"))[0] == 404
+        await eventually(lambda: no_backup_running(cluster), timeout_s=20)
+        assert (await raw(cluster, "GET", "/actuator/backups/9"))[0] == 404
+        assert (await raw(cluster, "GET", "/actuator/backups"))[1] == []
+        assert not list(backups.rglob("manifest.json"))
