@@ -24,7 +24,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from storage.backup.api import (
@@ -38,7 +38,7 @@ from storage.backup.api import (
     FileRef,
 )
 from zeebe_sim import VERSION
-from zeebe_sim.errors import BackupNotConfigured, ZeebeSimError
+from zeebe_sim.errors import BackupNotConfigured, SaveOvertaken, ZeebeSimError
 from zeebe_sim.ids import BackupId, NodeId, PartitionId
 
 if TYPE_CHECKING:
@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CANCELLED_ON_RESTART = "Backup is cancelled due to leader change."
+# Retry of writing a failure to a store that was unreachable when the backup failed.
+RECORD_RETRY_INITIAL_S = 1.0
+RECORD_RETRY_MAX_S = 30.0
 DELETING = "The backup is going to be deleted."
 
 
@@ -94,6 +97,9 @@ class BackupService:
         self.partition_count = partition_count
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: collections.Counter[int] = collections.Counter()
+        # Saves that failed while the store could not record it (unreachable): reported by
+        # status from here, and written to the store once it answers again.
+        self._unrecorded_failures: dict[BackupIdentifier, tuple[str, datetime]] = {}
 
     def _require_store(self) -> BackupStore:
         if self.store is None:
@@ -218,10 +224,34 @@ class BackupService:
                 return
             await store.save(backup)
             log.info("%s completed", identifier)
+        except SaveOvertaken as exc:
+            log.warning("%s: %s", identifier, exc.message)
         except ZeebeSimError as exc:
             log.error("%s failed: %s", identifier, exc.message)
+            # The store marks a failed save FAILED itself, unless it cannot be reached (S3
+            # down): so the failure is also kept here until the store has it for sure.
+            self._unrecorded_failures[identifier] = (exc.message, datetime.now(UTC))
+            self._spawn(self._record_failure(identifier))
         finally:
             release()
+
+    async def _record_failure(self, identifier: BackupIdentifier) -> None:
+        store = self._require_store()
+        delay_s = RECORD_RETRY_INITIAL_S
+        while identifier in self._unrecorded_failures:
+            reason, _ = self._unrecorded_failures[identifier]
+            try:
+                # Only an IN_PROGRESS manifest is ours to fail: a FAILED one is recorded
+                # already, and an absent one was deleted (it must not come back).
+                status = await store.get_status(identifier)
+                if status.status_code == BackupStatusCode.IN_PROGRESS:
+                    await store.mark_failed(identifier, reason)
+            except ZeebeSimError as exc:
+                log.debug("cannot record that %s failed yet: %s", identifier, exc.message)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RECORD_RETRY_MAX_S)
+                continue
+            del self._unrecorded_failures[identifier]
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -235,6 +265,13 @@ class BackupService:
         return [s for s in statuses if s.id.checkpoint_id == backup_id]
 
     async def status(self, partition_id: int, backup_id: int) -> dict[str, Any]:
+        identifier = BackupIdentifier(self.node_id, PartitionId(partition_id), BackupId(backup_id))
+        unrecorded = self._unrecorded_failures.get(identifier)
+        if unrecorded is not None:
+            # Known here while the store may still say IN_PROGRESS (or not answer at all).
+            reason, when = unrecorded
+            failed = BackupStatus(identifier, BackupStatusCode.FAILED, None, reason, when, when)
+            return detail(partition_id, failed)
         return detail(partition_id, best_copy(await self._copies(partition_id, backup_id)))
 
     async def list_backups(self, partition_id: int, prefix: str | None) -> list[dict[str, Any]]:
@@ -257,6 +294,7 @@ class BackupService:
         running fails its re-check instead of writing COMPLETED (REFERENCE §4)."""
         store = self._require_store()
         for copy in await self._copies(partition_id, backup_id):
+            self._unrecorded_failures.pop(copy.id, None)
             if copy.status_code == BackupStatusCode.IN_PROGRESS:
                 await store.mark_failed(copy.id, DELETING)
             await store.delete(copy.id)

@@ -113,6 +113,11 @@ class BackupStoreError(ZeebeSimError):
     code = "INTERNAL_ERROR"
 
 
+class SaveOvertaken(BackupStoreError):
+    """A save lost to a delete or mark-failed that happened while it uploaded: the store holds
+    the outcome (deleted, or FAILED), not this save."""
+
+
 class StorageCorruption(ZeebeSimError):
     """A checksum did not match where a complete file was expected."""
 

@@ -69,6 +69,7 @@ from storage.backup.manifest import (
 from zeebe_sim.errors import (
     AlreadyExists,
     BackupStoreError,
+    SaveOvertaken,
     InvalidState,
     StorageCorruption,
     ZeebeSimError,
@@ -381,8 +382,8 @@ class ManifestBackupStore:
         # leaves nothing behind.
         await self._remove_contents_quietly(id)
         if lost_to.status_code == BackupStatusCode.DOES_NOT_EXIST:
-            raise BackupStoreError(f"Cannot save {id}: it was deleted while it was being saved")
-        raise BackupStoreError(
+            raise SaveOvertaken(f"Cannot save {id}: it was deleted while it was being saved")
+        raise SaveOvertaken(
             f"Cannot save {id}: it was marked {lost_to.status_code.name} while it was being saved"
             + (f": {lost_to.failure_reason}" if lost_to.failure_reason else "")
         )
