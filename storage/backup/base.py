@@ -69,8 +69,8 @@ from storage.backup.manifest import (
 from zeebe_sim.errors import (
     AlreadyExists,
     BackupStoreError,
-    SaveOvertaken,
     InvalidState,
+    SaveOvertaken,
     StorageCorruption,
     ZeebeSimError,
 )
