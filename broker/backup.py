@@ -40,6 +40,7 @@ from storage.backup.api import (
 from zeebe_sim import VERSION
 from zeebe_sim.errors import BackupNotConfigured, SaveOvertaken, ZeebeSimError
 from zeebe_sim.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.tasks import OwnedTasks
 
 if TYPE_CHECKING:
     from broker.partition import Partition
@@ -95,7 +96,7 @@ class BackupService:
         self.store = store
         self.node_id = NodeId(node_id)
         self.partition_count = partition_count
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = OwnedTasks(f"backups of node {node_id}")
         self._running: collections.Counter[int] = collections.Counter()
         # Saves that failed while the store could not record it (unreachable): reported by
         # status from here, and written to the store once it answers again.
@@ -119,17 +120,10 @@ class BackupService:
 
     async def wait_idle(self) -> None:
         """Wait until no backup is being taken (tests and benchmarks)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.wait_idle()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await self._tasks.stop()
         if self.store is not None:
             await self.store.close()
 
@@ -154,7 +148,7 @@ class BackupService:
                 f"available snapshots ({', '.join(str(s.id) for s in snapshots)}) have "
                 f"processedPosition or lastFollowupEventPosition >= checkpointPosition {position}"
             )
-            self._spawn(self._fail(identifier, failure))
+            self._tasks.spawn(self._fail(identifier, failure))
             return
         snapshot = valid[-1] if valid else None
         release_snapshot: Callable[[], None] = lambda: None  # noqa: E731
@@ -192,16 +186,11 @@ class BackupService:
             partition.release_log(identifier)
             self._running[partition.partition_id] -= 1
 
-        self._spawn(self._save(backup, release))
+        self._tasks.spawn(self._save(backup, release))
 
     def running(self, partition_id: int) -> int:
         """Backups of this partition being taken right now."""
         return self._running[partition_id]
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _fail(self, identifier: BackupIdentifier, reason: str) -> None:
         try:
@@ -231,7 +220,7 @@ class BackupService:
             # The store marks a failed save FAILED itself, unless it cannot be reached (S3
             # down): so the failure is also kept here until the store has it for sure.
             self._unrecorded_failures[identifier] = (exc.message, datetime.now(UTC))
-            self._spawn(self._record_failure(identifier))
+            self._tasks.spawn(self._record_failure(identifier))
         finally:
             release()
 

@@ -41,6 +41,7 @@ from storage.log import SegmentedLog
 from storage.snapshots import Snapshot, SnapshotId, SnapshotStore
 from zeebe_sim.errors import ResourceExhausted
 from zeebe_sim.ids import NO_CHECKPOINT
+from zeebe_sim.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Partition:
         self._inbox: collections.deque[_Command] = collections.deque()
         self._wakeup = asyncio.Event()
         self._retries: dict[RetryKey, _Retry] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks(f"partition {partition_id}")
         self._maintenance: list[Callable[[], None]] = []
         self._snapshotting = False
         self._compaction_floors: dict[object, int] = {}
@@ -135,8 +136,8 @@ class Partition:
         await asyncio.to_thread(self.log.flush)
         for send in self.engine.pending_sends():
             self._schedule_retry(send, due_s=0.0)
-        self._spawn(self._run())
-        self._spawn(self._timers())
+        self._tasks.spawn(self._run())
+        self._tasks.spawn(self._timers())
         self.ready = True
         for result in results:
             self._carry_out(None, result)
@@ -147,28 +148,8 @@ class Partition:
 
     async def stop(self) -> None:
         self.ready = False
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await self._tasks.stop()
         self.log.close()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "partition task failed",
-                exc_info=task.exception(),
-                extra={"partition": self.partition_id},
-            )
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -344,7 +325,7 @@ class Partition:
                 return
             self._snapshotting = True
             view = self.state.copy_for_snapshot()
-            self._spawn(self._write_snapshot(snapshot_id, self.log.last_position, view, done))
+            self._tasks.spawn(self._write_snapshot(snapshot_id, self.log.last_position, view, done))
 
         self._maintenance.append(begin)
         self._wakeup.set()

@@ -17,7 +17,6 @@ Sends are fire-and-forget: the sending partition retries until acknowledged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from zeebe_sim.protocol import (
     TopologyRequest,
     TopologyResponse,
 )
+from zeebe_sim.tasks import OwnedTasks
 from zeebe_sim.transport import Connection, serve_connection
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class Broker:
         self._connecting: set[int] = set()
         self._waiting: dict[int, list[InterPartitionCommandSent]] = {}
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks(f"broker {config.node_id}")
         self.address = ""
 
     @property
@@ -127,26 +127,17 @@ class Broker:
         # Before any partition can start a new backup: what was IN_PROGRESS died with us.
         await self.backups.fail_in_progress(list(self.partitions))
         await asyncio.gather(*(p.start() for p in self.partitions.values()))
-        self._spawn(self._gossip())
+        self._tasks.spawn(self._gossip())
         log.info("broker started", extra={"node": self.node_id, "address": self.address})
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.stop()
         for peer in self._peers.values():
             await peer.close()
         await asyncio.gather(*(p.stop() for p in self.partitions.values()))
         await self.backups.close()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -305,7 +296,7 @@ class Broker:
             finally:
                 self._connecting.discard(node)
 
-        self._spawn(connect())
+        self._tasks.spawn(connect())
 
     async def _gossip(self) -> None:
         while True:

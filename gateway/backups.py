@@ -31,7 +31,10 @@ from zeebe_sim.protocol import (
 CLIENT = web.AppKey("backup-client", BrokerClient)
 INT64_MAX = 2**63 - 1
 ID_REQUIRED = "A backupId must be provided and it must be > 0"
-_DIGITS = re.compile(r"^[0-9]+$")
+_DIGITS = re.compile(r"[0-9]+")  # used with fullmatch: "7\n" is not an id
+# int64's largest value has 19 digits: longer digit strings are refused before int() (which
+# refuses beyond 4,300 digits with a ValueError of its own).
+ID_DIGITS_MAX = 19
 # Order of "goodness" of a partition's state: the best copy counts (REFERENCE §1).
 STATE_ORDER = ("DOES_NOT_EXIST", "FAILED", "IN_PROGRESS", "COMPLETED")
 LIST_DETAIL_FIELDS = ("partitionId", "state", "failureReason", "createdAt", "brokerVersion")
@@ -50,9 +53,13 @@ def parse_backup_id(raw: Any) -> int:
     if isinstance(raw, bool):
         raise InvalidArgument(f"{ID_REQUIRED}, but it was a boolean")
     if isinstance(raw, str):
-        text = raw.strip()
-        if not _DIGITS.match(text):
-            raise InvalidArgument(f"{ID_REQUIRED}, but it was '{raw}'")
+        text = raw.strip(" ")
+        if not _DIGITS.fullmatch(text):
+            raise InvalidArgument(f"{ID_REQUIRED}, but it was {_shown(raw)}")
+        if len(text.lstrip("0")) > ID_DIGITS_MAX:
+            raise InvalidArgument(
+                f"{ID_REQUIRED} and at most {INT64_MAX}, but it was {_shown(raw)}"
+            )
         raw = int(text)
     if isinstance(raw, float):
         raise InvalidArgument(f"{ID_REQUIRED} and a whole number, but it was {raw}")
@@ -61,14 +68,20 @@ def parse_backup_id(raw: Any) -> int:
     if raw <= 0:
         raise InvalidArgument(f"{ID_REQUIRED}, but it was {raw}")
     if raw > INT64_MAX:
-        raise InvalidArgument(f"{ID_REQUIRED} and at most {INT64_MAX}, but it was {raw}")
+        raise InvalidArgument(f"{ID_REQUIRED} and at most {INT64_MAX}, but it was {_shown(raw)}")
     return raw
 
 
 def parse_path_id(raw: str) -> int:
-    if not _DIGITS.match(raw):
-        raise InvalidArgument(f"{ID_REQUIRED}, but it was '{raw}'")
-    return parse_backup_id(int(raw))
+    if not _DIGITS.fullmatch(raw):
+        raise InvalidArgument(f"{ID_REQUIRED}, but it was {_shown(raw)}")
+    return parse_backup_id(raw)
+
+
+def _shown(raw: object) -> str:
+    """A client's value in an error message: quoted and cut short."""
+    text = repr(raw) if isinstance(raw, str) else str(raw)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def take_backup_outcome(backup_id: int, answers: list[TakeBackupResponse]) -> None:
@@ -157,7 +170,7 @@ async def take_backup(request: web.Request) -> web.Response:
         raise InvalidArgument(f"{ID_REQUIRED}, but the request has no body")
     try:
         body = json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, too deeply nested
         raise InvalidArgument(f"{ID_REQUIRED}, but the body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict) or "backupId" not in body:
         raise InvalidArgument(f"{ID_REQUIRED}, but the body has no backupId")
@@ -192,7 +205,7 @@ async def list_backups(request: web.Request) -> web.Response:
 
 
 async def _list(client: BrokerClient, prefix: str) -> web.Response:
-    if prefix and not _DIGITS.match(prefix):
+    if prefix and not _DIGITS.fullmatch(prefix):
         raise InvalidArgument(f"The backup id prefix must be digits, but it was '{prefix}'")
     answers = await _fan_out(client, lambda p: ListBackupsRequest(p, prefix or None))
     lists = [a.statuses for a in answers if isinstance(a, ListBackupsResponse)]

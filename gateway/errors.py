@@ -56,6 +56,7 @@ Body = Callable[[web.Request, int, str, str], dict[str, object]]
 def _middleware(body: Body, content_type: str) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        headers: dict[str, str] = {}
         try:
             return await handler(request)
         except errors.ZeebeSimError as exc:
@@ -66,6 +67,12 @@ def _middleware(body: Body, content_type: str) -> Middleware:
             status, title, detail = exc.status, exc.reason, exc.text or exc.reason
             if detail.startswith(f"{exc.status}: "):
                 detail = detail[len(f"{exc.status}: ") :]
+            # e.g. Allow on a 405; the body and its type are ours
+            headers = {
+                k: v
+                for k, v in exc.headers.items()
+                if k.lower() not in ("content-type", "content-length")
+            }
         except Exception:
             log.exception("request %s %s failed", request.method, request.path)
             status, title, detail = 500, "INTERNAL_ERROR", "Unexpected error in the gateway"
@@ -73,6 +80,7 @@ def _middleware(body: Body, content_type: str) -> Middleware:
             status=status,
             text=json.dumps(body(request, status, title, detail)),
             content_type=content_type,
+            headers=headers,
         )
 
     return middleware

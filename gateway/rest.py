@@ -32,7 +32,7 @@ CLIENT = web.AppKey("client", BrokerClient)
 async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, too deeply nested
         raise InvalidArgument(f"The request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidArgument("The request body must be a JSON object")

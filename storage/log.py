@@ -59,6 +59,7 @@ from typing import NoReturn
 import attrs
 import google_crc32c
 
+from storage.durable import ensure_directory, fsync_directory, fsync_file
 from zeebe_sim.errors import InvalidArgument, InvalidState, ResourceExhausted, StorageCorruption
 from zeebe_sim.ids import Position
 
@@ -166,30 +167,6 @@ class _Segment:
         return len(self.positions)
 
 
-def fsync_directory(path: Path) -> None:
-    """Make creations, renames and deletions of the directory's entries durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def ensure_directory(path: Path) -> None:
-    """Create ``path`` and any missing parents durably (each new entry's parent is fsynced:
-    a directory whose own entry is lost in a crash takes all its durable files with it)."""
-    missing: list[Path] = []
-    probe = path
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for directory in reversed(missing):
-        directory.mkdir(exist_ok=True)
-        fsync_directory(directory.parent)
-    if not path.is_dir():
-        raise NotADirectoryError(f"{path} is not a directory")
-
-
 def _raise_write_error(exc: OSError, path: Path) -> NoReturn:
     if exc.errno in _OUT_OF_SPACE:
         raise ResourceExhausted(f"Out of disk space writing {path}") from exc
@@ -272,7 +249,7 @@ class SegmentedLog:
             # Bytes read back after a process crash may still be only in the page cache; sync
             # them so that everything this log now reports as durable really is.
             for segment in segments:
-                _fsync_path(segment.path)
+                fsync_file(segment.path)
             fsync_directory(directory)
             if not segments:
                 segments.append(_create_first_segment(directory))
@@ -816,14 +793,6 @@ def _create_first_segment(directory: Path) -> _Segment:
 
 def _open_for_append(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_entries(plan: list[tuple[Path, int, int, int, int]]) -> Iterator[LogEntry]:

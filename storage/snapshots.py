@@ -53,7 +53,7 @@ from typing import Any, NoReturn
 import attrs
 import google_crc32c
 
-from storage.log import ensure_directory, fsync_directory
+from storage.durable import ensure_directory, fsync_directory, fsync_file
 from zeebe_sim.errors import InvalidState, NotFound, ResourceExhausted, StorageCorruption
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ class SnapshotStore:
         """Steps 2 of the theory of operation; the checksum file is the last thing written."""
         snapshot_id = pending.snapshot_id
         for name in pending.files:
-            _fsync_file(pending.directory / name)
+            fsync_file(pending.directory / name)
         fsync_directory(pending.directory)
         final = self._directory / str(snapshot_id)
         if final.exists():
@@ -628,14 +628,6 @@ def _chunks_of(path: Path) -> Iterator[bytes]:
     with path.open("rb") as file:
         while chunk := file.read(COPY_CHUNK_BYTES):
             yield chunk
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(path: Path) -> None:

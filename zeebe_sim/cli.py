@@ -103,6 +103,14 @@ async def _until_signal() -> None:
     await stop.wait()
 
 
+async def _serve_until_signal(node: Any) -> None:
+    """Keep a started broker or gateway running until SIGINT/SIGTERM, then stop it."""
+    try:
+        await _until_signal()
+    finally:
+        await node.stop()
+
+
 def broker_flags(values: dict[str, Any]) -> list[str]:
     """The flags that carry cluster settings from ``up`` to each broker process."""
     flags = [
@@ -256,10 +264,7 @@ def broker(exact_port: int | None, **kwargs: Any) -> None:
         node = Broker(broker_config)
         await node.start()
         announce_ready(node_id=node.node_id, address=node.address)
-        try:
-            await _until_signal()
-        finally:
-            await node.stop()
+        await _serve_until_signal(node)
 
     _run(run())
 
@@ -293,10 +298,7 @@ def gateway(**kwargs: Any) -> None:
         node = Gateway(gateway_config)
         await node.start()
         announce_ready(management_port=node.management_port, rest_port=node.rest_port)
-        try:
-            await _until_signal()
-        finally:
-            await node.stop()
+        await _serve_until_signal(node)
 
     _run(run())
 

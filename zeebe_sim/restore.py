@@ -27,7 +27,8 @@ from storage.backup.api import (
     BackupStatusCode,
     BackupStore,
 )
-from storage.log import SegmentedLog, fsync_directory
+from storage.durable import fsync_directory
+from storage.log import SegmentedLog
 from storage.snapshots import SnapshotStore
 from zeebe_sim.errors import ZeebeSimError
 from zeebe_sim.ids import NodeId, PartitionId, partitions_of_broker

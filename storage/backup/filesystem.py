@@ -55,6 +55,7 @@ from storage.backup.base import (
     utc_now,
 )
 from storage.backup.manifest import ZSTD
+from storage.durable import fsync_directory
 from zeebe_sim.errors import BackupStoreError
 from zeebe_sim.ids import BackupId, NodeId, PartitionId
 
@@ -120,7 +121,7 @@ class _FilesystemBackend:
                     continue  # a concurrent delete removed the directory (or our temp file)
                 finally:
                     _unlink_quietly(temp)
-                _fsync_dir(directory)
+                fsync_directory(directory)
                 return _version(data)
             raise OSError(errno.ENOENT, "directory keeps disappearing", str(directory))
 
@@ -147,7 +148,7 @@ class _FilesystemBackend:
                     os.replace(temp, directory / MANIFEST_NAME)
                 finally:
                     _unlink_quietly(temp)
-                _fsync_dir(directory)
+                fsync_directory(directory)
                 return _version(data)
 
         return await self._io(f"Updating the manifest of {id}", replace)
@@ -216,7 +217,7 @@ class _FilesystemBackend:
                         f.write(chunk)
                     f.flush()
                     os.fsync(f.fileno())
-                _fsync_dir(directory)
+                fsync_directory(directory)
                 return
             raise OSError(errno.ENOENT, "directory keeps disappearing", str(directory))
 
@@ -371,17 +372,9 @@ def _write_durable(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_dir_quietly(directory: Path) -> None:
     try:
-        _fsync_dir(directory)
+        fsync_directory(directory)
     except FileNotFoundError:
         pass
 
@@ -399,7 +392,7 @@ def _make_dirs_durable(directory: Path) -> None:
             d.mkdir()
         except FileExistsError:
             continue
-        _fsync_dir(d.parent)
+        fsync_directory(d.parent)
 
 
 def _remove_empty_dirs(directory: Path, stop: Path) -> None:

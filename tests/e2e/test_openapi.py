@@ -4,13 +4,16 @@ of a real cluster (REFERENCE.md §1).
 The gateway serves the document; it is a valid OpenAPI document that documents every route
 and every status code REFERENCE §1 lists; schemathesis sends generated valid and invalid input
 to every documented operation and finds nothing the document does not describe (no undocumented
-status, content type or body, and never a 500); and chosen live responses (a COMPLETED and a
-FAILED backup, the lists, 404, 409, 400) validate against the operation's documented schema.
+status, content type or body, and never a 500); and chosen live responses (backups
+IN_PROGRESS, COMPLETED, FAILED and INCOMPLETE, by id and listed; 202, 204, 400, 404, 409, 413)
+validate against the operation's documented schema. Input the live API answers otherwise than
+REFERENCE §1 requires is kept here as strict xfails, for whoever fixes the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +99,7 @@ def assert_documented(
 
 
 def test_the_document_is_valid_openapi_30() -> None:
+    """openapi-spec-validator accepts it (no cluster needed; the served copy is checked too)."""
     openapi_spec_validator.validate(DOCUMENT)
     assert DOCUMENT["openapi"].startswith("3.0.")
 
@@ -136,6 +140,8 @@ PROMISED = {
 @pytest.mark.parametrize("base", BASES)
 @pytest.mark.parametrize(("method", "suffix"), sorted(PROMISED))
 def test_every_status_reference_lists_is_documented(base: str, method: str, suffix: str) -> None:
+    """Each operation documents at least REFERENCE §1's statuses; every body is
+    application/json and every error body is ``{"message"}``."""
     item = DOCUMENT["paths"][base + suffix]
     responses = item[method.lower()]["responses"]
     assert PROMISED[method, suffix] <= {int(status) for status in responses}
@@ -153,12 +159,14 @@ def test_every_status_reference_lists_is_documented(base: str, method: str, suff
 async def call(
     cluster: RunningCluster, method: str, path: str, body: bytes | None = None
 ) -> tuple[int, str | None, Any]:
+    # A file-like body: aiohttp warns about large raw bytes (the 413 case) blocking the loop.
+    data = io.BytesIO(body) if body is not None else None
     async with cluster.api.session.request(
-        method, cluster.management_url + path, data=body
+        method, cluster.management_url + path, data=data
     ) as response:
         text = await response.text()
-        data = await response.json(content_type=None) if text else None
-        return response.status, response.headers.get("Content-Type"), data
+        answer = await response.json(content_type=None) if text else None
+        return response.status, response.headers.get("Content-Type"), answer
 
 
 async def checked(
@@ -171,6 +179,8 @@ async def checked(
 
 
 async def test_the_gateway_serves_the_document(tmp_path: Path) -> None:
+    """GET /openapi/backup-management-api.yaml answers the file byte for byte, as
+    application/yaml; it is valid OpenAPI, and schemathesis loads it from there."""
     async with running_cluster(tmp_path, brokers=1, partitions=1) as cluster:
         url = cluster.management_url + OPENAPI_PATH
         async with cluster.api.session.get(url) as response:
@@ -178,10 +188,17 @@ async def test_the_gateway_serves_the_document(tmp_path: Path) -> None:
             assert response.content_type == "application/yaml"
             served = await response.read()
         assert served == SPEC_FILE.read_bytes()
+        openapi_spec_validator.validate(yaml.safe_load(served))
         # schemathesis loads it from the live URL as a schema with every documented operation.
         schema = await asyncio.to_thread(schemathesis.openapi.from_url, url)
         labels = {result.ok().label for result in schema.get_all_operations()}
-        assert len(labels) == 10 and "GET /actuator/backupRuntime/{prefix}*" in labels
+        assert labels == {
+            f"{method.upper()} {template}"
+            for template, item in DOCUMENT["paths"].items()
+            for method in item
+            if method != "parameters"
+        }
+        assert len(labels) == 10
 
 
 def _manifests(data_dir: Path, partition: int, backup_id: int) -> list[Path]:
@@ -203,8 +220,9 @@ async def poll(cluster: RunningCluster, path: str, state: str) -> dict[str, Any]
 
 async def test_live_responses_validate_against_the_documented_schemas(tmp_path: Path) -> None:
     """Backups IN_PROGRESS, COMPLETED, FAILED (broker killed mid-upload) and INCOMPLETE (one
-    partition's copy gone), by id and in every list; 202, 204, 404, 409 and 400s; under both
-    base paths: each a documented status with a body that validates against the document."""
+    partition's copy gone), by id and in every list; 202, 204, 404, 409, 413 and 400s; under
+    both base paths: each a documented status with a body that validates against the
+    document."""
     async with running_cluster(
         tmp_path, brokers=1, partitions=2, broker_args=["--backup-upload-delay", "2s"]
     ) as cluster:
@@ -272,6 +290,8 @@ async def test_live_responses_validate_against_the_documented_schemas(tmp_path: 
                 status, bad = await checked(cluster, "POST", base, body)
                 assert status == 400, (base, body, bad)
                 assert bad["message"].startswith("A backupId must be provided and it must be > 0")
+            too_large = b'{"backupId": 300, "padding": "' + b"x" * 2**20 + b'"}'
+            assert (await checked(cluster, "POST", base, too_large))[0] == 413
             for method, path in [
                 ("GET", f"{base}/0"),
                 ("GET", f"{base}/abc"),
@@ -316,6 +336,7 @@ async def test_a_backup_with_an_unreadable_manifest_is_listed_as_failed(tmp_path
 
 
 async def test_without_a_store_every_operation_is_a_documented_400(tmp_path: Path) -> None:
+    """--backup-store none: every operation under both paths is 400 with Zeebe's message."""
     async with running_cluster(
         tmp_path, brokers=1, partitions=1, broker_args=["--backup-store", "none"]
     ) as cluster:
@@ -332,27 +353,53 @@ async def test_without_a_store_every_operation_is_a_documented_400(tmp_path: Pat
 
 # Input REFERENCE §1 requires to be 400, which the live API answers otherwise today.
 HUGE = "1" * 5000  # beyond Python's int <-> str conversion limit (4300 digits)
+ANSWERS_500 = pytest.mark.xfail(
+    strict=True,
+    reason="500: gateway/backups.py calls int() and json.loads unguarded (ValueError beyond "
+    "4300 digits, RecursionError on deep nesting); remove this mark when fixed",
+)
 KNOWN_BAD_INPUT = [
-    pytest.param("POST", "/actuator/backups", f'{{"backupId": {HUGE}}}'.encode(), id="huge-number"),
     pytest.param(
-        "POST", "/actuator/backups", f'{{"backupId": "{HUGE}"}}'.encode(), id="huge-string"
+        "POST",
+        "/actuator/backups",
+        f'{{"backupId": {HUGE}}}'.encode(),
+        id="huge-number",
+        marks=ANSWERS_500,
     ),
-    pytest.param("POST", "/actuator/backups", b"[" * 100_000, id="deeply-nested-json"),
-    pytest.param("GET", f"/actuator/backups/{HUGE}", None, id="huge-path-id-get"),
-    pytest.param("DELETE", f"/actuator/backups/{HUGE}", None, id="huge-path-id-delete"),
-    pytest.param("GET", "/actuator/backups/7%0A", None, id="path-id-with-newline"),
+    pytest.param(
+        "POST",
+        "/actuator/backups",
+        f'{{"backupId": "{HUGE}"}}'.encode(),
+        id="huge-string",
+        marks=ANSWERS_500,
+    ),
+    pytest.param(
+        "POST", "/actuator/backups", b"[" * 100_000, id="deeply-nested-json", marks=ANSWERS_500
+    ),
+    pytest.param("GET", f"/actuator/backups/{HUGE}", None, id="huge-id-get", marks=ANSWERS_500),
+    pytest.param(
+        "DELETE", f"/actuator/backups/{HUGE}", None, id="huge-id-delete", marks=ANSWERS_500
+    ),
+    pytest.param(
+        "GET",
+        "/actuator/backups/7%0A",
+        None,
+        id="id-with-newline",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="gateway/backups.py: _DIGITS '^[0-9]+$' matches before a trailing newline, so "
+            "'7\\n' is backup 7 (404 here; DELETE would delete 7); remove this mark when fixed",
+        ),
+    ),
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/backups.py: int()/json.loads raise ValueError/RecursionError (500), and "
-    "_DIGITS '^[0-9]+$' matches a trailing newline; remove this mark when fixed",
-)
 @pytest.mark.parametrize(("method", "path", "body"), KNOWN_BAD_INPUT)
-async def test_bad_input_the_live_api_does_not_reject_with_400(
+async def test_bad_input_is_a_documented_400(
     tmp_path: Path, method: str, path: str, body: bytes | None
 ) -> None:
+    """Ids beyond Python's int/str conversion limit, deeply nested JSON and an id with a
+    trailing newline are 400, not 500 (or another backup)."""
     async with running_cluster(tmp_path, brokers=1, partitions=1) as cluster:
         status, _ = await checked(cluster, method, path, body)
         assert status == 400
@@ -364,6 +411,7 @@ async def test_bad_input_the_live_api_does_not_reject_with_400(
     "headers, so a 405 has no Allow header (RFC 9110); remove this mark when fixed",
 )
 async def test_a_405_names_the_allowed_methods(tmp_path: Path) -> None:
+    """An undocumented method is 405 with the error body and an Allow header."""
     async with running_cluster(tmp_path, brokers=1, partitions=1) as cluster:
         url = cluster.management_url + "/actuator/backups"
         async with cluster.api.session.put(url) as response:
@@ -378,15 +426,16 @@ async def test_a_405_names_the_allowed_methods(tmp_path: Path) -> None:
 SCHEMATHESIS = schemathesis.Config.from_dict(
     {
         "seed": 20_240_817,
+        # Generation speed is not under test; a loaded machine must not fail the run.
+        "suppress-health-check": ["too_slow"],
         "generation": {
             "mode": "all",
             "max-examples": 100,
             "deterministic": True,
             "database": "none",
         },
-        "phases": {"stateful": {"enabled": False}},
         # The gateway's 405s carry no Allow header (RFC 9110 wants one; REFERENCE §1 says
-        # nothing): test_a_405_names_the_allowed_methods below tracks it, so this check is off.
+        # nothing): test_a_405_names_the_allowed_methods tracks it, so this check is off.
         "checks": {"unsupported_method": {"enabled": False}},
     }
 )
@@ -406,11 +455,11 @@ async def fuzzed_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncItera
 
 
 @schema.parametrize()
-@hypothesis.settings(deadline=None)
+@hypothesis.settings(deadline=None)  # every example is a network round trip
 def test_generated_requests_get_documented_responses(
     case: schemathesis.Case, fuzzed_cluster: str
 ) -> None:
-    response = case.call_and_validate(base_url=fuzzed_cluster)
-    import json as _j
-    with open("/tmp/probe/cases.jsonl", "a") as f:
-        f.write(_j.dumps({"op": case.operation.label, "mode": str(case.meta.generation.mode) if case.meta else None, "phase": str(case.meta.phase.name) if case.meta else None, "path": case.formatted_path, "body": repr(case.body)[:80], "status": response.status_code}) + "\n")
+    """Examples, coverage (boundaries, wrong types, missing body) and fuzzing, valid and
+    invalid: every response has a documented status and media type, its body validates, valid
+    input is accepted (2xx, 404, 409), invalid input is rejected (4xx), and nothing is a 500."""
+    case.call_and_validate(base_url=fuzzed_cluster)
