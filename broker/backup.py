@@ -82,11 +82,14 @@ def detail(partition_id: int, status: BackupStatus | None) -> dict[str, Any]:
     return body
 
 
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
 def best_copy(copies: list[BackupStatus]) -> BackupStatus | None:
     """Several nodes may hold a copy of one partition's backup: the best state counts."""
     return max(
         copies,
-        key=lambda s: (s.status_code, s.last_modified or datetime.min.astimezone()),
+        key=lambda s: (s.status_code, s.last_modified or _EPOCH),
         default=None,
     )
 
