@@ -77,7 +77,7 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=openapi_document(), content_type="application/yaml")
 
 
-def management_app(client: BrokerClient) -> web.Application:
+def management_app(client: BrokerClient, backup_fanout_jitter_s: float = 0.0) -> web.Application:
     app = web.Application(middlewares=[actuator_errors])
     app[CLIENT] = client
     openapi_document()  # a missing document fails the start, not the first request
@@ -86,5 +86,5 @@ def management_app(client: BrokerClient) -> web.Application:
     app.router.add_get("/actuator/health/readiness", readiness)
     app.router.add_get("/actuator/health/liveness", liveness)
     app.router.add_get("/actuator/partitions", partitions)
-    backups.add_routes(app, client)
+    backups.add_routes(app, client, backup_fanout_jitter_s)
     return app

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +31,7 @@ from zeebe_sim.protocol import (
 )
 
 CLIENT = web.AppKey("backup-client", BrokerClient)
+FANOUT_JITTER_S = web.AppKey("backup-fanout-jitter-s", float)
 INT64_MAX = 2**63 - 1
 ID_REQUIRED = "A backupId must be provided and it must be > 0"
 _DIGITS = re.compile(r"[0-9]+")  # used with fullmatch: "7\n" is not an id
@@ -151,17 +154,26 @@ def aggregate_list(
 # -- handlers ---------------------------------------------------------------------------------
 
 
-async def _fan_out(client: BrokerClient, make: Any, *, idempotent: bool = True) -> list[Message]:
+async def _fan_out(
+    client: BrokerClient,
+    make: Any,
+    *,
+    idempotent: bool = True,
+    delay_s: Callable[[], float] = lambda: 0.0,
+) -> list[Message]:
     """One request per partition, concurrently; the first error wins (mapped by status)."""
     partitions = client.partition_ids()
     if not partitions:
         await client.refresh_topology()
         partitions = client.partition_ids()
-    return list(
-        await asyncio.gather(
-            *(client.to_partition(p, make(p), idempotent=idempotent) for p in partitions)
-        )
-    )
+
+    async def one(partition: int) -> Message:
+        delay = delay_s()
+        if delay:
+            await asyncio.sleep(delay)
+        return await client.to_partition(partition, make(partition), idempotent=idempotent)
+
+    return list(await asyncio.gather(*(one(p) for p in partitions)))
 
 
 async def take_backup(request: web.Request) -> web.Response:
@@ -175,7 +187,13 @@ async def take_backup(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or "backupId" not in body:
         raise InvalidArgument(f"{ID_REQUIRED}, but the body has no backupId")
     backup_id = parse_backup_id(body["backupId"])
-    answers = await _fan_out(client, lambda p: TakeBackupRequest(p, backup_id), idempotent=False)
+    jitter_s = request.app[FANOUT_JITTER_S]
+    answers = await _fan_out(
+        client,
+        lambda p: TakeBackupRequest(p, backup_id),
+        idempotent=False,
+        delay_s=lambda: random.uniform(0, jitter_s) if jitter_s else 0.0,
+    )
     take_backup_outcome(backup_id, [a for a in answers if isinstance(a, TakeBackupResponse)])
     return web.json_response(
         {
@@ -219,8 +237,12 @@ async def delete_backup(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def add_routes(app: web.Application, client: BrokerClient) -> None:
+def add_routes(app: web.Application, client: BrokerClient, fanout_jitter_s: float = 0.0) -> None:
+    """Add the Backup API. ``fanout_jitter_s`` (teaching): TAKE_BACKUP reaches each partition
+    after a random delay up to this long, as requests reach partitions at different times in a
+    real cluster; with --unsafe-no-checkpoint-propagation that makes inconsistent cuts likely."""
     app[CLIENT] = client
+    app[FANOUT_JITTER_S] = fanout_jitter_s
     for base in ("/actuator/backups", "/actuator/backupRuntime"):
         app.router.add_post(base, take_backup)
         app.router.add_get(base, list_backups)

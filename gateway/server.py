@@ -17,6 +17,7 @@ class GatewayConfig:
     management_port: int = 9600
     rest_port: int = 8080
     request_timeout_s: float = 15.0
+    backup_fanout_jitter_s: float = 0.0
 
 
 class Gateway:
@@ -30,7 +31,8 @@ class Gateway:
     async def start(self) -> None:
         await self.client.start()
         self.management_port = await self._serve(
-            management_app(self.client), self.config.management_port
+            management_app(self.client, self.config.backup_fanout_jitter_s),
+            self.config.management_port,
         )
         self.rest_port = await self._serve(rest_app(self.client), self.config.rest_port)
 

@@ -36,7 +36,14 @@ CLUSTER_SETTINGS = [
     "unsafe-no-checkpoint-propagation",
     "log-level",
 ]
-GATEWAY_SETTINGS = ["host", "management-port", "rest-port", "request-timeout", "log-level"]
+GATEWAY_SETTINGS = [
+    "host",
+    "management-port",
+    "rest-port",
+    "request-timeout",
+    "backup-fanout-jitter",
+    "log-level",
+]
 
 
 def options(*names: str) -> Callable[[F], F]:
@@ -137,14 +144,15 @@ def broker_flags(values: dict[str, Any]) -> list[str]:
     return flags
 
 
+UP_SETTINGS = [*CLUSTER_SETTINGS, *(s for s in GATEWAY_SETTINGS if s not in CLUSTER_SETTINGS)]
+
+
 @main.command()
-@options(*CLUSTER_SETTINGS, "management-port", "rest-port", "request-timeout")
+@options(*UP_SETTINGS)
 def up(**kwargs: Any) -> None:
     """Run a whole local cluster (brokers + gateway) in the foreground until Ctrl-C."""
     try:
-        values = resolve(
-            [*CLUSTER_SETTINGS, "management-port", "rest-port", "request-timeout"], kwargs
-        )
+        values = resolve(UP_SETTINGS, kwargs)
     except ConfigError as exc:
         fail(exc.message)
     from zeebe_sim.cluster import ClusterError, ClusterSpec, LocalCluster, ManagedProcess
@@ -168,6 +176,8 @@ def up(**kwargs: Any) -> None:
         gateway_args=[
             "--request-timeout",
             f"{values['request-timeout']}s",
+            "--backup-fanout-jitter",
+            f"{values['backup-fanout-jitter']}s",
             "--log-level",
             values["log-level"],
         ],
@@ -292,6 +302,7 @@ def gateway(**kwargs: Any) -> None:
         management_port=values["management-port"],
         rest_port=values["rest-port"],
         request_timeout_s=values["request-timeout"],
+        backup_fanout_jitter_s=values["backup-fanout-jitter"],
     )
 
     async def run() -> None:

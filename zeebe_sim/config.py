@@ -222,6 +222,15 @@ SETTINGS: dict[str, Setting] = {
             "zstd-compress large backup files (filesystem store)",
         ),
         Setting(
+            "backup-fanout-jitter",
+            _delay,
+            0.0,
+            (),
+            "TEACHING: the gateway sends each partition its part of a new backup after a random "
+            "delay up to this long (requests reach partitions at different times in a real "
+            "cluster)",
+        ),
+        Setting(
             "backup-upload-delay",
             _delay,
             0.0,
