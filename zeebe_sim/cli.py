@@ -202,7 +202,8 @@ def up(**kwargs: Any) -> None:
                     f"  management (actuator): {cluster.management_url}/actuator/health\n"
                     f"  REST API:              {cluster.rest_url}/v2/topology\n"
                     + "".join(
-                        f"  broker {n}:              {cluster.broker_address(n)}\n"
+                        f"  broker {n}:              {cluster.broker_address(n)}"
+                        f" (pid {cluster.brokers[n].pid})\n"
                         for n in sorted(cluster.brokers)
                     )
                     + f"  backups:               {values['backup-store']}\n"
