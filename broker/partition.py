@@ -267,6 +267,9 @@ class Partition:
             reply.set_result(result.response)
         for key in result.resolved:
             self._retries.pop(key, None)
+        # The id now may be higher than when this command was processed (a later command of
+        # the group created a checkpoint). That is safe: a receiver then checkpoints early and
+        # the command counts as in flight; only a lower id could make an orphan receive.
         checkpoint_id = self.state.checkpoint_id if self.config.checkpoint_propagation else -1
         for send in result.sends:
             if send.retry_key is not None:
