@@ -232,6 +232,7 @@ async def test_backup_restore_is_a_consistent_cut_and_the_cluster_works_on(tmp_p
         await publisher
         info = await cluster.api.wait_for_backup(200)
         assert info["state"] == "COMPLETED", info
+    taken = info["details"]
     for broker in data.glob("broker-*"):
         shutil.rmtree(broker)
 
@@ -244,6 +245,12 @@ async def test_backup_restore_is_a_consistent_cut_and_the_cluster_works_on(tmp_p
     assert code == 0 and "cut at checkpoint 200" in report, report
 
     async with running_cluster(data, broker_args=args, gateway_args=FAST_GATEWAY_ARGS) as cluster:
+        # The first start processes the trailing CHECKPOINT CREATE(200), finds the COMPLETED
+        # backup and does not take it again.
+        await eventually(lambda: no_backup_running(cluster))
+        assert (await cluster.api.backup(200))["details"] == taken
+        partitions = await cluster.api.call("GET", f"{cluster.management_url}/actuator/partitions")
+        assert {p["checkpointId"] for p in partitions.values()} == {200}
         with pytest.raises(ApiError) as missing:
             await cluster.api.get_instance(after)
         assert missing.value.status == 404
