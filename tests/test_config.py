@@ -19,6 +19,7 @@ NAMES = ["brokers", "partitions", "snapshot-period", "data-dir", *BACKUP_SETTING
 
 
 def test_precedence_flags_over_env_over_toml_over_defaults() -> None:
+    """Each setting comes from the first source that has it."""
     env = {"ZEEBE_BROKER_CLUSTER_CLUSTERSIZE": "5", "ZEEBE_BROKER_CLUSTER_PARTITIONSCOUNT": "7"}
     toml = {"brokers": 9, "partitions": 9, "snapshot-period": "10s"}
     values = resolve(NAMES, {"brokers": "2"}, env, toml)
@@ -33,6 +34,7 @@ def test_precedence_flags_over_env_over_toml_over_defaults() -> None:
     [("PT5M", 300), ("30s", 30), ("500ms", 0.5), ("2", 2), ("1h", 3600), ("PT1M30S", 90)],
 )
 def test_durations(text: str, seconds: float) -> None:
+    """Zeebe's ISO-8601 durations and short forms."""
     assert parse_duration_s(text) == seconds
 
 
@@ -52,16 +54,19 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_values_name_their_setting(
     flags: dict[str, str], env: dict[str, str], named: str
 ) -> None:
+    """The error names the flag or environment variable the bad value came from."""
     with pytest.raises(ConfigError, match=named):
         resolve(NAMES, flags, env, {})
 
 
 def test_replication_is_refused_clearly() -> None:
+    """Replication is not built: any factor but 1 is a clear configuration error."""
     with pytest.raises(ConfigError, match="replication-factor: only 1 is supported"):
         resolve(["replication-factor"], {}, {"ZEEBE_BROKER_CLUSTER_REPLICATIONFACTOR": "3"}, {})
 
 
 def test_unknown_toml_keys_and_bad_toml_are_errors(tmp_path: Path) -> None:
+    """A typo in the config file is an error, not silently ignored."""
     with pytest.raises(ConfigError, match="unknown setting"):
         resolve(NAMES, {}, {}, {"brokerz": 3})
     bad = tmp_path / "bad.toml"
@@ -71,6 +76,7 @@ def test_unknown_toml_keys_and_bad_toml_are_errors(tmp_path: Path) -> None:
 
 
 def test_backup_store_from_zeebe_environment_names(tmp_path: Path) -> None:
+    """ZEEBE_BROKER_DATA_BACKUP_* build the store; filesystem defaults under the data dir."""
     env = {
         "ZEEBE_BROKER_DATA_BACKUP_STORE": "S3",
         "ZEEBE_BROKER_DATA_BACKUP_S3_BUCKETNAME": "zeebe-backups",

@@ -3,7 +3,6 @@ backup to S3, wipe, restore from S3; and the S3 server going away in the middle 
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import time
 from pathlib import Path
@@ -122,4 +121,3 @@ async def test_s3_server_stopping_mid_backup_fails_it_with_a_reason_in_time(
             await eventually(recorded, timeout_s=30, interval_s=0.5)
     finally:
         await proxy.stop()
-    assert asyncio  # used by the fixtures' event loop

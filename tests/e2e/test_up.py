@@ -27,6 +27,8 @@ def alive(pid: int) -> bool:
 
 
 async def test_up_reports_a_dead_broker_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    """`up` prints its URLs and broker pids, says loudly when a broker is killed, and on
+    SIGTERM exits 0 with no process of the cluster left."""
     up = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "zeebe_sim", "up", "--data-dir", str(tmp_path),
         "--broker-port", "0", "--management-port", "0", "--rest-port", "0",

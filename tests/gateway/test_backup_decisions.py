@@ -40,6 +40,7 @@ def test_invalid_backup_ids_are_400(raw: object) -> None:
 
 @pytest.mark.parametrize("raw", ["0", "abc", "-1", "9223372036854775808", "1.5"])
 def test_invalid_path_ids(raw: str) -> None:
+    """Path ids must be digits of a positive int64."""
     with pytest.raises(InvalidArgument):
         parse_path_id(raw)
 
@@ -58,6 +59,7 @@ def test_202_when_one_created_and_the_highest_id_is_ours() -> None:
     ],
 )
 def test_409_otherwise_with_zeebes_message(answers: list[TakeBackupResponse]) -> None:
+    """Nobody created it, or a partition is already beyond it: 409 with Zeebe's text."""
     latest = max(a.checkpoint_id for a in answers)
     with pytest.raises(AlreadyExists) as caught:
         take_backup_outcome(5, answers)
@@ -94,6 +96,7 @@ def test_aggregation_over_every_combination_of_three_partitions(states: tuple[st
 
 
 def test_failure_reason_concatenates_failed_partitions_in_order() -> None:
+    """ "Backup on partition P failed due to REASON. " per failed partition, by partition id."""
     info = aggregate(
         1,
         [
