@@ -1,8 +1,8 @@
 """Backup stores: where partition backups go (in-memory, filesystem, S3) and their manifests.
 
 The interface and its semantics are in :mod:`storage.backup.api`; every store implements it
-through :class:`storage.backup.base.ManifestBackupStore`. The S3 store needs obstore (the ``s3``
-extra) and is imported from :mod:`storage.backup.s3` on demand.
+through :class:`storage.backup.base.ManifestBackupStore`. The S3 store (on obstore) is
+imported from :mod:`storage.backup.s3` on demand.
 """
 
 from storage.backup.api import (

@@ -127,7 +127,7 @@ def open_store(config: FilesystemStoreConfig | S3StoreConfig) -> BackupStore:
             compression=config.compression,
             upload_delay_s=config.upload_delay_s,
         )
-    # Imported here so that obstore (the optional "s3" extra) is only needed for S3.
+    # Imported here so that obstore is only loaded by clusters that use S3.
     from storage.backup.s3 import S3BackupStore
 
     return S3BackupStore(config)
