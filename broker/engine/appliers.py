@@ -26,10 +26,6 @@ def message_id_key(name: str, correlation_key: str, message_id: str) -> str:
     return f"{name}\0{correlation_key}\0{message_id}"
 
 
-def correlated_key(message_key: int, bpmn_process_id: str) -> str:
-    return f"{message_key}\0{bpmn_process_id}"
-
-
 def _with(value: dict[str, Any], **changes: Any) -> dict[str, Any]:
     updated = dict(value)
     updated.update(changes)
@@ -149,23 +145,25 @@ def _message_published(state: State, event: Record) -> None:
         key = message_id_key(value["name"], value["correlationKey"], value["messageId"])
         state.message_ids[key] = event.key
     heapq.heappush(state.message_deadlines, (value["deadline"], event.key))
+    state.index_message(event.key, value)
 
 
 def _message_expired(state: State, event: Record) -> None:
     value = state.messages.pop(event.key, None)
-    if value is not None and value.get("messageId"):
-        state.message_ids.pop(
-            message_id_key(value["name"], value["correlationKey"], value["messageId"]), None
-        )
-    for key in [k for k in state.correlated if k.startswith(f"{event.key}\0")]:
-        del state.correlated[key]
+    if value is not None:
+        if value.get("messageId"):
+            state.message_ids.pop(
+                message_id_key(value["name"], value["correlationKey"], value["messageId"]), None
+            )
+        _unindex(state.messages_by_name_key, (value["name"], value["correlationKey"]), event.key)
+    state.correlated.pop(event.key, None)
 
 
 def _message_subscription_created(state: State, event: Record) -> None:
     value = event.value
-    state.message_subscriptions[sub_key(value["elementInstanceKey"], value["messageName"])] = _with(
-        value, state="OPENED", messageKey=-1
-    )
+    key = sub_key(value["elementInstanceKey"], value["messageName"])
+    state.message_subscriptions[key] = _with(value, state="OPENED", messageKey=-1)
+    state.index_subscription(key, value)
 
 
 def _message_subscription_correlating(state: State, event: Record) -> None:
@@ -177,22 +175,42 @@ def _message_subscription_correlating(state: State, event: Record) -> None:
         messageKey=value["messageKey"],
         variables=value["variables"],
     )
-    state.correlated[correlated_key(value["messageKey"], value["bpmnProcessId"])] = value[
-        "processInstanceKey"
-    ]
+    message_key = value["messageKey"]
+    state.correlated[message_key] = (*state.correlated.get(message_key, ()), value["bpmnProcessId"])
+
+
+def _remove_subscription(state: State, value: dict[str, Any]) -> None:
+    key = sub_key(value["elementInstanceKey"], value["messageName"])
+    if state.message_subscriptions.pop(key, None) is not None:
+        _unindex(
+            state.subscriptions_by_name_key, (value["messageName"], value["correlationKey"]), key
+        )
 
 
 def _message_subscription_correlated(state: State, event: Record) -> None:
-    value = event.value
-    state.message_subscriptions.pop(sub_key(value["elementInstanceKey"], value["messageName"]))
+    _remove_subscription(state, event.value)
 
 
 def _message_subscription_rejected(state: State, event: Record) -> None:
     value = event.value
-    state.message_subscriptions.pop(
-        sub_key(value["elementInstanceKey"], value["messageName"]), None
+    _remove_subscription(state, value)
+    remaining = tuple(
+        p for p in state.correlated.get(value["messageKey"], ()) if p != value["bpmnProcessId"]
     )
-    state.correlated.pop(correlated_key(value["messageKey"], value["bpmnProcessId"]), None)
+    if remaining:
+        state.correlated[value["messageKey"]] = remaining
+    else:
+        state.correlated.pop(value["messageKey"], None)
+
+
+def _unindex(
+    index: dict[tuple[str, str], dict[Any, None]], name_key: tuple[str, str], key: Any
+) -> None:
+    entries = index.get(name_key)
+    if entries is not None:
+        entries.pop(key, None)
+        if not entries:
+            del index[name_key]
 
 
 def _process_subscription_creating(state: State, event: Record) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 
 from broker.engine import appliers
-from broker.engine.appliers import correlated_key, message_id_key, sub_key
+from broker.engine.appliers import message_id_key, sub_key
 from broker.engine.bpmn import FlowNode, ProcessModel, parse_bpmn
 from broker.engine.correlation import subscription_partition_id
 from broker.engine.state import State
@@ -623,14 +623,12 @@ class Engine:
         """Correlate a buffered message to every open subscription waiting for it (once per
         process id)."""
         message = self.state.messages[message_key]
-        for subscription in list(self.state.message_subscriptions.values()):
-            if (
-                subscription["state"] == "OPENED"
-                and subscription["messageName"] == message["name"]
-                and subscription["correlationKey"] == message["correlationKey"]
-                and correlated_key(message_key, subscription["bpmnProcessId"])
-                not in self.state.correlated
-            ):
+        name_key = (message["name"], message["correlationKey"])
+        for key in list(self.state.subscriptions_by_name_key.get(name_key, ())):
+            subscription = self.state.message_subscriptions[key]
+            if subscription["state"] == "OPENED" and subscription[
+                "bpmnProcessId"
+            ] not in self.state.correlated.get(message_key, ()):
                 self._start_correlation(ctx, subscription, message_key, message)
 
     def _start_correlation(
@@ -686,13 +684,12 @@ class Engine:
         ctx.event(ValueType.MESSAGE_SUBSCRIPTION, "CREATED", ctx.command.key, value)
         subscription = self.state.message_subscriptions[key]
         # A buffered message waiting for this subscription correlates now (oldest first).
-        for message_key, message in sorted(self.state.messages.items()):
-            if (
-                message["name"] == value["messageName"]
-                and message["correlationKey"] == value["correlationKey"]
-                and message["deadline"] > ctx.command.timestamp_ms
-                and correlated_key(message_key, value["bpmnProcessId"]) not in self.state.correlated
-            ):
+        name_key = (value["messageName"], value["correlationKey"])
+        for message_key in self.state.messages_by_name_key.get(name_key, ()):
+            message = self.state.messages[message_key]
+            if message["deadline"] > ctx.command.timestamp_ms and value[
+                "bpmnProcessId"
+            ] not in self.state.correlated.get(message_key, ()):
                 self._start_correlation(ctx, subscription, message_key, message)
                 break
 

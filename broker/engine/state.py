@@ -32,7 +32,7 @@ COLUMN_FAMILIES = (
     "message_ids",  # "name\0correlationKey\0messageId" -> messageKey, for duplicate rejection
     "message_subscriptions",  # "elementInstanceKey\0messageName" -> subscription (message side)
     "process_subscriptions",  # elementInstanceKey -> subscription (process side)
-    "correlated",  # "messageKey\0bpmnProcessId" -> processInstanceKey (a message correlates once)
+    "correlated",  # messageKey -> bpmnProcessIds it correlated to (once per process)
 )
 
 
@@ -52,12 +52,16 @@ class State:
         self.message_ids: dict[str, int] = {}
         self.message_subscriptions: dict[str, dict[str, Any]] = {}
         self.process_subscriptions: dict[int, dict[str, Any]] = {}
-        self.correlated: dict[str, int] = {}
+        self.correlated: dict[int, tuple[str, ...]] = {}
         # Derived indexes, rebuilt by `reindex`.
         self.activatable_jobs: dict[str, dict[int, None]] = {}  # type -> ordered set of keys
         # (deadline, key) heaps; entries may be stale (checked against the column family).
         self.job_deadlines: list[tuple[int, int]] = []
         self.message_deadlines: list[tuple[int, int]] = []
+        # (message name, correlation key) -> buffered message keys, oldest first / message
+        # subscriptions: correlation looks up, it never scans.
+        self.messages_by_name_key: dict[tuple[str, str], dict[int, None]] = {}
+        self.subscriptions_by_name_key: dict[tuple[str, str], dict[str, None]] = {}
 
     # -- snapshots ------------------------------------------------------------------------
 
@@ -80,11 +84,19 @@ class State:
         state.checkpoint_position = meta["checkpoint_position"]
         for name in COLUMN_FAMILIES:
             loaded = view.get(name, {})
-            if name == "distributions":
+            if name in ("distributions", "correlated"):
                 loaded = {k: tuple(v) for k, v in loaded.items()}
             setattr(state, name, dict(loaded))
         state.reindex()
         return state
+
+    def index_message(self, key: int, message: dict[str, Any]) -> None:
+        name_key = (message["name"], message["correlationKey"])
+        self.messages_by_name_key.setdefault(name_key, {})[key] = None
+
+    def index_subscription(self, key: str, subscription: dict[str, Any]) -> None:
+        name_key = (subscription["messageName"], subscription["correlationKey"])
+        self.subscriptions_by_name_key.setdefault(name_key, {})[key] = None
 
     def reindex(self) -> None:
         self.activatable_jobs = {}
@@ -95,5 +107,11 @@ class State:
             else:
                 self.job_deadlines.append((job["deadline"], key))
         self.message_deadlines = [(m["deadline"], key) for key, m in self.messages.items()]
+        self.messages_by_name_key = {}
+        for message_key, message in sorted(self.messages.items()):
+            self.index_message(message_key, message)
+        self.subscriptions_by_name_key = {}
+        for subscription_key, subscription in self.message_subscriptions.items():
+            self.index_subscription(subscription_key, subscription)
         heapq.heapify(self.job_deadlines)
         heapq.heapify(self.message_deadlines)
