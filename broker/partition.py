@@ -385,11 +385,6 @@ class Partition:
         floor = min([latest.processed_position + 1, *self._compaction_floors.values()])
         self.log.compact(floor)
 
-    def at_boundary(self, task: Callable[[], None]) -> None:
-        """Run ``task`` in the processing task between two groups (no write in progress)."""
-        self._maintenance.append(task)
-        self._wakeup.set()
-
     # -- status -------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:

@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import sys
 import tempfile
 from pathlib import Path
 
-from zeebe_sim.harness import ClusterApi, running_cluster
+from zeebe_sim.harness import ClusterApi, run_cli, running_cluster
 
 DEMO = Path(__file__).resolve().parent / "demo-process.bpmn"
 
@@ -36,15 +35,6 @@ async def workload(api: ClusterApi, stop: asyncio.Event) -> None:
         jobs = await api.activate_jobs("demo-task", 1000)
         await asyncio.gather(*(api.complete_job(job["jobKey"]) for job in jobs))
         await asyncio.gather(*(api.publish("demo-message", key) for key in keys))
-
-
-async def zeebe_sim(*args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "zeebe_sim", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    output, _ = await process.communicate()
-    return process.returncode or 0, output.decode()
 
 
 async def run(propagation: bool, backups: int, root: Path) -> tuple[int, list[str]]:
@@ -69,12 +59,12 @@ async def run(propagation: bool, backups: int, root: Path) -> tuple[int, list[st
     failures = []
     for backup_id in range(1, backups + 1):
         target = root / f"restored-{backup_id}"
-        code, output = await zeebe_sim(
+        code, output = await run_cli(
             "restore", "--backup-id", str(backup_id), "--data-dir", str(target), *flags
         )
         if code != 0:
             raise SystemExit(output)
-        code, report = await zeebe_sim("verify", "--data-dir", str(target))
+        code, report = await run_cli("verify", "--data-dir", str(target))
         if code != 0:
             failures.append(report)
     return backups - len(failures), failures

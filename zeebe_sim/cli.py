@@ -53,7 +53,7 @@ def options(*names: str) -> Callable[[F], F]:
         for name in reversed(names):
             setting = config.SETTINGS[name]
             default = setting.default
-            shown = f" [default: {default}]" if default not in (None, False) else ""
+            shown = f" [default: {default}]" if default not in (None, False, ()) else ""
             env = f" [env: {', '.join(setting.env)}]" if setting.env else ""
             if setting.parse is config._bool:
                 fn = click.option(f"--{name}", is_flag=True, default=None, help=setting.help + env)(
@@ -227,9 +227,7 @@ def broker(exact_port: int | None, **kwargs: Any) -> None:
         values = resolve(["node-id", *CLUSTER_SETTINGS, "contact-point"], kwargs)
     except ConfigError as exc:
         fail(exc.message)
-    contact = kwargs.get("contact_point") or ()
-    if not contact and values["contact-point"]:
-        contact = tuple(values["contact-point"].split(","))
+    contact = values["contact-point"]
     if values["node-id"] >= values["brokers"]:
         fail(f"--node-id: {values['node-id']} is not below the cluster size {values['brokers']}")
     from broker.partition import PartitionConfig
@@ -260,7 +258,7 @@ def broker(exact_port: int | None, **kwargs: Any) -> None:
         data_dir=values["data-dir"],
         host=values["host"],
         port=port,
-        contact_points=tuple(contact),
+        contact_points=contact,
         backup_store=store_config,
         partition=PartitionConfig(
             snapshot_period_s=values["snapshot-period"],
@@ -288,9 +286,7 @@ def gateway(**kwargs: Any) -> None:
         values = resolve([*GATEWAY_SETTINGS, "contact-point"], kwargs)
     except ConfigError as exc:
         fail(exc.message)
-    contact = kwargs.get("contact_point") or ()
-    if not contact and values["contact-point"]:
-        contact = tuple(values["contact-point"].split(","))
+    contact = values["contact-point"]
     if not contact:
         fail("--contact-point: at least one broker address (host:port) is needed")
     from gateway.server import Gateway, GatewayConfig
@@ -298,7 +294,7 @@ def gateway(**kwargs: Any) -> None:
 
     logs.setup("gateway", values["log-level"])
     gateway_config = GatewayConfig(
-        contact_points=tuple(contact),
+        contact_points=contact,
         host=values["host"],
         management_port=values["management-port"],
         rest_port=values["rest-port"],

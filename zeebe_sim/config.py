@@ -97,6 +97,12 @@ def _path(value: Any) -> Path:
     return Path(str(value)).expanduser()
 
 
+def _addresses(value: Any) -> tuple[str, ...]:
+    """host:port addresses: a repeated flag (a tuple) or a comma-separated string."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(item.strip() for item in items if item.strip())
+
+
 def _text(value: Any) -> str:
     return str(value)
 
@@ -166,8 +172,8 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting(
             "contact-point",
-            _text,
-            None,
+            _addresses,
+            (),
             ("ZEEBE_GATEWAY_CLUSTER_INITIALCONTACTPOINTS",),
             "host:port of a broker to learn the cluster from",
         ),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -168,6 +169,21 @@ async def eventually(
         if loop.time() > deadline:
             raise TimeoutError(f"condition not met within {timeout_s:g}s") from last_error
         await asyncio.sleep(interval_s)
+
+
+async def run_cli(*args: str) -> tuple[int, str]:
+    """Run ``zeebe-sim ARGS`` as a process; its exit code and everything it printed."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "zeebe_sim",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    return process.returncode or 0, output.decode()
 
 
 class RunningCluster(LocalCluster):

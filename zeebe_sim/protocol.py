@@ -337,8 +337,3 @@ class FrameDecoder:
     @property
     def buffered_bytes(self) -> int:
         return len(self._buffer)
-
-
-def message_types() -> dict[str, type[Message]]:
-    """Every registered message class by name (for tests and documentation)."""
-    return dict(_MESSAGES)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +12,10 @@ import pytest
 
 from tests.conftest import DEMO_BPMN, FAST_BROKER_ARGS, FAST_GATEWAY_ARGS
 from tests.e2e.test_cluster import complete_all
-from tests.e2e.test_messages import run_verify, states
-from zeebe_sim.harness import ApiError, RunningCluster, eventually, running_cluster
+from tests.e2e.test_messages import states
+from zeebe_sim.harness import ApiError, RunningCluster, eventually, run_cli, running_cluster
 
 pytestmark = pytest.mark.slow
-
-
-async def zeebe_sim(*args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "zeebe_sim",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await process.communicate()
-    return process.returncode or 0, output.decode()
 
 
 async def raw(
@@ -236,12 +222,12 @@ async def test_backup_restore_is_a_consistent_cut_and_the_cluster_works_on(tmp_p
     for broker in data.glob("broker-*"):
         shutil.rmtree(broker)
 
-    code, output = await zeebe_sim(
+    code, output = await run_cli(
         "restore", "--backup-id", "200", "--data-dir", str(data), "--backup-dir", str(backups)
     )
     assert code == 0, output
     assert "log truncated right after checkpoint position" in output
-    code, report = await run_verify(data)
+    code, report = await run_cli("verify", "--data-dir", str(data))
     assert code == 0 and "cut at checkpoint 200" in report, report
 
     async with running_cluster(data, broker_args=args, gateway_args=FAST_GATEWAY_ARGS) as cluster:
@@ -271,7 +257,7 @@ async def test_backup_restore_is_a_consistent_cut_and_the_cluster_works_on(tmp_p
         assert conflict.value.status == 409
         await cluster.api.take_backup(201)
         assert (await cluster.api.wait_for_backup(201))["state"] == "COMPLETED"
-    code, report = await run_verify(data)
+    code, report = await run_cli("verify", "--data-dir", str(data))
     assert code == 0, report
 
 
@@ -286,13 +272,13 @@ async def test_restore_refuses_and_touches_nothing(tmp_path: Path) -> None:
     async with running_cluster(data, broker_args=args) as cluster:
         await cluster.api.take_backup(3)
         await cluster.api.wait_for_backup(3)
-    code, output = await zeebe_sim("restore", "--backup-id", "3", "--data-dir", str(data), *args)
+    code, output = await run_cli("restore", "--backup-id", "3", "--data-dir", str(data), *args)
     assert code == 1 and "is not empty" in output
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
     empty = tmp_path / "empty"
-    code, output = await zeebe_sim("restore", "--backup-id", "4", "--data-dir", str(empty), *args)
+    code, output = await run_cli("restore", "--backup-id", "4", "--data-dir", str(empty), *args)
     assert code == 1 and "partition 1 is DOES_NOT_EXIST" in output
-    code, output = await zeebe_sim(
+    code, output = await run_cli(
         "restore", "--backup-id", "3", "--data-dir", str(empty), "--partitions", "4", *args
     )
     assert code == 1 and "3 partitions" in output
@@ -311,7 +297,7 @@ async def test_bad_cli_configuration_is_one_line_and_exit_2(tmp_path: Path) -> N
         ["up", "--snapshot-period", "soon"],
         ["gateway"],
     ):
-        code, output = await zeebe_sim(*args)
+        code, output = await run_cli(*args)
         assert code == 2, (args, output)
         assert len(output.strip().splitlines()) == 1, output
 

@@ -3,8 +3,6 @@ across partitions, retries after kill -9, and `zeebe-sim verify` on the stopped 
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import pytest
 from broker.engine.correlation import subscription_partition_id
 from tests.conftest import DEMO_BPMN, FAST_BROKER_ARGS, FAST_GATEWAY_ARGS
 from tests.e2e.test_cluster import complete_all
-from zeebe_sim.harness import RunningCluster, eventually, running_cluster
+from zeebe_sim.harness import RunningCluster, eventually, run_cli, running_cluster
 from zeebe_sim.ids import partition_of_key
 
 pytestmark = pytest.mark.slow
@@ -25,21 +23,6 @@ def keys_on_other_partitions(count: int) -> list[str]:
 
 async def states(cluster: RunningCluster, keys: list[int]) -> list[str]:
     return [(await cluster.api.get_instance(k))["state"] for k in keys]
-
-
-async def run_verify(data_dir: Path) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "zeebe_sim",
-        "verify",
-        "--data-dir",
-        str(data_dir),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await process.communicate()
-    return process.returncode or 0, output.decode()
 
 
 async def test_messages_correlate_across_partitions_exactly_once(tmp_path: Path) -> None:
@@ -73,7 +56,7 @@ async def test_messages_correlate_across_partitions_exactly_once(tmp_path: Path)
         # A further message with the same key finds nobody waiting: nothing completes twice.
         await cluster.api.publish("demo-message", correlation_keys[0], ttl_ms=0)
         assert await states(cluster, instances) == ["COMPLETED"] * 12
-    code, report = await run_verify(tmp_path)
+    code, report = await run_cli("verify", "--data-dir", str(tmp_path))
     assert code == 0, report
     assert "OK: every invariant holds." in report
 
@@ -130,5 +113,5 @@ async def test_kill_9_with_messages_in_flight_retries_finish_the_work(tmp_path: 
             return versions == {2}
 
         await eventually(version_two_everywhere, timeout_s=30, interval_s=0.2)
-    code, report = await run_verify(tmp_path)
+    code, report = await run_cli("verify", "--data-dir", str(tmp_path))
     assert code == 0, report

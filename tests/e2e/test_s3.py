@@ -11,9 +11,8 @@ import pytest
 
 from tests.backup_store.kits import S3_ACCESS_KEY, S3_SECRET_KEY, TcpProxy
 from tests.conftest import DEMO_BPMN, FAST_BROKER_ARGS, FAST_GATEWAY_ARGS
-from tests.e2e.test_backups import partition_backup_state, zeebe_sim
-from tests.e2e.test_messages import run_verify
-from zeebe_sim.harness import eventually, running_cluster
+from tests.e2e.test_backups import partition_backup_state
+from zeebe_sim.harness import eventually, run_cli, running_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -48,11 +47,9 @@ async def test_backup_to_s3_wipe_and_restore_from_s3(
         assert info["state"] == "COMPLETED", info
     for broker in tmp_path.glob("broker-*"):
         shutil.rmtree(broker)
-    code, output = await zeebe_sim(
-        "restore", "--backup-id", "10", "--data-dir", str(tmp_path), *args
-    )
+    code, output = await run_cli("restore", "--backup-id", "10", "--data-dir", str(tmp_path), *args)
     assert code == 0, output
-    code, report = await run_verify(tmp_path)
+    code, report = await run_cli("verify", "--data-dir", str(tmp_path))
     assert code == 0, report
     async with running_cluster(tmp_path, broker_args=[*FAST_BROKER_ARGS, *args]) as cluster:
         for key in keys:
@@ -104,7 +101,7 @@ async def test_s3_server_stopping_mid_backup_fails_it_with_a_reason_in_time(
             await proxy.start()  # the server is back: the failure is recorded in S3
 
             async def recorded() -> bool:
-                code, output = await zeebe_sim(
+                code, output = await run_cli(
                     "restore",
                     "--backup-id",
                     "5",
