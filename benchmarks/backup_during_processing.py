@@ -20,10 +20,10 @@ from pathlib import Path
 
 from broker.backup import BackupService
 from broker.partition import Partition, PartitionConfig
-from broker.records import ValueType
 from storage.backup.api import BackupIdentifier, BackupStatusCode, BackupStore
 from storage.backup.filesystem import FilesystemBackupStore
-from zeebe_sim.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.ground.records import ValueType
 
 BPMN = (Path(__file__).resolve().parent.parent / "examples" / "order-process.bpmn").read_bytes()
 PAYLOAD = "x" * 1000  # a variable that makes each instance's records about 3 KB

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from storage.backup.api import Backup, BackupDescriptor, BackupIdentifier, FileRef
 from storage.backup.filesystem import FilesystemBackupStore
-from zeebe_sim.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
 
 def make_segments(folder: Path, total_mb: int, files: int) -> dict[str, FileRef]:

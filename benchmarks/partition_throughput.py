@@ -17,9 +17,9 @@ from pathlib import Path
 
 from broker.backup import BackupService
 from broker.partition import Partition, PartitionConfig
-from broker.records import ValueType
 from storage.backup.api import BackupIdentifierWildcard
 from storage.backup.filesystem import FilesystemBackupStore
+from zeebe_sim.ground.records import ValueType
 
 BPMN = (Path(__file__).resolve().parent.parent / "examples" / "order-process.bpmn").read_bytes()
 

@@ -37,10 +37,10 @@ from storage.backup.api import (
     BackupStore,
     FileRef,
 )
-from zeebe_sim import VERSION
-from zeebe_sim.errors import BackupNotConfigured, SaveOvertaken, ZeebeSimError
-from zeebe_sim.ids import BackupId, NodeId, PartitionId
-from zeebe_sim.tasks import OwnedTasks
+from zeebe_sim.ground import VERSION
+from zeebe_sim.ground.errors import BackupNotConfigured, SaveOvertaken, ZeebeSimError
+from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.ground.tasks import OwnedTasks
 
 if TYPE_CHECKING:
     from broker.partition import Partition

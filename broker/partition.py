@@ -36,12 +36,12 @@ import msgpack
 
 from broker.engine.processor import Engine, ProcessingResult, Response, RetryKey, Send
 from broker.engine.state import COLUMN_FAMILIES, State
-from broker.records import Record, RecordType, ValueType, decode_records, encode_records
 from storage.log import SegmentedLog
 from storage.snapshots import Snapshot, SnapshotId, SnapshotStore
-from zeebe_sim.errors import ResourceExhausted
-from zeebe_sim.ids import NO_CHECKPOINT
-from zeebe_sim.tasks import OwnedTasks
+from zeebe_sim.ground.errors import ResourceExhausted
+from zeebe_sim.ground.ids import NO_CHECKPOINT
+from zeebe_sim.ground.records import Record, RecordType, ValueType, decode_records, encode_records
+from zeebe_sim.ground.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ import attrs
 from broker.backup import BackupService
 from broker.engine.processor import Send
 from broker.partition import Partition, PartitionConfig
-from broker.records import ValueType
-from storage.backup.config import FilesystemStoreConfig, S3StoreConfig, open_store
-from zeebe_sim import VERSION
-from zeebe_sim.errors import (
+from storage.backup.config import FilesystemStoreConfig, S3StoreConfig
+from storage.backup.open import open_store
+from zeebe_sim.ground import VERSION
+from zeebe_sim.ground.errors import (
     BackupNotConfigured,
     BrokerUnavailable,
     InvalidArgument,
@@ -37,8 +37,8 @@ from zeebe_sim.errors import (
     UnsupportedMessage,
     ZeebeSimError,
 )
-from zeebe_sim.ids import NodeId, PartitionId, broker_of_partition, partitions_of_broker
-from zeebe_sim.protocol import (
+from zeebe_sim.ground.ids import NodeId, PartitionId
+from zeebe_sim.ground.protocol import (
     BackupStatusRequest,
     BackupStatusResponse,
     DeleteBackupRequest,
@@ -56,8 +56,10 @@ from zeebe_sim.protocol import (
     TopologyRequest,
     TopologyResponse,
 )
-from zeebe_sim.tasks import OwnedTasks
-from zeebe_sim.transport import Connection, serve_connection
+from zeebe_sim.ground.records import ValueType
+from zeebe_sim.ground.routing import broker_of_partition, partitions_of_broker
+from zeebe_sim.ground.tasks import OwnedTasks
+from zeebe_sim.ground.transport import Connection, serve_connection
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.client import BrokerClient
-from zeebe_sim.errors import AlreadyExists, InvalidArgument, NotFound
-from zeebe_sim.protocol import (
+from zeebe_sim.ground.errors import AlreadyExists, InvalidArgument, NotFound
+from zeebe_sim.ground.protocol import (
     BackupStatusRequest,
     BackupStatusResponse,
     DeleteBackupRequest,

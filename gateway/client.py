@@ -18,14 +18,14 @@ import itertools
 import logging
 from typing import Any
 
-from zeebe_sim.errors import (
+from zeebe_sim.ground.errors import (
     BrokerUnavailable,
     ConnectionLost,
     PartitionLeaderMismatch,
     RequestTimeout,
     ZeebeSimError,
 )
-from zeebe_sim.protocol import (
+from zeebe_sim.ground.protocol import (
     ExecuteCommandRequest,
     ExecuteCommandResponse,
     Message,
@@ -34,7 +34,7 @@ from zeebe_sim.protocol import (
     TopologyRequest,
     TopologyResponse,
 )
-from zeebe_sim.transport import Connection
+from zeebe_sim.ground.transport import Connection
 
 log = logging.getLogger(__name__)
 

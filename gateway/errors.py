@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from zeebe_sim import errors
+from zeebe_sim.ground import errors
 
 log = logging.getLogger(__name__)
 

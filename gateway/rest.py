@@ -14,14 +14,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from broker.engine.correlation import subscription_partition_id
-from broker.records import ValueType
 from gateway.client import BrokerClient
 from gateway.errors import ERROR_BY_REJECTION, problem_details
-from zeebe_sim import VERSION
-from zeebe_sim.errors import InvalidArgument, NotFound
-from zeebe_sim.ids import partition_of_key
-from zeebe_sim.protocol import ExecuteCommandResponse
+from zeebe_sim.ground import VERSION
+from zeebe_sim.ground.errors import InvalidArgument, NotFound
+from zeebe_sim.ground.ids import partition_of_key
+from zeebe_sim.ground.protocol import ExecuteCommandResponse
+from zeebe_sim.ground.records import ValueType
+from zeebe_sim.ground.routing import subscription_partition_id
 
 TENANT = "<default>"
 RESOURCE_BYTES_MAX = 4 * 1024 * 1024

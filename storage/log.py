@@ -60,8 +60,13 @@ import attrs
 import google_crc32c
 
 from storage.durable import ensure_directory, fsync_directory, fsync_file
-from zeebe_sim.errors import InvalidArgument, InvalidState, ResourceExhausted, StorageCorruption
-from zeebe_sim.ids import Position
+from zeebe_sim.ground.errors import (
+    InvalidArgument,
+    InvalidState,
+    ResourceExhausted,
+    StorageCorruption,
+)
+from zeebe_sim.ground.ids import Position
 
 log = logging.getLogger(__name__)
 

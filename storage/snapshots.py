@@ -54,7 +54,7 @@ import attrs
 import google_crc32c
 
 from storage.durable import ensure_directory, fsync_directory, fsync_file
-from zeebe_sim.errors import InvalidState, NotFound, ResourceExhausted, StorageCorruption
+from zeebe_sim.ground.errors import InvalidState, NotFound, ResourceExhausted, StorageCorruption
 
 log = logging.getLogger(__name__)
 

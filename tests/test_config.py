@@ -13,7 +13,7 @@ from zeebe_sim.config import (
     parse_duration_s,
     resolve,
 )
-from zeebe_sim.errors import ConfigError
+from zeebe_sim.ground.errors import ConfigError
 
 NAMES = ["brokers", "partitions", "snapshot-period", "data-dir", *BACKUP_SETTINGS]
 

@@ -32,8 +32,8 @@ import aiohttp
 import attrs
 from rich.table import Table
 
-from zeebe_sim.errors import ZeebeSimError
-from zeebe_sim.ids import BackupId, PartitionId
+from zeebe_sim.ground.errors import ZeebeSimError
+from zeebe_sim.ground.ids import BackupId, PartitionId
 
 DEFAULT_MANAGEMENT_URL = "http://localhost:9600"
 # Above the gateway's own request timeout (15 s by default), so that a slow partition shows up

@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 
 import click
 
-from zeebe_sim import VERSION, config, logs
-from zeebe_sim.errors import ConfigError, ZeebeSimError
+from zeebe_sim import VERSION, config
+from zeebe_sim.ground import logs
+from zeebe_sim.ground.errors import ConfigError, ZeebeSimError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -330,7 +331,7 @@ def restore(backup_id: int, **kwargs: Any) -> None:
         fail(exc.message)
     if store_config is None:
         fail("backup-store: restore needs a backup store (it is 'none')")
-    from storage.backup.config import open_store
+    from storage.backup.open import open_store
     from zeebe_sim.restore import restore as run_restore
 
     logs.setup("restore", values["log-level"])

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from zeebe_sim.errors import ConfigError
+from zeebe_sim.ground.errors import ConfigError
 
 _ISO_DURATION = re.compile(
     r"P(?:(?P<d>\d+(?:\.\d+)?)D)?"

@@ -20,7 +20,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from broker.records import ValueType, decode_records
 from storage.backup.api import (
     BackupIdentifierWildcard,
     BackupStatus,
@@ -30,8 +29,10 @@ from storage.backup.api import (
 from storage.durable import fsync_directory
 from storage.log import SegmentedLog
 from storage.snapshots import SnapshotStore
-from zeebe_sim.errors import ZeebeSimError
-from zeebe_sim.ids import NodeId, PartitionId, partitions_of_broker
+from zeebe_sim.ground.errors import ZeebeSimError
+from zeebe_sim.ground.ids import NodeId, PartitionId
+from zeebe_sim.ground.records import ValueType, decode_records
+from zeebe_sim.ground.routing import partitions_of_broker
 
 Progress = Callable[[str], None]
 

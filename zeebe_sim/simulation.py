@@ -20,7 +20,7 @@ import attrs
 
 from broker.engine.processor import Engine, ProcessingResult, Send
 from broker.engine.state import State
-from broker.records import Record, RecordType, ValueType
+from zeebe_sim.ground.records import Record, RecordType, ValueType
 
 
 @attrs.frozen

@@ -20,7 +20,7 @@ from rich.console import Console
 from zeebe_sim import backup_client as bc
 from zeebe_sim import workload
 from zeebe_sim.config import parse_duration_s
-from zeebe_sim.ids import BackupId
+from zeebe_sim.ground.ids import BackupId
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")

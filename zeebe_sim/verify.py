@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from broker.records import Record, RecordType, ValueType
+from zeebe_sim.ground.records import Record, RecordType, ValueType
 
 
 @attrs.frozen

@@ -56,7 +56,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from zeebe_sim.errors import ZeebeSimError
+from zeebe_sim.ground.errors import ZeebeSimError
 
 PROCESS_ID = "demo-process"
 JOB_TYPE = "demo-task"

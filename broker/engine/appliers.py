@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.engine.state import State
-from broker.records import Record, ValueType
-from zeebe_sim.ids import KEY_LOCAL_MAX
+from zeebe_sim.ground.ids import KEY_LOCAL_MAX
+from zeebe_sim.ground.records import Record, ValueType
 
 Applier = Callable[[State, Record], None]
 

@@ -33,7 +33,7 @@ import attrs
 import defusedxml
 import defusedxml.ElementTree
 
-from zeebe_sim.errors import InvalidArgument
+from zeebe_sim.ground.errors import InvalidArgument
 
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 ZEEBE_NS = "http://camunda.org/schema/zeebe/1.0"

@@ -29,11 +29,11 @@ import attrs
 from broker.engine import appliers
 from broker.engine.appliers import message_id_key, sub_key
 from broker.engine.bpmn import FlowNode, ProcessModel, parse_bpmn
-from broker.engine.correlation import subscription_partition_id
 from broker.engine.state import State
-from broker.records import Record, RecordType, ValueType
-from zeebe_sim.errors import ZeebeSimError
-from zeebe_sim.ids import PartitionId, encode_key, partition_of_key
+from zeebe_sim.ground.errors import ZeebeSimError
+from zeebe_sim.ground.ids import PartitionId, encode_key, partition_of_key
+from zeebe_sim.ground.records import Record, RecordType, ValueType
+from zeebe_sim.ground.routing import subscription_partition_id
 
 DEPLOYMENT_PARTITION = 1
 RetryKey = tuple[Any, ...]

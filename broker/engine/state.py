@@ -18,7 +18,7 @@ import heapq
 from collections.abc import Mapping
 from typing import Any
 
-from zeebe_sim.ids import NO_CHECKPOINT
+from zeebe_sim.ground.ids import NO_CHECKPOINT
 
 # Column families persisted in snapshots. Values are plain msgpack-able maps.
 COLUMN_FAMILIES = (

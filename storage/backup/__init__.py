@@ -16,13 +16,10 @@ from storage.backup.api import (
     FileRef,
     RestoredBackup,
 )
-from storage.backup.config import (
-    FilesystemStoreConfig,
-    S3StoreConfig,
-    open_store,
-)
+from storage.backup.config import FilesystemStoreConfig, S3StoreConfig
 from storage.backup.filesystem import FilesystemBackupStore
 from storage.backup.memory import InMemoryBackupStore, MemoryObjects
+from storage.backup.open import open_store
 
 __all__ = [
     "Backup",

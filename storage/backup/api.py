@@ -6,10 +6,10 @@ S3) implements :class:`BackupStore` with the same semantics, which are Zeebe's b
 testkit rules and are checked by one contract suite (``tests/backup_store/test_contract.py``):
 
 - ``save`` creates the manifest IN_PROGRESS only if none exists (any existing manifest, whatever
-  its state, is :class:`~zeebe_sim.errors.AlreadyExists`, so a COMPLETED backup is never
+  its state, is :class:`~zeebe_sim.ground.errors.AlreadyExists`, so a COMPLETED backup is never
   overwritten), uploads the files, checks that nobody marked the backup FAILED or deleted it
   meanwhile, and only then writes COMPLETED. On any error it marks the backup FAILED with the
-  error's text and raises :class:`~zeebe_sim.errors.BackupStoreError`.
+  error's text and raises :class:`~zeebe_sim.ground.errors.BackupStoreError`.
 - ``get_status`` of an absent backup is a DOES_NOT_EXIST status, never an error.
 - ``delete`` refuses an IN_PROGRESS backup (the caller marks it FAILED first); deleting an absent
   backup is a no-op.
@@ -28,7 +28,7 @@ from typing import Protocol
 
 import attrs
 
-from zeebe_sim.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
 
 class BackupStatusCode(enum.IntEnum):

@@ -66,7 +66,7 @@ from storage.backup.manifest import (
     decode_manifest,
     encode_manifest,
 )
-from zeebe_sim.errors import (
+from zeebe_sim.ground.errors import (
     AlreadyExists,
     BackupStoreError,
     InvalidState,
@@ -74,7 +74,7 @@ from zeebe_sim.errors import (
     StorageCorruption,
     ZeebeSimError,
 )
-from zeebe_sim.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Backup store configuration, Zeebe's environment names for it, and opening a store.
 
-Bad values raise :class:`~zeebe_sim.errors.ConfigError` with one line naming the setting (the
+Bad values raise :class:`~zeebe_sim.ground.errors.ConfigError` with one line naming the setting (the
 Zeebe environment variable, which is the name users know), so the CLI can print it and exit 2.
 """
 
@@ -9,14 +9,11 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import attrs
 
-from zeebe_sim.errors import ConfigError
-
-if TYPE_CHECKING:
-    from storage.backup.api import BackupStore
+from zeebe_sim.ground.errors import ConfigError
 
 S3_ENV_PREFIX: Final = "ZEEBE_BROKER_DATA_BACKUP_S3_"
 # S3's smallest allowed multipart part (all but the last part).
@@ -112,22 +109,3 @@ _FIELD_TO_ENV_SUFFIX: Final = {
     "force_path_style_access": "FORCEPATHSTYLEACCESS",
     "api_call_timeout_s": "APICALLTIMEOUT",
 }
-
-
-def open_store(config: FilesystemStoreConfig | S3StoreConfig) -> BackupStore:
-    """The store ``config`` describes. Nothing is contacted yet: call ``check()`` for that.
-
-    Raises ConfigError if the store cannot be built from the configuration.
-    """
-    if isinstance(config, FilesystemStoreConfig):
-        from storage.backup.filesystem import FilesystemBackupStore
-
-        return FilesystemBackupStore(
-            config.base_path,
-            compression=config.compression,
-            upload_delay_s=config.upload_delay_s,
-        )
-    # Imported here so that obstore is only loaded by clusters that use S3.
-    from storage.backup.s3 import S3BackupStore
-
-    return S3BackupStore(config)

@@ -56,8 +56,8 @@ from storage.backup.base import (
 )
 from storage.backup.manifest import ZSTD
 from storage.durable import fsync_directory
-from zeebe_sim.errors import BackupStoreError
-from zeebe_sim.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.ground.errors import BackupStoreError
+from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
 MANIFEST_NAME: Final = "manifest.json"
 _TEMP_PREFIX: Final = ".manifest.json."

@@ -42,8 +42,8 @@ from storage.backup.api import (
     BackupStatus,
     BackupStatusCode,
 )
-from zeebe_sim.errors import StorageCorruption
-from zeebe_sim.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.ground.errors import StorageCorruption
+from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
 ZSTD: Final = "zstd"
 COMPRESSIONS: Final = frozenset({ZSTD})

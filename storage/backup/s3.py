@@ -66,7 +66,7 @@ from storage.backup.base import (
     utc_now,
 )
 from storage.backup.config import S3StoreConfig
-from zeebe_sim.errors import BackupStoreError, ConfigError
+from zeebe_sim.ground.errors import BackupStoreError, ConfigError
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta

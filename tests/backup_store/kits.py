@@ -32,7 +32,7 @@ from storage.backup.config import S3StoreConfig
 from storage.backup.filesystem import FilesystemBackupStore
 from storage.backup.memory import InMemoryBackupStore, MemoryObjects
 from storage.backup.s3 import S3BackupStore
-from zeebe_sim.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
 S3_BASE_PATH = "backups"
 S3_ACCESS_KEY = "test-access"

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from storage.backup.config import FilesystemStoreConfig, S3StoreConfig, open_store
+from storage.backup.config import FilesystemStoreConfig, S3StoreConfig
 from storage.backup.filesystem import FilesystemBackupStore
+from storage.backup.open import open_store
 from storage.backup.s3 import S3BackupStore
 from zeebe_sim.config import BACKUP_SETTINGS, backup_store_config, parse_duration_s, resolve
-from zeebe_sim.errors import ConfigError
+from zeebe_sim.ground.errors import ConfigError
 
 P = "ZEEBE_BROKER_DATA_BACKUP_S3_"
 

@@ -18,8 +18,8 @@ from storage.backup.api import (
     BackupStatusCode,
     FileRef,
 )
-from zeebe_sim.errors import AlreadyExists, BackupStoreError, InvalidState, StorageCorruption
-from zeebe_sim.ids import NodeId, PartitionId
+from zeebe_sim.ground.errors import AlreadyExists, BackupStoreError, InvalidState, StorageCorruption
+from zeebe_sim.ground.ids import NodeId, PartitionId
 
 from .kits import (
     FakeClock,

@@ -14,7 +14,7 @@ import pytest
 
 from storage.backup.api import BackupIdentifierWildcard, BackupStatusCode, FileRef
 from storage.backup.filesystem import FilesystemBackupStore
-from zeebe_sim.errors import BackupStoreError
+from zeebe_sim.ground.errors import BackupStoreError
 
 from .kits import FilesystemKit, HeldSave, bid, make_backup, payload, small_backup
 
@@ -115,7 +115,7 @@ def test_create_if_absent_holds_across_processes(fs_kit: FilesystemKit, tmp_path
         from storage.backup.api import Backup, FileRef
         from storage.backup.filesystem import FilesystemBackupStore
         from tests.backup_store.kits import bid, descriptor
-        from zeebe_sim.errors import AlreadyExists
+        from zeebe_sim.ground.errors import AlreadyExists
 
         async def main():
             store = FilesystemBackupStore(Path({str(fs_kit.base)!r}))

@@ -21,8 +21,8 @@ from storage.backup.manifest import (
     format_timestamp,
     parse_timestamp,
 )
-from zeebe_sim.errors import StorageCorruption
-from zeebe_sim.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.ground.errors import StorageCorruption
+from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
 ids = st.builds(
     BackupIdentifier,

@@ -16,8 +16,8 @@ import pytest
 from storage.backup.api import BackupIdentifierWildcard, BackupStatusCode, FileRef
 from storage.backup.manifest import Manifest, encode_manifest
 from storage.backup.s3 import S3BackupStore
-from zeebe_sim.errors import BackupStoreError
-from zeebe_sim.ids import PartitionId
+from zeebe_sim.ground.errors import BackupStoreError
+from zeebe_sim.ground.ids import PartitionId
 
 from .kits import (
     S3_ACCESS_KEY,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from broker.engine.processor import Send
 from broker.partition import Partition, PartitionConfig
-from broker.records import ValueType
 from tests.scenarios.bpmn_samples import process_xml
+from zeebe_sim.ground.records import ValueType
 from zeebe_sim.harness import eventually
 
 

@@ -29,7 +29,7 @@ from rich.console import Console
 
 from zeebe_sim import backup_client as bc
 from zeebe_sim import workload as wl
-from zeebe_sim.ids import BackupId, PartitionId
+from zeebe_sim.ground.ids import BackupId, PartitionId
 from zeebe_sim.tools_cli import backup, load
 
 # --------------------------------------------------------------------------------------------

@@ -13,11 +13,11 @@ import aiohttp
 import pytest
 
 from tests.conftest import FAST_BROKER_ARGS, FAST_GATEWAY_ARGS, ORDER_BPMN
-from zeebe_sim import protocol
+from zeebe_sim.ground import protocol
+from zeebe_sim.ground.ids import partition_of_key
+from zeebe_sim.ground.protocol import TopologyRequest, TopologyResponse
+from zeebe_sim.ground.transport import Connection
 from zeebe_sim.harness import ApiError, RunningCluster, eventually, running_cluster
-from zeebe_sim.ids import partition_of_key
-from zeebe_sim.protocol import TopologyRequest, TopologyResponse
-from zeebe_sim.transport import Connection
 
 pytestmark = pytest.mark.slow
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from broker.engine.correlation import subscription_partition_id
 from tests.conftest import DEMO_BPMN, FAST_BROKER_ARGS, FAST_GATEWAY_ARGS
 from tests.e2e.test_cluster import complete_all
+from zeebe_sim.ground.ids import partition_of_key
+from zeebe_sim.ground.routing import subscription_partition_id
 from zeebe_sim.harness import RunningCluster, eventually, run_cli, running_cluster
-from zeebe_sim.ids import partition_of_key
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from broker.engine.bpmn import (
     ProcessModel,
     parse_bpmn,
 )
-from zeebe_sim.errors import InvalidArgument
+from zeebe_sim.ground.errors import InvalidArgument
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.engine.correlation import (
+from zeebe_sim.ground.errors import InvalidArgument
+from zeebe_sim.ground.routing import (
     java_string_hash,
     subscription_hash_code,
     subscription_partition_id,
 )
-from zeebe_sim.errors import InvalidArgument
 
 INT32_MIN = -(2**31)
 

@@ -15,8 +15,8 @@ from gateway.backups import (
     parse_path_id,
     take_backup_outcome,
 )
-from zeebe_sim.errors import AlreadyExists, InvalidArgument
-from zeebe_sim.protocol import TakeBackupResponse
+from zeebe_sim.ground.errors import AlreadyExists, InvalidArgument
+from zeebe_sim.ground.protocol import TakeBackupResponse
 
 STATES = ["DOES_NOT_EXIST", "FAILED", "IN_PROGRESS", "COMPLETED"]
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zeebe_sim import protocol
-from zeebe_sim.errors import ProtocolError
-from zeebe_sim.protocol import (
+from zeebe_sim.ground import protocol
+from zeebe_sim.ground.errors import ProtocolError
+from zeebe_sim.ground.protocol import (
     ErrorResponse,
     ExecuteCommandRequest,
     FrameDecoder,

@@ -12,9 +12,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.engine.correlation import subscription_partition_id
-from broker.records import RecordType, ValueType
 from tests.scenarios.bpmn_samples import process_xml
+from zeebe_sim.ground.records import RecordType, ValueType
+from zeebe_sim.ground.routing import subscription_partition_id
 from zeebe_sim.simulation import SimulatedCluster
 from zeebe_sim.verify import PartitionData, check
 

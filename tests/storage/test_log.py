@@ -27,8 +27,8 @@ from storage.log import (
     open_for_read,
     segment_file_name,
 )
-from zeebe_sim.errors import InvalidArgument, InvalidState, StorageCorruption
-from zeebe_sim.ids import Position
+from zeebe_sim.ground.errors import InvalidArgument, InvalidState, StorageCorruption
+from zeebe_sim.ground.ids import Position
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Small enough that a handful of entries fill a segment, so the properties cross segment bounds.

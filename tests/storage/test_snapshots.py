@@ -23,7 +23,7 @@ from storage.snapshots import (
     checksum_of,
     load_snapshot_dir,
 )
-from zeebe_sim.errors import InvalidState, NotFound, StorageCorruption
+from zeebe_sim.ground.errors import InvalidState, NotFound, StorageCorruption
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE = [b"state-", b"of-the-", b"partition" * 100]

@@ -25,7 +25,8 @@ reproduce Zeebe's byte hash, not the comment, because routing has to match real 
 
 from __future__ import annotations
 
-from zeebe_sim.errors import InvalidArgument
+from zeebe_sim.ground.errors import InvalidArgument
+from zeebe_sim.ground.ids import NodeId, PartitionId
 
 # Partition ids are 1-based in Zeebe (Protocol.START_PARTITION_ID).
 START_PARTITION_ID = 1
@@ -80,3 +81,18 @@ def subscription_partition_id(correlation_key: str, partition_count: int) -> int
     # Java's `%` result is within (-count, count), so Math.abs never meets Integer.MIN_VALUE here.
     remainder = _java_remainder(subscription_hash_code(correlation_key), partition_count)
     return abs(remainder) + START_PARTITION_ID
+
+
+def broker_of_partition(partition_id: PartitionId, cluster_size: int) -> NodeId:
+    """Round-robin assignment: partition p (1-based) lives on broker (p-1) % N."""
+    return NodeId((partition_id - 1) % cluster_size)
+
+
+def partitions_of_broker(
+    node_id: NodeId, cluster_size: int, partition_count: int
+) -> list[PartitionId]:
+    return [
+        PartitionId(p)
+        for p in range(1, partition_count + 1)
+        if broker_of_partition(PartitionId(p), cluster_size) == node_id
+    ]

@@ -26,18 +26,3 @@ def encode_key(partition_id: PartitionId, local: int) -> Key:
 
 def partition_of_key(key: int) -> PartitionId:
     return PartitionId(key >> KEY_PARTITION_SHIFT)
-
-
-def broker_of_partition(partition_id: PartitionId, cluster_size: int) -> NodeId:
-    """Round-robin assignment: partition p (1-based) lives on broker (p-1) % N."""
-    return NodeId((partition_id - 1) % cluster_size)
-
-
-def partitions_of_broker(
-    node_id: NodeId, cluster_size: int, partition_count: int
-) -> list[PartitionId]:
-    return [
-        PartitionId(p)
-        for p in range(1, partition_count + 1)
-        if broker_of_partition(PartitionId(p), cluster_size) == node_id
-    ]

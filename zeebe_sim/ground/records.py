@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import msgpack
 
-from zeebe_sim.errors import StorageCorruption
+from zeebe_sim.ground.errors import StorageCorruption
 
 
 class RecordType(IntEnum):

@@ -13,8 +13,8 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 
-from zeebe_sim import protocol
-from zeebe_sim.errors import (
+from zeebe_sim.ground import protocol
+from zeebe_sim.ground.errors import (
     BrokerUnavailable,
     ConnectionLost,
     ProtocolError,
@@ -23,7 +23,7 @@ from zeebe_sim.errors import (
     ZeebeSimError,
     from_code,
 )
-from zeebe_sim.protocol import ErrorResponse, FrameDecoder, Message
+from zeebe_sim.ground.protocol import ErrorResponse, FrameDecoder, Message
 
 log = logging.getLogger(__name__)
 

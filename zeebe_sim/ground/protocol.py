@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import attrs
 import msgpack
 
-from zeebe_sim.errors import ProtocolError
+from zeebe_sim.ground.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 FRAME_HEADER = struct.Struct(">I")
