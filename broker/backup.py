@@ -4,14 +4,15 @@ list and delete for the partitions it leads.
 Theory of operation (REFERENCE.md §4)
 -------------------------------------
 When a partition processes ``CHECKPOINT CREATE(id)`` into a new checkpoint, the partition calls
-:meth:`BackupService.checkpoint_created` from its processing task, between two groups. There, in
-well under a millisecond, the service picks the newest snapshot that is entirely before the
-checkpoint, reserves it, pins the log from that snapshot on against compaction and notes the
-segments and their durable sizes (the checkpoint is durable: it was flushed before the effects
-ran). Everything slow happens afterwards in a background task: look for existing copies (a
-COMPLETED one means there is nothing to do; an IN_PROGRESS or FAILED one must not be
-overwritten), then ``store.save`` (manifest IN_PROGRESS, files, re-check, COMPLETED; FAILED on
-any error). The reservation and the pin are released either way.
+:meth:`BackupService.checkpoint_created` from its processing task, between two groups, with the
+backup's plan (``broker/core.py``: the newest snapshot entirely before the checkpoint, the
+segments from it on with their durable sizes; the checkpoint is durable, it was flushed before
+the effects ran) and a :class:`BackupSource` that can hold what the plan names. There, in well
+under a millisecond, the service holds the snapshot and the log against deletion and compaction
+and notes the files. Everything slow happens afterwards in a background task: look for
+existing copies (a COMPLETED one means there is nothing to do; an IN_PROGRESS or FAILED one
+must not be overwritten), then ``store.save`` (manifest IN_PROGRESS, files, re-check,
+COMPLETED; FAILED on any error). The reservation and the pin are released either way.
 
 A broker that starts marks every IN_PROGRESS copy of its partitions FAILED: nothing of it can
 still be running (Zeebe does this only for the latest checkpoint, its issue #41200; we do it for
@@ -23,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from broker.core import BackupPlan, BackupSource, Release
 from storage.backup.api import (
     Backup,
     BackupDescriptor,
@@ -41,9 +42,6 @@ from zeebe_sim.ground import VERSION
 from zeebe_sim.ground.errors import BackupNotConfigured, SaveOvertaken, ZeebeSimError
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 from zeebe_sim.ground.tasks import OwnedTasks
-
-if TYPE_CHECKING:
-    from broker.partition import Partition
 
 log = logging.getLogger(__name__)
 
@@ -132,49 +130,38 @@ class BackupService:
 
     # -- taking backups -----------------------------------------------------------------------
 
-    def checkpoint_created(self, partition: Partition, checkpoint_id: int, position: int) -> None:
+    def checkpoint_created(self, plan: BackupPlan, source: BackupSource) -> None:
         """Called in the partition's processing task, right after the checkpoint is durable."""
         if self.store is None:
             return
+        partition_id = plan.partition_id
         identifier = BackupIdentifier(
-            self.node_id, PartitionId(partition.partition_id), BackupId(checkpoint_id)
+            self.node_id, PartitionId(partition_id), BackupId(plan.checkpoint_id)
         )
-        snapshots = partition.snapshots.all()
-        valid = [
-            s
-            for s in snapshots
-            if s.processed_position < position and s.last_followup_event_position < position
-        ]
-        if snapshots and not valid:
-            failure = (
-                f"Cannot find a snapshot that can be included in the backup {checkpoint_id}. All "
-                f"available snapshots ({', '.join(str(s.id) for s in snapshots)}) have "
-                f"processedPosition or lastFollowupEventPosition >= checkpointPosition {position}"
-            )
-            self._tasks.spawn(self._fail(identifier, failure))
+        if plan.failure is not None:
+            self._tasks.spawn(self._fail(identifier, plan.failure))
             return
-        snapshot = valid[-1] if valid else None
-        release_snapshot: Callable[[], None] = lambda: None  # noqa: E731
-        if snapshot is not None:
-            release_snapshot = partition.snapshots.reserve(snapshot.id).release
-        floor = snapshot.processed_position + 1 if snapshot is not None else 1
-        partition.hold_log(identifier, floor)
-        segments = {
-            s.path.name: FileRef(s.path, s.size_bytes)
-            for s in partition.log.segments()
-            if s.last_position >= floor
-        }
+        # Held before its files are listed: a snapshot persisted meanwhile (in a worker thread)
+        # deletes older snapshots unless they are reserved.
+        release_source = source.hold(plan)
+        snapshot = plan.snapshot
+        segments = {s.path.name: FileRef(s.path, s.size_bytes) for s in plan.segments}
         snapshot_files: dict[str, FileRef] = {}
         if snapshot is not None:
-            for path in sorted(snapshot.directory.iterdir()):
-                snapshot_files[path.name] = FileRef(path, path.stat().st_size)
-            checksum = snapshot.checksum_file
-            snapshot_files[checksum.name] = FileRef(checksum, checksum.stat().st_size)
+            try:
+                for path in sorted(snapshot.directory.iterdir()):
+                    snapshot_files[path.name] = FileRef(path, path.stat().st_size)
+                checksum = snapshot.checksum_file
+                snapshot_files[checksum.name] = FileRef(checksum, checksum.stat().st_size)
+            except OSError as exc:
+                release_source()
+                self._tasks.spawn(self._fail(identifier, f"Cannot read the snapshot: {exc}"))
+                return
         backup = Backup(
             identifier,
             BackupDescriptor(
                 snapshot_id=str(snapshot.id) if snapshot is not None else None,
-                checkpoint_position=position,
+                checkpoint_position=plan.checkpoint_position,
                 number_of_partitions=self.partition_count,
                 broker_version=VERSION,
             ),
@@ -182,12 +169,11 @@ class BackupService:
             segments,
         )
 
-        self._running[partition.partition_id] += 1
+        self._running[partition_id] += 1
 
         def release() -> None:
-            release_snapshot()
-            partition.release_log(identifier)
-            self._running[partition.partition_id] -= 1
+            release_source()
+            self._running[partition_id] -= 1
 
         self._tasks.spawn(self._save(backup, release))
 
@@ -201,7 +187,7 @@ class BackupService:
         except ZeebeSimError as exc:
             log.error("cannot mark %s failed: %s", identifier, exc.message)
 
-    async def _save(self, backup: Backup, release: Callable[[], None]) -> None:
+    async def _save(self, backup: Backup, release: Release) -> None:
         store = self._require_store()
         identifier = backup.id
         try:

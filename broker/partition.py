@@ -10,6 +10,9 @@ a partition near 5,000 records/s) and only then carries out the effects: answers
 sends inter-partition commands, starts backups. A crash before the fsync loses only commands
 nobody was told about; nothing acknowledged is lost.
 
+The decisions (checkpoint first, retries, when to snapshot, what a backup holds, how far to
+compact) are made by the pure core, ``broker/core.py``; this module carries them out.
+
 Maintenance that must not race with writing (snapshot state copy, compaction, handing segment
 lists to a backup) runs in the processing task between two groups, so it never needs locks. The
 expensive part of a snapshot (serialising and fsyncing) runs in the background afterwards on a
@@ -34,13 +37,22 @@ from typing import Any
 import attrs
 import msgpack
 
-from broker.engine.processor import Engine, ProcessingResult, Response, RetryKey, Send
+from broker.core import (
+    BackupPlan,
+    Command,
+    Outgoing,
+    PartitionCore,
+    PartitionView,
+    Release,
+    plan_backup,
+)
+from broker.core import PartitionConfig as PartitionConfig  # re-exported: the partition's settings
+from broker.engine.processor import Engine, ProcessingResult, Response, Send
 from broker.engine.state import COLUMN_FAMILIES, State
 from storage.log import SegmentedLog
 from storage.snapshots import Snapshot, SnapshotId, SnapshotStore
 from zeebe_sim.ground.errors import ResourceExhausted
-from zeebe_sim.ground.ids import NO_CHECKPOINT
-from zeebe_sim.ground.records import Record, RecordType, ValueType, decode_records, encode_records
+from zeebe_sim.ground.records import Record, decode_records, encode_records
 from zeebe_sim.ground.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
@@ -56,36 +68,20 @@ SNAPSHOT_CHUNK_ENTRIES = 1_000
 TICK_S = 0.05
 
 
-@attrs.define
-class PartitionConfig:
-    snapshot_period_s: float = 300.0
-    segment_bytes_max: int = 64 * 1024 * 1024
-    retry_initial_s: float = 10.0
-    retry_max_s: float = 300.0
-    checkpoint_propagation: bool = True
-
-
-@attrs.define
-class _Command:
-    value_type: str
-    intent: str
-    key: int
-    value: dict[str, Any]
+@attrs.frozen
+class _Queued:
+    command: Command
     reply: asyncio.Future[Response] | None
-    # the sender's checkpoint id, for commands from other partitions (REFERENCE.md §3)
-    checkpoint_id: int = NO_CHECKPOINT
-
-
-@attrs.define
-class _Retry:
-    send: Send
-    due_s: float
-    backoff_s: float
 
 
 SendFn = Callable[[Send, int], None]
-# Called in the processing task once a new checkpoint is durable (starts the backup).
-CheckpointFn = Callable[["Partition", int, int], None]
+# Called in the processing task once a new checkpoint is durable, with the backup's plan and
+# what can hold its files (starts the backup).
+CheckpointFn = Callable[[BackupPlan, "Partition"], None]
+
+
+def _monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
 
 
 class Partition:
@@ -107,13 +103,10 @@ class Partition:
         self._send = send
         self._on_checkpoint = on_checkpoint
         self._clock_ms = clock_ms
-        self._inbox: collections.deque[_Command] = collections.deque()
+        self._inbox: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._retries: dict[RetryKey, _Retry] = {}
         self._tasks = OwnedTasks(f"partition {partition_id}")
         self._maintenance: list[Callable[[], None]] = []
-        self._snapshotting = False
-        self._compaction_floors: dict[object, int] = {}
         self.ready = False
         self.processed_position = 0
         self.records_written = 0
@@ -122,6 +115,7 @@ class Partition:
         self.snapshots: SnapshotStore
         self.state: State
         self.engine: Engine
+        self.core: PartitionCore
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -134,13 +128,12 @@ class Partition:
         # Written before the crash (or the restore) but never processed: process them now.
         results = [self._process_written(command) for command in self._recover()]
         await asyncio.to_thread(self.log.flush)
-        for send in self.engine.pending_sends():
-            self._schedule_retry(send, due_s=0.0)
+        self.core.reset_retries(_monotonic_ms())
         self._tasks.spawn(self._run())
         self._tasks.spawn(self._timers())
         self.ready = True
         for result in results:
-            self._carry_out(None, result)
+            self._carry_out(None, result, _monotonic_ms())
         log.info(
             "partition started",
             extra={"partition": self.partition_id, "position": self.log.last_position},
@@ -165,6 +158,7 @@ class Partition:
             self.processed_position = 0
             skip_until = 0
         self.engine = Engine(self.state, self.partition_count)
+        self.core = PartitionCore(self.engine, self.config)
         self.processed_position, unprocessed = self.engine.replay(
             read_records(self.log, self.processed_position + 1),
             skip_until,
@@ -189,7 +183,7 @@ class Partition:
                 "is currently overloaded or starting up"
             )
         reply: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self._inbox.append(_Command(value_type, intent, key, value, reply))
+        self._inbox.append(_Queued(Command(value_type, intent, key, value), reply))
         self._wakeup.set()
         return reply
 
@@ -200,7 +194,7 @@ class Partition:
         full: the sender retries until acknowledged."""
         if len(self._inbox) >= INBOX_COMMANDS_MAX or not self.ready:
             return
-        self._inbox.append(_Command(value_type, intent, key, value, None, checkpoint_id))
+        self._inbox.append(_Queued(Command(value_type, intent, key, value, checkpoint_id), None))
         self._wakeup.set()
 
     # -- processing ---------------------------------------------------------------------------
@@ -213,27 +207,18 @@ class Partition:
                 await self._process_group()
 
     async def _process_group(self) -> None:
-        group: list[tuple[_Command, ProcessingResult]] = []
+        group: list[tuple[asyncio.Future[Response] | None, ProcessingResult]] = []
         while self._inbox and len(group) < GROUP_COMMANDS_MAX:
-            command = self._inbox.popleft()
-            if self.config.checkpoint_propagation and self.engine.checkpoint_first(
-                command.checkpoint_id
-            ):
-                # A command sent after the sender's checkpoint: checkpoint first, so it can
-                # never be received before our own checkpoint (no orphan receive).
-                checkpoint = _Command(
-                    ValueType.CHECKPOINT,
-                    "CREATE",
-                    command.checkpoint_id,
-                    {"checkpointId": command.checkpoint_id},
-                    None,
-                )
-                group.append((checkpoint, self._process(_record_of(checkpoint), None)))
-            group.append((command, self._process(_record_of(command), command.reply)))
+            queued = self._inbox.popleft()
+            checkpoint = self.core.checkpoint_before(queued.command)
+            if checkpoint is not None:
+                group.append((None, self._process(checkpoint)))
+            group.append((queued.reply, self._process(queued.command)))
         if group:
             await asyncio.to_thread(self.log.flush)
-            for command, result in group:
-                self._carry_out(command.reply, result)
+            now_ms = _monotonic_ms()
+            for reply, result in group:
+                self._carry_out(reply, result, now_ms)
         if self._maintenance:
             started = time.perf_counter()
             for task in self._maintenance:
@@ -246,12 +231,11 @@ class Partition:
         start): the longest such pause is a reported figure (target: under 10 ms)."""
         self.longest_pause_ms = max(self.longest_pause_ms, (time.perf_counter() - started) * 1000)
 
-    def _process(self, command: Record, reply: Any) -> ProcessingResult:
-        position = self.log.last_position + 1
-        command = attrs.evolve(command, position=position, timestamp_ms=self._clock_ms())
-        self.log.append(position, 1, encode_records([command]))
+    def _process(self, command: Command) -> ProcessingResult:
+        record = command.record(self.log.last_position + 1, self._clock_ms())
+        self.log.append(record.position, 1, encode_records([record]))
         self.records_written += 1
-        return self._process_written(command)
+        return self._process_written(record)
 
     def _process_written(self, command: Record) -> ProcessingResult:
         first = self.log.last_position + 1
@@ -261,48 +245,41 @@ class Partition:
         self.records_written += len(result.records)
         return result
 
-    def _carry_out(self, reply: asyncio.Future[Response] | None, result: ProcessingResult) -> None:
+    def _carry_out(
+        self, reply: asyncio.Future[Response] | None, result: ProcessingResult, now_ms: int
+    ) -> None:
         if reply is not None and not reply.done():
             assert result.response is not None
             reply.set_result(result.response)
-        for key in result.resolved:
-            self._retries.pop(key, None)
-        # The id now may be higher than when this command was processed (a later command of
-        # the group created a checkpoint). That is safe: a receiver then checkpoints early and
-        # the command counts as in flight; only a lower id could make an orphan receive.
-        checkpoint_id = self.state.checkpoint_id if self.config.checkpoint_propagation else -1
-        for send in result.sends:
-            if send.retry_key is not None:
-                self._schedule_retry(send, due_s=time.monotonic() + self.config.retry_initial_s)
-            self._send(send, checkpoint_id)
+        self._send_all(self.core.outgoing(result, now_ms))
         if result.checkpoint_created is not None and self._on_checkpoint is not None:
             checkpoint_id, position = result.checkpoint_created
             started = time.perf_counter()
-            self._on_checkpoint(self, checkpoint_id, position)
+            plan = plan_backup(
+                self.partition_id,
+                checkpoint_id,
+                position,
+                self.snapshots.all(),
+                self.log.segments(),
+            )
+            self._on_checkpoint(plan, self)
             self._note_pause(started)
+
+    def _send_all(self, outgoing: list[Outgoing]) -> None:
+        for out in outgoing:
+            self._send(out.send, out.checkpoint_id)
 
     # -- timers: deadlines and retries --------------------------------------------------------
 
-    def _schedule_retry(self, send: Send, due_s: float) -> None:
-        assert send.retry_key is not None
-        self._retries[send.retry_key] = _Retry(send, due_s, self.config.retry_initial_s)
-
     async def _timers(self) -> None:
-        last_snapshot_s = time.monotonic()
         while True:
             await asyncio.sleep(TICK_S)
             for value_type, intent, key in self.engine.due_commands(self._clock_ms()):
-                self._inbox.append(_Command(value_type, intent, key, {}, None))
+                self._inbox.append(_Queued(Command(value_type, intent, key, {}), None))
                 self._wakeup.set()
-            now_s = time.monotonic()
-            checkpoint_id = self.state.checkpoint_id if self.config.checkpoint_propagation else -1
-            for retry in self._retries.values():
-                if retry.due_s <= now_s:
-                    self._send(retry.send, checkpoint_id)
-                    retry.due_s = now_s + retry.backoff_s
-                    retry.backoff_s = min(retry.backoff_s * 2, self.config.retry_max_s)
-            if now_s - last_snapshot_s >= self.config.snapshot_period_s:
-                last_snapshot_s = now_s
+            now_ms = _monotonic_ms()
+            self._send_all(self.core.due_retries(now_ms))
+            if self.core.snapshot_due(now_ms):
                 self.request_snapshot()
 
     # -- snapshots and compaction -------------------------------------------------------------
@@ -313,20 +290,12 @@ class Partition:
         done: asyncio.Future[Snapshot | None] = asyncio.get_running_loop().create_future()
 
         def begin() -> None:
-            if self._snapshotting:
-                done.set_result(None)
-                return
-            snapshot_id = SnapshotId(
-                index=self.log.last_index,
-                term=1,
-                processed_position=self.processed_position,
-                exported_position=self.processed_position,
+            snapshot_id = self.core.begin_snapshot(
+                PartitionView(self.processed_position, self.log.last_index, self.snapshots.latest())
             )
-            latest = self.snapshots.latest()
-            if self.processed_position == 0 or (latest is not None and latest.id >= snapshot_id):
+            if snapshot_id is None:
                 done.set_result(None)
                 return
-            self._snapshotting = True
             view = self.state.copy_for_snapshot()
             self._tasks.spawn(self._write_snapshot(snapshot_id, self.log.last_position, view, done))
 
@@ -369,21 +338,26 @@ class Partition:
             if not done.done():
                 done.set_exception(exc)
         finally:
-            self._snapshotting = False
+            self.core.snapshot_ended()
 
-    def hold_log(self, owner: object, position: int) -> None:
-        """Keep the log from ``position`` on (a running backup needs those segments)."""
-        self._compaction_floors[owner] = position
+    def hold(self, plan: BackupPlan) -> Release:
+        """Keep the plan's snapshot and log segments until the returned function is called
+        (the partition's side of :class:`broker.core.BackupSource`)."""
+        reservation = self.snapshots.reserve(plan.snapshot.id) if plan.snapshot else None
+        owner = object()
+        self.core.hold_log(owner, plan.log_from_position)
 
-    def release_log(self, owner: object) -> None:
-        self._compaction_floors.pop(owner, None)
+        def release() -> None:
+            if reservation is not None:
+                reservation.release()
+            self.core.release_log(owner)
+
+        return release
 
     def _compact(self) -> None:
-        latest = self.snapshots.latest()
-        if latest is None:
-            return
-        floor = min([latest.processed_position + 1, *self._compaction_floors.values()])
-        self.log.compact(floor)
+        floor = self.core.compaction_floor(self.snapshots.latest())
+        if floor is not None:
+            self.log.compact(floor)
 
     # -- status -------------------------------------------------------------------------------
 
@@ -400,20 +374,6 @@ class Partition:
             "checkpointId": self.state.checkpoint_id,
             "checkpointPosition": self.state.checkpoint_position,
         }
-
-
-def _record_of(command: _Command) -> Record:
-    # position and timestamp are filled in when the command is written
-    return Record(
-        position=0,
-        source_position=-1,
-        key=command.key,
-        timestamp_ms=0,
-        record_type=RecordType.COMMAND,
-        value_type=command.value_type,
-        intent=command.intent,
-        value=command.value,
-    )
 
 
 def _serialise_state(view: dict[str, Any]) -> Iterator[bytes]:

@@ -6,56 +6,38 @@ Each simulated partition is an :class:`Engine` over an in-memory log (a list of 
 Commands are processed at once; inter-partition commands go into ``network``, a list the test
 delivers, drops, duplicates or reorders as it likes. ``fire_retries`` plays the part of the
 retry timers: it re-sends everything still unacknowledged (derived from state, as a restarted
-partition does). Checkpoint propagation follows REFERENCE.md §3 exactly as ``broker/partition.py``
-does, and ``backup``/``restore`` cut each log at its checkpoint the way a real backup and
-restore do, so scenarios can show what a consistent cut is and what breaks without
-propagation.
+partition does). Each partition is driven by the same pure core as a broker's partition
+(``broker/core.py``): checkpoint first on receive, the checkpoint id on every send and the retry
+schedule are one implementation, not a copy. ``backup``/``restore`` cut each log at its
+checkpoint the way a real backup and restore do, so scenarios can show what a consistent cut is
+and what breaks without propagation.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import attrs
-
-from broker.engine.processor import Engine, ProcessingResult, Send
+from broker.core import Command, Outgoing, PartitionConfig, PartitionCore
+from broker.engine.processor import Engine, ProcessingResult
 from broker.engine.state import State
-from zeebe_sim.ground.records import Record, RecordType, ValueType
-
-
-@attrs.frozen
-class InFlight:
-    """An inter-partition command on the simulated network."""
-
-    send: Send
-    checkpoint_id: int
+from zeebe_sim.ground.records import Record, ValueType
 
 
 class SimPartition:
-    def __init__(self, partition_id: int, partition_count: int) -> None:
+    def __init__(self, partition_id: int, partition_count: int, config: PartitionConfig) -> None:
         self.partition_id = partition_id
         self.records: list[Record] = []
         self.engine = Engine(State(partition_id), partition_count)
+        self.core = PartitionCore(self.engine, config)
 
     @property
     def state(self) -> State:
         return self.engine.state
 
-    def write_command(
-        self, value_type: str, intent: str, key: int, value: dict[str, Any], now_ms: int
-    ) -> ProcessingResult:
-        command = Record(
-            position=len(self.records) + 1,
-            source_position=-1,
-            key=key,
-            timestamp_ms=now_ms,
-            record_type=RecordType.COMMAND,
-            value_type=value_type,
-            intent=intent,
-            value=value,
-        )
-        self.records.append(command)
-        return self.process_written(command)
+    def write_command(self, command: Command, now_ms: int) -> ProcessingResult:
+        record = command.record(len(self.records) + 1, now_ms)
+        self.records.append(record)
+        return self.process_written(record)
 
     def process_written(self, command: Record) -> ProcessingResult:
         result = self.engine.process(command, len(self.records) + 1)
@@ -67,10 +49,11 @@ class SimulatedCluster:
     def __init__(self, partition_count: int, *, checkpoint_propagation: bool = True) -> None:
         self.partition_count = partition_count
         self.checkpoint_propagation = checkpoint_propagation
+        config = PartitionConfig(checkpoint_propagation=checkpoint_propagation)
         self.partitions = {
-            p: SimPartition(p, partition_count) for p in range(1, partition_count + 1)
+            p: SimPartition(p, partition_count, config) for p in range(1, partition_count + 1)
         }
-        self.network: list[InFlight] = []
+        self.network: list[Outgoing] = []  # inter-partition commands in flight
         self.now_ms = 1_000_000
 
     # -- driving ------------------------------------------------------------------------------
@@ -79,17 +62,13 @@ class SimulatedCluster:
         self, partition_id: int, value_type: str, intent: str, key: int = -1, **value: Any
     ) -> ProcessingResult:
         """A client command: written, processed, its sends put on the network."""
-        result = self.partitions[partition_id].write_command(
-            value_type, intent, key, value, self.now_ms
-        )
+        command = Command(value_type, intent, key, value)
+        result = self.partitions[partition_id].write_command(command, self.now_ms)
         self._emit(partition_id, result)
         return result
 
     def _emit(self, partition_id: int, result: ProcessingResult) -> None:
-        checkpoint_id = (
-            self.partitions[partition_id].state.checkpoint_id if self.checkpoint_propagation else -1
-        )
-        self.network.extend(InFlight(send, checkpoint_id) for send in result.sends)
+        self.network.extend(self.partitions[partition_id].core.outgoing(result, self.now_ms))
 
     def deliver(self, index: int = 0) -> ProcessingResult:
         """Deliver the ``index``-th command on the network to its receiver."""
@@ -97,20 +76,11 @@ class SimulatedCluster:
         send = flight.send
         receiver = send.receiver_partition_id
         partition = self.partitions[receiver]
-        if self.checkpoint_propagation and partition.engine.checkpoint_first(flight.checkpoint_id):
-            self._emit(
-                receiver,
-                partition.write_command(
-                    ValueType.CHECKPOINT,
-                    "CREATE",
-                    flight.checkpoint_id,
-                    {"checkpointId": flight.checkpoint_id},
-                    self.now_ms,
-                ),
-            )
-        result = partition.write_command(
-            send.value_type, send.intent, send.key, send.value, self.now_ms
-        )
+        command = Command(send.value_type, send.intent, send.key, send.value, flight.checkpoint_id)
+        checkpoint = partition.core.checkpoint_before(command)
+        if checkpoint is not None:
+            self._emit(receiver, partition.write_command(checkpoint, self.now_ms))
+        result = partition.write_command(command, self.now_ms)
         self._emit(receiver, result)
         return result
 
@@ -123,12 +93,11 @@ class SimulatedCluster:
         raise AssertionError(f"network not quiet after {max_steps} deliveries")
 
     def fire_retries(self) -> None:
-        """Every partition re-sends what is still unacknowledged (its retry timers fire)."""
+        """Every partition re-sends what is still unacknowledged (its retry timers fire), as
+        derived from state (the schedule of a partition that just started: all due now)."""
         for partition in self.partitions.values():
-            checkpoint_id = partition.state.checkpoint_id if self.checkpoint_propagation else -1
-            self.network.extend(
-                InFlight(send, checkpoint_id) for send in partition.engine.pending_sends()
-            )
+            partition.core.reset_retries(self.now_ms)
+            self.network.extend(partition.core.due_retries(self.now_ms))
 
     def settle(self, rounds: int = 20) -> None:
         """Deliver everything and fire retries until nothing is pending."""

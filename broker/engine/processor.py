@@ -219,11 +219,6 @@ class Engine:
             processed_position = max(processed_position, record.source_position)
         return processed_position, [c for c in commands if c.position > processed_position]
 
-    def checkpoint_first(self, received_checkpoint_id: int) -> bool:
-        """Whether a command received with the sender's checkpoint id must be preceded by our
-        own ``CHECKPOINT CREATE`` (REFERENCE.md §3)."""
-        return received_checkpoint_id > self.state.checkpoint_id
-
     def due_commands(self, now_ms: int) -> list[tuple[str, str, int]]:
         """Commands the shell should write because a deadline passed: job time-outs and message
         expiry, as ``(value_type, intent, key)``. Stale heap entries are dropped here."""
