@@ -111,12 +111,33 @@ async def _until_signal() -> None:
     await stop.wait()
 
 
-async def _serve_until_signal(node: Any) -> None:
-    """Keep a started broker or gateway running until SIGINT/SIGTERM, then stop it."""
+async def _serve(node: Any, parent_pid: int | None, ready: Callable[[], None]) -> None:
+    """Start a broker or gateway, announce it, and keep it running until SIGINT/SIGTERM or,
+    when a launcher started it (``--parent-pid``), until that launcher is gone; then stop it."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if parent_pid is not None:
+        from zeebe_sim.cluster import watch_parent
+
+        # Before the start: a launcher killed while this process starts must not leave it on.
+        watch_parent(parent_pid, stop.set)
+    await node.start()
     try:
-        await _until_signal()
+        ready()
+        await stop.wait()
     finally:
         await node.stop()
+
+
+PARENT_PID_OPTION = click.option(
+    "--parent-pid",
+    type=int,
+    default=None,
+    hidden=True,
+    help="the launcher's pid: stop when it dies (set by `up` and the test harness)",
+)
 
 
 def broker_flags(values: dict[str, Any]) -> list[str]:
@@ -222,7 +243,8 @@ def up(**kwargs: Any) -> None:
 @main.command()
 @options("node-id", *CLUSTER_SETTINGS, "contact-point")
 @click.option("--exact-port", type=int, default=None, hidden=True)
-def broker(exact_port: int | None, **kwargs: Any) -> None:
+@PARENT_PID_OPTION
+def broker(exact_port: int | None, parent_pid: int | None, **kwargs: Any) -> None:
     """Run one broker process (for clusters spread over hosts)."""
     try:
         values = resolve(["node-id", *CLUSTER_SETTINGS, "contact-point"], kwargs)
@@ -272,16 +294,17 @@ def broker(exact_port: int | None, **kwargs: Any) -> None:
 
     async def run() -> None:
         node = Broker(broker_config)
-        await node.start()
-        announce_ready(node_id=node.node_id, address=node.address)
-        await _serve_until_signal(node)
+        await _serve(
+            node, parent_pid, lambda: announce_ready(node_id=node.node_id, address=node.address)
+        )
 
     _run(run())
 
 
 @main.command()
 @options(*GATEWAY_SETTINGS, "contact-point")
-def gateway(**kwargs: Any) -> None:
+@PARENT_PID_OPTION
+def gateway(parent_pid: int | None, **kwargs: Any) -> None:
     """Run the gateway process (actuator on the management port, REST API)."""
     try:
         values = resolve([*GATEWAY_SETTINGS, "contact-point"], kwargs)
@@ -305,9 +328,11 @@ def gateway(**kwargs: Any) -> None:
 
     async def run() -> None:
         node = Gateway(gateway_config)
-        await node.start()
-        announce_ready(management_port=node.management_port, rest_port=node.rest_port)
-        await _serve_until_signal(node)
+        await _serve(
+            node,
+            parent_pid,
+            lambda: announce_ready(management_port=node.management_port, rest_port=node.rest_port),
+        )
 
     _run(run())
 

@@ -4,13 +4,28 @@ Each process is ``python -m zeebe_sim broker|gateway ...``. When it is listening
 line ``ZEEBE_SIM_READY {json}`` on stdout with the ports it really bound (so port 0 works); its
 logs go to stderr. Broker 0 starts first; the others use it as their contact point, and the
 gateway gets every broker as a contact point.
+
+No orphans: each child runs in its own session (so Ctrl-C in a terminal reaches the launcher
+only), which also means nothing kills it when the launcher dies. So every child is started with
+``--parent-pid <launcher>`` and its stdin a pipe whose write end only the launcher holds, and it
+watches its launcher two ways (:func:`watch_parent`), stopping cleanly when either fires:
+
+- EOF on stdin: the kernel closes the launcher's end when the launcher dies, however it dies
+  (SIGKILL included). Works everywhere.
+- Linux ``PR_SET_PDEATHSIG``: a signal at the very moment the parent goes, even if the pipe were
+  held open by something else. Its caveat: the signal is sent when the *thread* that forked the
+  child exits, not the process (a launcher whose event loop runs in a thread that ends while the
+  process goes on). So the signal only *triggers a check*: the child stops when its parent pid is
+  no longer the launcher's, and ignores a signal from a mere thread exit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
+import logging
 import os
 import signal
 import sys
@@ -21,9 +36,15 @@ from typing import Any
 import aiohttp
 import attrs
 
+log = logging.getLogger(__name__)
+
 READY_MARKER = "ZEEBE_SIM_READY "
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
+# prctl(2) option number (linux/prctl.h), and the signal asked for when the parent dies: not
+# SIGTERM, so that the handler can tell "my parent died" from "stop" and check which it is.
+PR_SET_PDEATHSIG = 1
+PARENT_DEATH_SIGNAL = signal.SIGHUP
 
 
 class ClusterError(Exception):
@@ -32,8 +53,56 @@ class ClusterError(Exception):
 
 def announce_ready(**fields: Any) -> None:
     """Tell the launcher this process is listening (one line on stdout)."""
-    sys.stdout.write(READY_MARKER + json.dumps(fields) + "\n")
-    sys.stdout.flush()
+    # A launcher that died meanwhile closed the pipe; the parent watch stops this process.
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.write(READY_MARKER + json.dumps(fields) + "\n")
+        sys.stdout.flush()
+
+
+def watch_parent(parent_pid: int, stop: Callable[[], None]) -> None:
+    """Call ``stop`` (in the running loop) as soon as the launcher ``parent_pid`` is gone.
+
+    The launcher holds the only write end of this process's stdin (see :func:`spawn`): EOF
+    there means it died. On Linux, ``PR_SET_PDEATHSIG`` also signals the death at once; the
+    signal handler checks the parent pid because the signal also comes when merely the
+    launcher's forking thread exits (module docstring).
+    """
+    loop = asyncio.get_running_loop()
+    stdin = sys.stdin.fileno()
+    stopped = False
+
+    def parent_gone() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            log.warning("the launcher (pid %d) is gone: stopping", parent_pid)
+            stop()
+
+    def readable() -> None:
+        try:
+            data = os.read(stdin, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # EOF: the launcher's end is closed; anything else it writes is ignored
+            loop.remove_reader(stdin)
+            parent_gone()
+
+    def signalled() -> None:
+        if os.getppid() != parent_pid:
+            parent_gone()
+
+    loop.add_reader(stdin, readable)
+    if sys.platform == "linux":
+        # The handler first, so that the signal never takes the default action (terminate).
+        loop.add_signal_handler(PARENT_DEATH_SIGNAL, signalled)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
+    # The launcher may have died before the watch was set up (then nothing would signal it).
+    if os.getppid() != parent_pid:
+        parent_gone()
 
 
 @attrs.define
@@ -50,13 +119,20 @@ class ManagedProcess:
 
 
 async def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
-    """Start ``python -m zeebe_sim ARGS`` and wait for its ready line."""
+    """Start ``python -m zeebe_sim ARGS --parent-pid <this pid>`` and wait for its ready line.
+
+    ARGS is a ``broker`` or ``gateway`` command: it watches this process through its stdin
+    pipe, whose write end only this process holds (``close_fds`` keeps it out of every other
+    child), and stops when this process dies.
+    """
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "zeebe_sim",
         *args,
-        stdin=asyncio.subprocess.DEVNULL,
+        "--parent-pid",
+        str(os.getpid()),
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=None,
         env={**os.environ, **(env or {})},
