@@ -256,6 +256,16 @@ def broker(exact_port: int | None, parent_pid: int | None, **kwargs: Any) -> Non
     from broker.partition import PartitionConfig
     from broker.server import Broker, BrokerConfig
     from zeebe_sim.cluster import announce_ready
+    from zeebe_sim.restore import unfinished_restore
+
+    # Starting on a half-placed restore would run a cluster with some brokers' data missing.
+    try:
+        unfinished = unfinished_restore(values["data-dir"])
+    except ZeebeSimError as exc:
+        unfinished = exc.message
+    if unfinished is not None:
+        click.echo(f"zeebe-sim: broker {values['node-id']}: {unfinished}", err=True)
+        sys.exit(1)
 
     logs.setup(f"broker-{values['node-id']}", values["log-level"])
     if values["unsafe-no-checkpoint-propagation"]:
@@ -337,6 +347,9 @@ def gateway(parent_pid: int | None, **kwargs: Any) -> None:
     _run(run())
 
 
+CRASH_RESTORE_AT_STEP = "ZEEBE_SIM_TEST_CRASH_RESTORE_AT_STEP"
+
+
 @main.command()
 @click.option("--backup-id", type=int, required=True, help="the backup to restore")
 @options("node-id", *CLUSTER_SETTINGS, "management-port", "rest-port")
@@ -345,7 +358,8 @@ def restore(backup_id: int, **kwargs: Any) -> None:
 
     Run it with the cluster stopped and the same cluster flags as `up`. It refuses a non-empty
     data directory, a backup that is not COMPLETED on every partition, or a different partition
-    count, and leaves nothing half-restored.
+    count, and leaves nothing half-restored: killed at any instant, it leaves either nothing or
+    a journal from which the next run with the same --backup-id finishes the restore.
     """
     if backup_id <= 0:
         fail("--backup-id: must be > 0")
@@ -357,6 +371,7 @@ def restore(backup_id: int, **kwargs: Any) -> None:
     if store_config is None:
         fail("backup-store: restore needs a backup store (it is 'none')")
     from storage.backup.open import open_store
+    from zeebe_sim.restore import crash_at
     from zeebe_sim.restore import restore as run_restore
 
     logs.setup("restore", values["log-level"])
@@ -374,6 +389,8 @@ def restore(backup_id: int, **kwargs: Any) -> None:
                 partition_count=values["partitions"],
                 node_ids=nodes,
                 progress=lambda line: click.echo(line, err=True),
+                # Fault injection for the tests: end the process at the k-th durable step.
+                crash_point=crash_at(int(os.environ.get(CRASH_RESTORE_AT_STEP, "0"))),
             )
         finally:
             await store.close()
@@ -390,13 +407,27 @@ def restore(backup_id: int, **kwargs: Any) -> None:
     show_default=True,
     help="a stopped (or freshly restored) cluster's data directory",
 )
-def verify(data_dir: Path) -> None:
+@options("partitions")
+def verify(data_dir: Path, **kwargs: Any) -> None:
     """Check the cross-partition consistency invariants on a stopped cluster's data.
 
-    Exit code 0 when they hold, 1 with a report of every violation otherwise.
+    Exit code 0 when they hold, 1 with a report of every violation otherwise. A data directory
+    that misses one of the --partitions partitions, or holds an unfinished restore, is refused
+    (exit 1) before any check.
     """
-    from zeebe_sim.verify import check, load_data_dir
+    from zeebe_sim.verify import check, layout_problems, load_data_dir
 
+    try:
+        values = resolve(["partitions"], kwargs)
+    except ConfigError as exc:
+        fail(exc.message)
+    try:
+        problems = layout_problems(data_dir, values["partitions"])
+    except ZeebeSimError as exc:
+        problems = [exc.message]
+    if problems:
+        click.echo(f"Cannot verify {data_dir}:\n" + "\n".join(f"  {p}" for p in problems))
+        sys.exit(1)
     try:
         partitions = load_data_dir(data_dir)
     except FileNotFoundError as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -171,8 +172,9 @@ async def eventually(
         await asyncio.sleep(interval_s)
 
 
-async def run_cli(*args: str) -> tuple[int, str]:
-    """Run ``zeebe-sim ARGS`` as a process; its exit code and everything it printed."""
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``zeebe-sim ARGS`` as a process (``env`` added to this one's environment); its
+    exit code and everything it printed."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -181,6 +183,7 @@ async def run_cli(*args: str) -> tuple[int, str]:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     output, _ = await process.communicate()
     return process.returncode or 0, output.decode()

@@ -286,6 +286,35 @@ def _check_cut(partitions: list[PartitionData], report: Report) -> None:
         )
 
 
+def layout_problems(data_dir: Path, partition_count: int) -> list[str]:
+    """Why ``data_dir`` cannot be verified as a whole cluster: an unfinished restore, or
+    partitions of ``1..partition_count`` found under no broker (a half-restored cluster
+    whose present partitions are consistent must not pass as OK). Empty when none.
+
+    Raises:
+        RestoreError: an interrupted restore's journal is unreadable.
+    """
+    from zeebe_sim.restore import unfinished_restore
+
+    unfinished = unfinished_restore(data_dir)
+    if unfinished is not None:
+        return [unfinished]
+    present = {
+        int(d.name)
+        for d in data_dir.glob("broker-*/partitions/*")
+        if d.name.isdigit() and d.is_dir()
+    }
+    missing = [p for p in range(1, partition_count + 1) if p not in present]
+    if not missing or len(missing) == partition_count:
+        # none at all: load_data_dir's "no partitions" message says it better
+        return []
+    return [
+        f"partition {p} is missing: no {data_dir}/broker-*/partitions/{p} directory "
+        f"(expected {partition_count} partitions)"
+        for p in missing
+    ]
+
+
 def load_data_dir(data_dir: Path) -> list[PartitionData]:
     """Read every partition found under ``<data-dir>/broker-*/partitions/*``, read-only.
 
