@@ -17,6 +17,19 @@ COMPLETED; FAILED on any error). The reservation and the pin are released either
 A broker that starts marks every IN_PROGRESS copy of its partitions FAILED: nothing of it can
 still be running (Zeebe does this only for the latest checkpoint, its issue #41200; we do it for
 all).
+
+Every accepted backup ends COMPLETED or FAILED. Two holes are closed here:
+
+- A failure the store could not take (unreachable, refusing writes), even before the manifest
+  exists, is kept in memory (status answers FAILED from there) and written as a FAILED manifest
+  once the store accepts it; a DELETE meanwhile drops it.
+- A broker killed between the checkpoint (durable before the 202) and the first manifest left
+  no trace in the store: Zeebe shows that backup INCOMPLETE for ever. After recovery,
+  :meth:`BackupService.reconcile` looks at each partition's latest checkpoint: if the store has
+  no copy of that backup and this partition never had one recorded, it records it FAILED
+  ("not taken"). "Recorded" is a small durable note per partition (``RECORDED_FILE``: the
+  highest checkpoint id whose backup the store is known to have held, written once a save ended
+  or a failure was written); without it, a backup deleted by the user would come back FAILED.
 """
 
 from __future__ import annotations
@@ -24,7 +37,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from broker.core import BackupPlan, BackupSource, Release
@@ -38,6 +54,7 @@ from storage.backup.api import (
     BackupStore,
     FileRef,
 )
+from storage.durable import fsync_directory
 from zeebe_sim.ground import VERSION
 from zeebe_sim.ground.errors import BackupNotConfigured, SaveOvertaken, ZeebeSimError
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
@@ -46,6 +63,9 @@ from zeebe_sim.ground.tasks import OwnedTasks
 log = logging.getLogger(__name__)
 
 CANCELLED_ON_RESTART = "Backup is cancelled due to leader change."
+NOT_TAKEN = "Backup was not taken: the broker restarted before it started it"
+# In a partition's directory: the highest checkpoint id whose backup the store held (see above).
+RECORDED_FILE = "backup-recorded"
 # Retry of writing a failure to a store that was unreachable when the backup failed.
 RECORD_RETRY_INITIAL_S = 1.0
 RECORD_RETRY_MAX_S = 30.0
@@ -93,10 +113,21 @@ def best_copy(copies: list[BackupStatus]) -> BackupStatus | None:
 
 
 class BackupService:
-    def __init__(self, store: BackupStore | None, node_id: int, partition_count: int) -> None:
+    def __init__(
+        self,
+        store: BackupStore | None,
+        node_id: int,
+        partition_count: int,
+        partition_dir: Callable[[int], Path] | None = None,
+    ) -> None:
+        """``partition_dir`` gives a partition's data directory, where the "recorded" note
+        lives; without it (tests of the service alone) nothing is noted."""
         self.store = store
         self.node_id = NodeId(node_id)
         self.partition_count = partition_count
+        self._partition_dir = partition_dir
+        # Checkpoints handed to this service since it started: not for reconcile to judge.
+        self._handled: set[BackupIdentifier] = set()
         self._tasks = OwnedTasks(f"backups of node {node_id}")
         self._running: collections.Counter[int] = collections.Counter()
         # Saves that failed while the store could not record it (unreachable): reported by
@@ -138,6 +169,7 @@ class BackupService:
         identifier = BackupIdentifier(
             self.node_id, PartitionId(partition_id), BackupId(plan.checkpoint_id)
         )
+        self._handled.add(identifier)
         if plan.failure is not None:
             self._tasks.spawn(self._fail(identifier, plan.failure))
             return
@@ -182,12 +214,21 @@ class BackupService:
         return self._running[partition_id]
 
     async def _fail(self, identifier: BackupIdentifier, reason: str) -> None:
-        try:
-            await self._require_store().mark_failed(identifier, reason)
-        except ZeebeSimError as exc:
-            log.error("cannot mark %s failed: %s", identifier, exc.message)
+        """Record the backup FAILED: now, or once the store accepts it."""
+        self._unrecorded_failures[identifier] = (reason, datetime.now(UTC))
+        await self._record_failure(identifier)
 
     async def _save(self, backup: Backup, release: Release) -> None:
+        try:
+            recorded = await self._store_backup(backup)
+        finally:
+            release()
+        if recorded:
+            await self._note_recorded(backup.id)
+
+    async def _store_backup(self, backup: Backup) -> bool:
+        """Save the backup unless a copy exists; whether the store has its outcome (else the
+        failure is kept here and written later)."""
         store = self._require_store()
         identifier = backup.id
         try:
@@ -195,11 +236,11 @@ class BackupService:
             best = best_copy(copies)
             if best is not None and best.status_code == BackupStatusCode.COMPLETED:
                 log.info("%s already completed (node %s)", identifier, best.id.node_id)
-                return
+                return True
             if best is not None and best.status_code != BackupStatusCode.DOES_NOT_EXIST:
                 # Do not overwrite: an IN_PROGRESS or FAILED copy exists (REFERENCE §4.1).
                 log.warning("%s exists as %s: not taken again", identifier, best.status_code.name)
-                return
+                return True
             await store.save(backup)
             log.info("%s completed", identifier)
         except SaveOvertaken as exc:
@@ -207,11 +248,12 @@ class BackupService:
         except ZeebeSimError as exc:
             log.error("%s failed: %s", identifier, exc.message)
             # The store marks a failed save FAILED itself, unless it cannot be reached (S3
-            # down): so the failure is also kept here until the store has it for sure.
+            # down) or refused the manifest: so the failure is also kept here until the store
+            # has it for sure.
             self._unrecorded_failures[identifier] = (exc.message, datetime.now(UTC))
             self._tasks.spawn(self._record_failure(identifier))
-        finally:
-            release()
+            return False
+        return True
 
     async def _record_failure(self, identifier: BackupIdentifier) -> None:
         store = self._require_store()
@@ -219,17 +261,71 @@ class BackupService:
         while identifier in self._unrecorded_failures:
             reason, _ = self._unrecorded_failures[identifier]
             try:
-                # Only an IN_PROGRESS manifest is ours to fail: a FAILED one is recorded
-                # already, and an absent one was deleted (it must not come back).
+                # An IN_PROGRESS manifest is ours to fail, and an absent one is created FAILED
+                # (the failure came before the manifest: without it the backup would be 404
+                # for ever). A DELETE meanwhile dropped the failure from the dict (checked
+                # again after the await), so a deleted backup does not come back.
                 status = await store.get_status(identifier)
-                if status.status_code == BackupStatusCode.IN_PROGRESS:
+                if status.status_code in (
+                    BackupStatusCode.IN_PROGRESS,
+                    BackupStatusCode.DOES_NOT_EXIST,
+                ) and (identifier in self._unrecorded_failures):
                     await store.mark_failed(identifier, reason)
             except ZeebeSimError as exc:
                 log.debug("cannot record that %s failed yet: %s", identifier, exc.message)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, RECORD_RETRY_MAX_S)
                 continue
-            del self._unrecorded_failures[identifier]
+            self._unrecorded_failures.pop(identifier, None)
+            await self._note_recorded(identifier)
+
+    # -- after a restart: checkpoints whose backup never started ------------------------------
+
+    def reconcile(self, partition_id: int, checkpoint_id: int) -> None:
+        """Called once a partition has recovered, with its latest checkpoint: a backup that
+        was accepted (the checkpoint is durable before the 202) but never reached the store,
+        because the broker died first, is recorded FAILED instead of staying INCOMPLETE."""
+        if self.store is None or checkpoint_id <= 0:
+            return
+        identifier = BackupIdentifier(
+            self.node_id, PartitionId(partition_id), BackupId(checkpoint_id)
+        )
+        if identifier not in self._handled:
+            self._tasks.spawn(self._reconcile(identifier))
+
+    async def _reconcile(self, identifier: BackupIdentifier) -> None:
+        partition_id, checkpoint_id = identifier.partition_id, identifier.checkpoint_id
+        note = self._recorded_path(partition_id)
+        if note is not None and await asyncio.to_thread(_read_recorded, note) >= checkpoint_id:
+            return  # the store had it: absent now means deleted
+        delay_s = RECORD_RETRY_INITIAL_S
+        while True:
+            try:
+                copies = await self._copies(partition_id, checkpoint_id)
+                break
+            except ZeebeSimError as exc:
+                log.debug("cannot look for copies of %s yet: %s", identifier, exc.message)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RECORD_RETRY_MAX_S)
+        if copies:
+            await self._note_recorded(identifier)
+            return
+        log.warning("%s was accepted but never started: recording it FAILED", identifier)
+        await self._fail(identifier, NOT_TAKEN)
+
+    def _recorded_path(self, partition_id: int) -> Path | None:
+        if self._partition_dir is None:
+            return None
+        return self._partition_dir(partition_id) / RECORDED_FILE
+
+    async def _note_recorded(self, identifier: BackupIdentifier) -> None:
+        note = self._recorded_path(identifier.partition_id)
+        if note is None:
+            return
+        try:
+            await asyncio.to_thread(_write_recorded, note, identifier.checkpoint_id)
+        except OSError as exc:
+            log.error("cannot note that the store has %s: %s", identifier, exc)
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -271,6 +367,10 @@ class BackupService:
         """Delete every copy; an IN_PROGRESS one is marked FAILED first, so that a save still
         running fails its re-check instead of writing COMPLETED (REFERENCE §4)."""
         store = self._require_store()
+        # A failure not written yet (perhaps no manifest exists at all) must not come back.
+        self._unrecorded_failures.pop(
+            BackupIdentifier(self.node_id, PartitionId(partition_id), BackupId(backup_id)), None
+        )
         for copy in await self._copies(partition_id, backup_id):
             self._unrecorded_failures.pop(copy.id, None)
             if copy.status_code == BackupStatusCode.IN_PROGRESS:
@@ -289,3 +389,23 @@ class BackupService:
                 if status.status_code == BackupStatusCode.IN_PROGRESS:
                     log.warning("marking %s FAILED: the broker restarted", status.id)
                     await self.store.mark_failed(status.id, CANCELLED_ON_RESTART)
+
+
+def _read_recorded(note: Path) -> int:
+    try:
+        return int(note.read_text())
+    except (FileNotFoundError, ValueError):
+        return 0  # a torn note cannot exist (replaced whole), but must not stop a start
+
+
+def _write_recorded(note: Path, checkpoint_id: int) -> None:
+    """Raise the note to ``checkpoint_id``, durably (write temp + fsync + rename + fsync dir)."""
+    if _read_recorded(note) >= checkpoint_id:
+        return
+    temp = note.with_name(f"{note.name}.tmp")
+    with open(temp, "w") as file:
+        file.write(str(checkpoint_id))
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temp, note)
+    fsync_directory(note.parent)

@@ -93,6 +93,7 @@ class Broker:
             open_store(config.backup_store) if config.backup_store is not None else None,
             config.node_id,
             config.partition_count,
+            partition_dir=self._partition_dir,
         )
         self.partitions: dict[int, Partition] = {}
         self.members: dict[int, str] = {}
@@ -106,6 +107,9 @@ class Broker:
     @property
     def directory(self) -> Path:
         return self.config.data_dir / f"broker-{self.config.node_id}"
+
+    def _partition_dir(self, partition_id: int) -> Path:
+        return self.directory / "partitions" / str(partition_id)
 
     async def start(self) -> None:
         await self.backups.check()
@@ -121,7 +125,7 @@ class Broker:
             self.partitions[partition_id] = Partition(
                 partition_id,
                 self.config.partition_count,
-                self.directory / "partitions" / str(partition_id),
+                self._partition_dir(partition_id),
                 self.config.partition,
                 self._send,
                 on_checkpoint=self.backups.checkpoint_created,
@@ -129,6 +133,9 @@ class Broker:
         # Before any partition can start a new backup: what was IN_PROGRESS died with us.
         await self.backups.fail_in_progress(list(self.partitions))
         await asyncio.gather(*(p.start() for p in self.partitions.values()))
+        # Recovered: a latest checkpoint whose backup never reached the store is FAILED now.
+        for partition in self.partitions.values():
+            self.backups.reconcile(partition.partition_id, partition.state.checkpoint_id)
         self._tasks.spawn(self._gossip())
         log.info("broker started", extra={"node": self.node_id, "address": self.address})
 
