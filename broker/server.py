@@ -58,6 +58,7 @@ from zeebe_sim.ground.protocol import (
 )
 from zeebe_sim.ground.records import ValueType
 from zeebe_sim.ground.routing import broker_of_partition, partitions_of_broker
+from zeebe_sim.ground.search import search
 from zeebe_sim.ground.tasks import OwnedTasks
 from zeebe_sim.ground.transport import Connection, serve_connection
 
@@ -232,11 +233,17 @@ class Broker:
         return partition
 
     def _query(self, query: QueryRequest) -> Any:
-        if query.query == "process-instance":
-            key = query.arguments.get("key")
-            if not isinstance(key, int):
-                raise InvalidArgument("process-instance query needs an integer key")
-            return self._partition(query.partition_id).engine.process_instance(key)
+        if query.query == "process-instances":
+            args = query.arguments
+            total, items = search(
+                self._partition(query.partition_id).engine.instance_summaries(),
+                args["conditions"],
+                args["sort"],
+                args["limit"],
+                args.get("after"),
+                args.get("before"),
+            )
+            return {"total": total, "items": items}
         if query.query == "partitions":
             return {
                 str(p): {**partition.status(), "backupsRunning": self.backups.running(p)}

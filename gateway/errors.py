@@ -18,8 +18,19 @@ from zeebe_sim.ground import errors
 
 log = logging.getLogger(__name__)
 
+
+class UnsupportedMediaType(errors.InvalidArgument):
+    """The body's media type or charset is not one the endpoint reads (HTTP 415)."""
+
+
+class PayloadTooLarge(errors.InvalidArgument):
+    """The request is larger than a named limit (HTTP 413)."""
+
+
 STATUS_BY_ERROR: dict[type[errors.ZeebeSimError], int] = {
     errors.InvalidArgument: 400,
+    UnsupportedMediaType: 415,
+    PayloadTooLarge: 413,
     errors.MalformedRequest: 400,
     errors.NotFound: 404,
     errors.AlreadyExists: 409,

@@ -1,71 +1,54 @@
 """The REST client API on port 8080: a subset of Camunda 8's ``/v2`` API.
 
-Paths and field names are Camunda's. Keys are answered as strings (as Camunda 8.8 does) and
-accepted as strings or integers. Broker rejections become Problem Details with the matching
-status (see ``gateway/errors.py``).
+Paths and field names are Camunda's, and every answer carries every field the Orchestration
+Cluster API marks required (null where Camunda sends null for something zeebe-sim has no notion
+of). Keys are answered as strings (as Camunda 8.8 does) and accepted as strings or integers.
+Handlers see only typed requests: ``gateway/rest_input.py`` parses and validates every body
+before any broker call. Broker rejections become Problem Details with the matching status (see
+``gateway/errors.py``). ``gateway/openapi-v2.yaml`` documents what is served.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from gateway.client import BrokerClient
 from gateway.errors import ERROR_BY_REJECTION, problem_details
+from gateway.rest_input import (
+    DEPLOYMENT_BYTES_MAX,
+    TENANT,
+    ActivateJobsRequest,
+    CompleteJobRequest,
+    CreateInstanceRequest,
+    InstanceSearchRequest,
+    PublishMessageRequest,
+    deployment_request,
+    encode_cursor,
+    json_request,
+    parse_key,
+)
 from zeebe_sim.ground import VERSION
 from zeebe_sim.ground.errors import InvalidArgument, NotFound
 from zeebe_sim.ground.ids import partition_of_key
 from zeebe_sim.ground.protocol import ExecuteCommandResponse
 from zeebe_sim.ground.records import ValueType
 from zeebe_sim.ground.routing import subscription_partition_id
+from zeebe_sim.ground.search import search, sort_values
 
-TENANT = "<default>"
-RESOURCE_BYTES_MAX = 4 * 1024 * 1024
-JOBS_TO_ACTIVATE_MAX = 1000
+PHYSICAL_TENANT = "default"
 CLIENT = web.AppKey("client", BrokerClient)
+# Zeebe keeps no cluster-change history here: Camunda answers -1 before any change completed.
+NO_CHANGE_ID = "-1"
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json(loads=json.loads)
-    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, too deeply nested
-        raise InvalidArgument(f"The request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise InvalidArgument("The request body must be a JSON object")
-    return body
-
-
-def _field(
-    body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...
-) -> Any:
-    if name not in body or body[name] is None:
-        if default is ...:
-            raise InvalidArgument(f"No {name} provided")
-        return default
-    value = body[name]
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _tuple(kind)):
-        raise InvalidArgument(f"The value of {name} has the wrong type")
-    return value
-
-
-def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def parse_key(raw: Any, what: str, partition_count: int) -> int:
-    """A Zeebe key from a path or body (string or integer), checked to name a partition."""
-    if isinstance(raw, bool):
-        raise InvalidArgument(f"The provided {what} is not a number")
-    try:
-        key = int(raw)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"The provided {what} '{raw}' is not a number") from exc
-    partition = partition_of_key(key)
-    if key <= 0 or key >= 1 << 63 or not 1 <= partition <= max(partition_count, 1):
+def _key(raw: str, what: str, client: BrokerClient) -> int:
+    """A key from the path, checked to name one of the cluster's partitions."""
+    key = parse_key(raw, what)
+    if not 1 <= partition_of_key(key) <= max(client.partition_count, 1):
         raise NotFound(f"No entity with {what} '{raw}' exists")
     return key
 
@@ -77,10 +60,6 @@ def _check(response: ExecuteCommandResponse) -> ExecuteCommandResponse:
     return response
 
 
-def _variables(body: dict[str, Any]) -> dict[str, Any]:
-    return dict(_field(body, "variables", dict, {}))
-
-
 def _iso(timestamp_ms: int | None) -> str | None:
     if timestamp_ms is None:
         return None
@@ -88,23 +67,14 @@ def _iso(timestamp_ms: int | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _str_key(key: int | None) -> str | None:
+    return None if key is None else str(key)
+
+
 async def deploy(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
-    if not request.content_type.startswith("multipart/"):
-        raise InvalidArgument("Expected a multipart/form-data body with a 'resources' field")
-    resources = []
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, aiohttp.BodyPartReader) or part.name != "resources":
-            continue
-        content = await part.read(decode=False)
-        if len(content) > RESOURCE_BYTES_MAX:
-            raise InvalidArgument(f"Resource exceeds {RESOURCE_BYTES_MAX} bytes")
-        resources.append(
-            {"resourceName": part.filename or "resource.bpmn", "resource": bytes(content)}
-        )
-    if not resources:
-        raise InvalidArgument("No resources provided: add at least one 'resources' file part")
+    deployment = await deployment_request(request)
+    resources = [{"resourceName": r.name, "resource": r.content} for r in deployment.resources]
     response = _check(
         await client.execute(1, ValueType.DEPLOYMENT, "CREATE", -1, {"resources": resources})
     )
@@ -131,15 +101,13 @@ async def deploy(request: web.Request) -> web.Response:
 
 async def create_instance(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
-    body = await _json_object(request)
-    command: dict[str, Any] = {"variables": _variables(body)}
-    if body.get("processDefinitionKey") is not None:
-        command["processDefinitionKey"] = parse_key(
-            body["processDefinitionKey"], "processDefinitionKey", client.partition_count
-        )
+    body = await json_request(request, CreateInstanceRequest)
+    command: dict[str, Any] = {"variables": body.variables}
+    if body.process_definition_key is not None:
+        command["processDefinitionKey"] = body.process_definition_key
     else:
-        command["bpmnProcessId"] = _field(body, "processDefinitionId", str)
-        command["version"] = _field(body, "processDefinitionVersion", int, -1)
+        command["bpmnProcessId"] = body.process_definition_id
+        command["version"] = body.version
     partition = client.next_partition()
     response = _check(
         await client.execute(partition, ValueType.PROCESS_INSTANCE_CREATION, "CREATE", -1, command)
@@ -152,114 +120,189 @@ async def create_instance(request: web.Request) -> web.Response:
             "processDefinitionKey": str(value["processDefinitionKey"]),
             "processInstanceKey": str(value["processInstanceKey"]),
             "tenantId": TENANT,
+            # Camunda fills variables only when awaiting completion, which is not supported.
+            "variables": {},
+            "tags": [],
+            "businessId": None,
         }
     )
+
+
+def _instance_result(item: dict[str, Any]) -> dict[str, Any]:
+    """A search item from a broker as Camunda's ProcessInstanceResult (every required field;
+    null for what zeebe-sim has no notion of: parents, version tags, suspension)."""
+    return {
+        "processInstanceKey": str(item["processInstanceKey"]),
+        "processDefinitionId": item["processDefinitionId"],
+        "processDefinitionName": item["processDefinitionName"],
+        "processDefinitionVersion": item["processDefinitionVersion"],
+        "processDefinitionVersionTag": None,
+        "processDefinitionKey": str(item["processDefinitionKey"]),
+        "startDate": _iso(item["startDate"]),
+        "endDate": _iso(item["endDate"]),
+        "state": item["state"],
+        "suspendedDate": None,
+        "hasIncident": item["hasIncident"],
+        "tenantId": item["tenantId"],
+        "parentProcessInstanceKey": None,
+        "parentElementInstanceKey": None,
+        # No call activities: every instance is the root of its own hierarchy.
+        "rootProcessInstanceKey": str(item["processInstanceKey"]),
+        "tags": [],
+        "businessId": None,
+    }
+
+
+async def _search_partition(
+    client: BrokerClient,
+    partition: int,
+    conditions: list[list[Any]],
+    sort: list[list[Any]],
+    limit: int,
+    after: tuple[Any, ...] | None = None,
+    before: tuple[Any, ...] | None = None,
+) -> tuple[int, list[dict[str, Any]]]:
+    arguments = {
+        "conditions": conditions,
+        "sort": sort,
+        "limit": limit,
+        "after": list(after) if after is not None else None,
+        "before": list(before) if before is not None else None,
+    }
+    answer = await client.query(partition, "process-instances", arguments)
+    return int(answer["total"]), list(answer["items"])
 
 
 async def get_instance(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
     raw = request.match_info["processInstanceKey"]
-    key = parse_key(raw, "processInstanceKey", client.partition_count)
-    instance = await client.query(partition_of_key(key), "process-instance", {"key": key})
-    if instance is None:
+    key = _key(raw, "processInstanceKey", client)
+    sort = [["processInstanceKey", False]]
+    _, items = await _search_partition(
+        client, partition_of_key(key), [["processInstanceKey", "eq", key]], sort, 1
+    )
+    if not items:
         raise NotFound(f"Process instance with key '{raw}' not found")
-    body = {
-        "processInstanceKey": str(key),
-        "processDefinitionId": instance["bpmnProcessId"],
-        "processDefinitionVersion": instance["version"],
-        "processDefinitionKey": str(instance["processDefinitionKey"]),
-        "state": instance["state"],
-        "startDate": _iso(instance["startDate"]),
-        "hasIncident": bool(instance.get("incident")),
+    return web.json_response(_instance_result(items[0]))
+
+
+async def search_instances(request: web.Request) -> web.Response:
+    """Every partition answers its first matches in sort order; the page is cut from their
+    merge, with the same order (``zeebe_sim.ground.search``)."""
+    client = request.app[CLIENT]
+    query = await json_request(request, InstanceSearchRequest, optional=True)
+    page, sort, conditions = query.page, query.sort_spec(), query.filter.conditions()
+    depth = page.from_ + page.limit
+    answers = await asyncio.gather(
+        *(
+            _search_partition(client, p, conditions, sort, depth, page.after, page.before)
+            for p in client.partition_ids()
+        )
+    )
+    total = sum(t for t, _ in answers)
+    _, merged = search(
+        (item for _, items in answers for item in items),
+        [],
+        sort,
+        depth,
+        before=page.before,
+    )
+    items = merged[-page.limit :] if page.before is not None else merged[page.from_ : depth]
+    cursors = [encode_cursor(sort_values(item, sort)) for item in (items[:1] + items[-1:])]
+    return web.json_response(
+        {
+            "items": [_instance_result(item) for item in items],
+            "page": {
+                "totalItems": total,
+                "hasMoreTotalItems": False,
+                "startCursor": cursors[0] if cursors else None,
+                "endCursor": cursors[-1] if cursors else None,
+            },
+        }
+    )
+
+
+def _activated_job(job: dict[str, Any], fetch_variable: tuple[str, ...]) -> dict[str, Any]:
+    variables = job["variables"]
+    if fetch_variable:
+        variables = {name: variables[name] for name in fetch_variable if name in variables}
+    return {
+        "jobKey": str(job["jobKey"]),
+        "type": job["type"],
+        "processInstanceKey": str(job["processInstanceKey"]),
+        "processDefinitionId": job["bpmnProcessId"],
+        "processDefinitionVersion": job["processDefinitionVersion"],
+        "processDefinitionKey": str(job["processDefinitionKey"]),
+        "elementId": job["elementId"],
+        "elementInstanceKey": str(job["elementInstanceKey"]),
+        "customHeaders": job["customHeaders"],
+        "worker": job["worker"],
+        "retries": job["retries"],
+        "deadline": job["deadline"],
+        "variables": variables,
         "tenantId": TENANT,
+        "physicalTenantId": PHYSICAL_TENANT,
+        # Service tasks only: no listeners, user tasks, tags, call activities or priorities.
+        "kind": "BPMN_ELEMENT",
+        "listenerEventType": "UNSPECIFIED",
+        "userTask": None,
+        "tags": [],
+        "rootProcessInstanceKey": str(job["processInstanceKey"]),
+        "businessId": None,
+        "priority": 0,
     }
-    if instance["endDate"] is not None:
-        body["endDate"] = _iso(instance["endDate"])
-    return web.json_response(body)
 
 
 async def activate_jobs(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
-    body = await _json_object(request)
-    job_type = _field(body, "type", str)
-    if not job_type:
-        raise InvalidArgument("No type provided")
-    max_jobs = _field(body, "maxJobsToActivate", int)
-    timeout = _field(body, "timeout", int)
-    if not 1 <= max_jobs <= JOBS_TO_ACTIVATE_MAX:
-        raise InvalidArgument(f"maxJobsToActivate must be between 1 and {JOBS_TO_ACTIVATE_MAX}")
-    if timeout < 1:
-        raise InvalidArgument("timeout must be a positive number of milliseconds")
-    worker = _field(body, "worker", str, "")
+    body = await json_request(request, ActivateJobsRequest)
     jobs: list[dict[str, Any]] = []
     # Like Zeebe's gateway: ask partitions one after another until enough jobs are found,
     # starting at a rotating partition so that no partition is always served first.
     first = client.next_partition()
     count = client.partition_count
     for offset in range(count):
-        if len(jobs) >= max_jobs:
+        if len(jobs) >= body.max_jobs_to_activate:
             break
         partition = (first - 1 + offset) % count + 1
         value = {
-            "type": job_type,
-            "worker": worker,
-            "timeout": timeout,
-            "maxJobsToActivate": max_jobs - len(jobs),
+            "type": body.type,
+            "worker": body.worker,
+            "timeout": body.timeout_ms,
+            "maxJobsToActivate": body.max_jobs_to_activate - len(jobs),
         }
         response = _check(
             await client.execute(partition, ValueType.JOB_BATCH, "ACTIVATE", -1, value)
         )
-        for job in response.value["jobs"]:
-            jobs.append(
-                {
-                    "jobKey": str(job["jobKey"]),
-                    "type": job["type"],
-                    "processInstanceKey": str(job["processInstanceKey"]),
-                    "processDefinitionId": job["bpmnProcessId"],
-                    "processDefinitionVersion": job["processDefinitionVersion"],
-                    "processDefinitionKey": str(job["processDefinitionKey"]),
-                    "elementId": job["elementId"],
-                    "elementInstanceKey": str(job["elementInstanceKey"]),
-                    "customHeaders": job["customHeaders"],
-                    "worker": job["worker"],
-                    "retries": job["retries"],
-                    "deadline": job["deadline"],
-                    "variables": job["variables"],
-                    "tenantId": TENANT,
-                }
-            )
+        jobs.extend(_activated_job(job, body.fetch_variable) for job in response.value["jobs"])
     return web.json_response({"jobs": jobs})
 
 
 async def complete_job(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
-    key = parse_key(request.match_info["jobKey"], "jobKey", client.partition_count)
-    body = await _json_object(request) if request.can_read_body else {}
-    value = {"variables": _variables(body)}
+    key = _key(request.match_info["jobKey"], "jobKey", client)
+    body = await json_request(request, CompleteJobRequest, optional=True)
+    value = {"variables": body.variables}
     _check(await client.execute(partition_of_key(key), ValueType.JOB, "COMPLETE", key, value))
     return web.Response(status=204)
 
 
 async def publish_message(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
-    body = await _json_object(request)
-    name = _field(body, "name", str)
-    if not name:
-        raise InvalidArgument("No name provided")
-    correlation_key = _field(body, "correlationKey", str, "")
-    ttl = _field(body, "timeToLive", int, 0)
-    if ttl < 0:
-        raise InvalidArgument("timeToLive must not be negative")
+    body = await json_request(request, PublishMessageRequest)
     value = {
-        "name": name,
-        "correlationKey": correlation_key,
-        "timeToLive": ttl,
-        "messageId": _field(body, "messageId", str, ""),
-        "variables": _variables(body),
+        "name": body.name,
+        "correlationKey": body.correlation_key,
+        "timeToLive": body.time_to_live_ms,
+        "messageId": body.message_id,
+        "variables": body.variables,
     }
-    partition = subscription_partition_id(correlation_key, client.partition_count)
+    partition = subscription_partition_id(body.correlation_key, client.partition_count)
     response = _check(await client.execute(partition, ValueType.MESSAGE, "PUBLISH", -1, value))
     return web.json_response({"messageKey": str(response.key), "tenantId": TENANT})
+
+
+_ROLES = {"LEADER": "leader", "FOLLOWER": "follower"}
 
 
 async def topology(request: web.Request) -> web.Response:
@@ -270,14 +313,17 @@ async def topology(request: web.Request) -> web.Response:
         brokers.append(
             {
                 "nodeId": node,
+                "brokerId": str(node),
                 "host": host,
                 "port": int(port),
                 "version": answer.version,
                 "partitions": [
                     {
                         "partitionId": p,
-                        "role": "leader",
-                        "health": "healthy" if role == "LEADER" else "unhealthy",
+                        "role": _ROLES.get(role, "inactive"),
+                        "health": "healthy" if role in _ROLES else "unhealthy",
+                        # a partition that is not serving yet is still replaying its log
+                        "state": "active" if role in _ROLES else "recovering",
                     }
                     for p, role in sorted(answer.partitions.items())
                 ],
@@ -286,19 +332,26 @@ async def topology(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "brokers": brokers,
+            "clusterId": None,
             "clusterSize": client.cluster_size,
             "partitionsCount": client.partition_count,
             "replicationFactor": client.replication_factor,
             "gatewayVersion": VERSION,
+            "lastCompletedChangeId": NO_CHANGE_ID,
         }
     )
 
 
 def rest_app(client: BrokerClient) -> web.Application:
-    app = web.Application(middlewares=[problem_details], client_max_size=RESOURCE_BYTES_MAX * 2)
+    # Bodies are bounded by their own limits in gateway/rest_input.py; this is the outer bound
+    # aiohttp enforces while reading (413 beyond it).
+    app = web.Application(
+        middlewares=[problem_details], client_max_size=DEPLOYMENT_BYTES_MAX + 64 * 1024
+    )
     app[CLIENT] = client
     app.router.add_post("/v2/deployments", deploy)
     app.router.add_post("/v2/process-instances", create_instance)
+    app.router.add_post("/v2/process-instances/search", search_instances)
     app.router.add_get("/v2/process-instances/{processInstanceKey}", get_instance)
     app.router.add_post("/v2/jobs/activation", activate_jobs)
     app.router.add_post("/v2/jobs/{jobKey}/completion", complete_job)

@@ -261,6 +261,12 @@ def _parse_xml(xml: bytes, resource_name: str) -> Element:
         ) from exc
     except ParseError as exc:
         raise InvalidArgument(f"Resource '{resource_name}' is not well-formed XML: {exc}") from exc
+    except (LookupError, ValueError) as exc:
+        # The XML declaration names an encoding Python has no text codec for ('bogus', 'rot13')
+        # or one expat cannot use ('utf-7', multi-byte codecs): the client's mistake.
+        raise InvalidArgument(
+            f"Resource '{resource_name}' declares an XML encoding that cannot be decoded: {exc}"
+        ) from exc
     if root.tag != _bpmn("definitions"):
         ns, local = _split(root.tag)
         raise InvalidArgument(

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
+import msgpack
 
 from broker.engine import appliers
 from broker.engine.appliers import message_id_key, sub_key
@@ -32,10 +33,14 @@ from broker.engine.bpmn import FlowNode, ProcessModel, parse_bpmn
 from broker.engine.state import State
 from zeebe_sim.ground.errors import ZeebeSimError
 from zeebe_sim.ground.ids import PartitionId, encode_key, partition_of_key
+from zeebe_sim.ground.protocol import FRAME_BYTES_MAX
 from zeebe_sim.ground.records import Record, RecordType, ValueType
 from zeebe_sim.ground.routing import subscription_partition_id
 
 DEPLOYMENT_PARTITION = 1
+# Per process, and once per deployment: what a distribution carries beside resources and models
+# (metadata, checksums, keys, the frame envelope), with room to spare.
+DISTRIBUTION_OVERHEAD_BYTES = 4096
 RetryKey = tuple[Any, ...]
 
 
@@ -278,6 +283,21 @@ class Engine:
                 "INVALID_ARGUMENT",
                 "Expected to deploy new resources, but encountered the following errors:\n"
                 + "\n".join(errors),
+            )
+        # Refused before anything is written: the deployment travels to every other partition
+        # in one frame, and one that cannot be sent would never be distributed.
+        distribution_bytes = len(
+            msgpack.packb(
+                [[n, c, [m.to_dict() for m in models]] for n, c, models in parsed],
+                use_bin_type=True,
+            )
+        ) + DISTRIBUTION_OVERHEAD_BYTES * (1 + sum(len(models) for *_, models in parsed))
+        if distribution_bytes > FRAME_BYTES_MAX:
+            raise _Rejected(
+                "INVALID_ARGUMENT",
+                f"Expected to deploy resources that can be distributed to all partitions in one "
+                f"message of at most {FRAME_BYTES_MAX} bytes, but this deployment needs "
+                f"{distribution_bytes} bytes: deploy fewer or smaller resources at a time",
             )
         deployment_key = ctx.new_key()
         metadata: list[dict[str, Any]] = []
@@ -848,8 +868,23 @@ class Engine:
 
     # -- queries ------------------------------------------------------------------------------
 
-    def process_instance(self, key: int) -> dict[str, Any] | None:
-        return self.state.instances.get(key)
+    def instance_summaries(self) -> Iterator[dict[str, Any]]:
+        """Every process instance as a search item (``zeebe_sim.ground.search``), with the
+        field names of Camunda's ProcessInstanceResult; keys as integers, dates in epoch ms."""
+        for key, instance in self.state.instances.items():
+            process = self.state.processes.get(instance["processDefinitionKey"], {})
+            yield {
+                "processInstanceKey": key,
+                "processDefinitionId": instance["bpmnProcessId"],
+                "processDefinitionName": process.get("model", {}).get("name"),
+                "processDefinitionVersion": instance["version"],
+                "processDefinitionKey": instance["processDefinitionKey"],
+                "state": instance["state"],
+                "startDate": instance["startDate"],
+                "endDate": instance["endDate"],
+                "hasIncident": bool(instance.get("incident")),
+                "tenantId": "<default>",
+            }
 
 
 _ELEMENT_TYPES = {
