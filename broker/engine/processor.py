@@ -38,9 +38,9 @@ from zeebe_sim.ground.records import Record, RecordType, ValueType
 from zeebe_sim.ground.routing import subscription_partition_id
 
 DEPLOYMENT_PARTITION = 1
-# Per process, and once per deployment: what a distribution carries beside resources and models
-# (metadata, checksums, keys, the frame envelope), with room to spare.
-DISTRIBUTION_OVERHEAD_BYTES = 4096
+# Per process, and once per deployment: what a distribution carries beside resources, models,
+# ids and names (field names, checksums, keys, versions, the frame envelope), with room to spare.
+DISTRIBUTION_OVERHEAD_BYTES = 512
 RetryKey = tuple[Any, ...]
 
 
@@ -286,12 +286,13 @@ class Engine:
             )
         # Refused before anything is written: the deployment travels to every other partition
         # in one frame, and one that cannot be sent would never be distributed.
+        # Each process travels with its model and, in its metadata, its id and resource name.
         distribution_bytes = len(
             msgpack.packb(
-                [[n, c, [m.to_dict() for m in models]] for n, c, models in parsed],
+                [[n, c, [[m.to_dict(), m.bpmn_process_id, n] for m in ms]] for n, c, ms in parsed],
                 use_bin_type=True,
             )
-        ) + DISTRIBUTION_OVERHEAD_BYTES * (1 + sum(len(models) for *_, models in parsed))
+        ) + DISTRIBUTION_OVERHEAD_BYTES * (1 + sum(len(ms) for *_, ms in parsed))
         if distribution_bytes > FRAME_BYTES_MAX:
             raise _Rejected(
                 "INVALID_ARGUMENT",
