@@ -9,6 +9,7 @@ partition.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,7 +39,10 @@ async def send(
 ) -> tuple[int, dict[str, Any]]:
     """Send raw bytes; the answer must be Problem Details or JSON. Returns (status, body)."""
     async with cluster.api.session.request(
-        method, cluster.rest_url + path, data=body, headers={"Content-Type": content_type}
+        method,
+        cluster.rest_url + path,
+        data=io.BytesIO(body),
+        headers={"Content-Type": content_type},
     ) as response:
         answer = await response.json(content_type=None) if response.status != 204 else {}
         if response.status >= 400:
