@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -41,6 +42,7 @@ from zeebe_sim.ground.search import search, sort_values
 
 PHYSICAL_TENANT = "default"
 CLIENT = web.AppKey("client", BrokerClient)
+OPENAPI_PATH = "/openapi/orchestration-cluster-api.yaml"
 # Zeebe keeps no cluster-change history here: Camunda answers -1 before any change completed.
 NO_CHANGE_ID = "-1"
 
@@ -342,6 +344,16 @@ async def topology(request: web.Request) -> web.Response:
     )
 
 
+def openapi_document() -> bytes:
+    """The OpenAPI document of the ``/v2`` endpoints served here (``gateway/openapi-v2.yaml``,
+    package data)."""
+    return resources.files("gateway").joinpath("openapi-v2.yaml").read_bytes()
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=openapi_document(), content_type="application/yaml")
+
+
 def rest_app(client: BrokerClient) -> web.Application:
     # Bodies are bounded by their own limits in gateway/rest_input.py; this is the outer bound
     # aiohttp enforces while reading (413 beyond it).
@@ -349,10 +361,13 @@ def rest_app(client: BrokerClient) -> web.Application:
         middlewares=[problem_details], client_max_size=DEPLOYMENT_BYTES_MAX + 64 * 1024
     )
     app[CLIENT] = client
+    openapi_document()  # a missing document fails the start, not the first request
+    app.router.add_get(OPENAPI_PATH, openapi)
     app.router.add_post("/v2/deployments", deploy)
     app.router.add_post("/v2/process-instances", create_instance)
     app.router.add_post("/v2/process-instances/search", search_instances)
-    app.router.add_get("/v2/process-instances/{processInstanceKey}", get_instance)
+    # Not "search": that path is the search's, and its 405 must not advertise GET.
+    app.router.add_get("/v2/process-instances/{processInstanceKey:(?!search$)[^/]+}", get_instance)
     app.router.add_post("/v2/jobs/activation", activate_jobs)
     app.router.add_post("/v2/jobs/{jobKey}/completion", complete_job)
     app.router.add_post("/v2/messages/publication", publish_message)
