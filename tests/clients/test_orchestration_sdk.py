@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -33,6 +34,7 @@ from camunda_orchestration_sdk.models.process_instance_creation_instruction_base
 from camunda_orchestration_sdk.models.process_instance_state_exact_match import (
     ProcessInstanceStateExactMatch,
 )
+from camunda_orchestration_sdk.runtime.job_worker import ConnectedJobContext, WorkerConfig
 
 from tests.conftest import DEMO_BPMN, FAST_BROKER_ARGS
 from tests.scenarios.bpmn_samples import process_xml
@@ -223,3 +225,34 @@ async def test_one_job_round_trip_over_rest(
         await eventually(completed, timeout_s=30, interval_s=0.002)
         rounds.append(time.perf_counter() - start)
     print(f"job round trip over REST (SDK): median {sorted(rounds)[3] * 1000:.1f} ms")
+
+
+async def test_the_sdk_job_worker_completes_jobs(
+    cluster: RunningCluster, sdk: CamundaAsyncClient, tmp_path: Path
+) -> None:
+    """The SDK's own job worker (the README's example) activates a job, runs the handler and
+    completes the job with the handler's variables: the instance ends COMPLETED."""
+    bpmn = tmp_path / "one-task.bpmn"
+    bpmn.write_bytes(process_xml("one-task", job_type="worker-job", message=None))
+    await sdk.deploy_resources_from_files([bpmn])
+    handled: list[str] = []
+
+    async def handle(job: ConnectedJobContext) -> dict[str, Any]:
+        handled.append(str(job.job_key))
+        return {"handledBy": "sdk-worker"}
+
+    worker = sdk.create_job_worker(
+        WorkerConfig(job_type="worker-job", job_timeout_milliseconds=30_000), handle
+    )
+    try:
+        key = await _create(sdk, "unused", "one-task")
+
+        async def completed() -> bool:
+            found = await sdk.get_process_instance(process_instance_key=key)  # type: ignore[arg-type]
+            return found.state.value == "COMPLETED"
+
+        await eventually(completed, timeout_s=30)
+    finally:
+        worker.stop()
+        await worker.aclose()
+    assert len(handled) == 1
