@@ -18,6 +18,13 @@ lists to a backup) runs in the processing task between two groups, so it never n
 expensive part of a snapshot (serialising and fsyncing) runs in the background afterwards on a
 frozen copy of the state (see ``engine/state.py``).
 
+Out of disk (``broker/disk.py``): while the broker's disk verdict refuses processing, client
+commands are answered RESOURCE_EXHAUSTED at once and the inbox is not processed (commands from
+other partitions and timers wait in it). A group whose writing fails (ENOSPC, EIO) is answered
+RESOURCE_EXHAUSTED, never acknowledged; the log is reopened and cut back to the end of the last
+durable group and the state rebuilt from snapshot and log, so what the refused commands did in
+memory is gone too. Processing resumes when the verdict allows it again.
+
 Start-up recovers: newest valid snapshot, replay of the events after it, then processing of the
 commands that were written but not processed (e.g. the trailing ``CHECKPOINT CREATE`` of a
 restored backup).
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import itertools
 import logging
 import time
@@ -47,6 +55,7 @@ from broker.core import (
     plan_backup,
 )
 from broker.core import PartitionConfig as PartitionConfig  # re-exported: the partition's settings
+from broker.disk import DiskMonitor, DiskVerdict
 from broker.engine.processor import Engine, ProcessingResult, Response, Send
 from broker.engine.state import COLUMN_FAMILIES, State
 from storage.log import SegmentedLog
@@ -66,6 +75,8 @@ GROUP_COMMANDS_MAX = 500
 # is written, so processing never waits long for the loop.
 SNAPSHOT_CHUNK_ENTRIES = 1_000
 TICK_S = 0.05
+# How soon a log that could not be reopened after a failed write is tried again.
+REOPEN_RETRY_S = 1.0
 
 
 @attrs.frozen
@@ -95,6 +106,7 @@ class Partition:
         *,
         on_checkpoint: CheckpointFn | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        disk: DiskMonitor | None = None,
     ) -> None:
         self.partition_id = partition_id
         self.partition_count = partition_count
@@ -107,6 +119,11 @@ class Partition:
         self._wakeup = asyncio.Event()
         self._tasks = OwnedTasks(f"partition {partition_id}")
         self._maintenance: list[Callable[[], None]] = []
+        self._disk = disk
+        # set while the log is being reopened after a failed write: why commands are refused
+        self._reopening: str | None = None
+        if disk is not None:
+            disk.listen(self._disk_changed)
         self.ready = False
         self.processed_position = 0
         self.records_written = 0
@@ -125,8 +142,10 @@ class Partition:
         self.log = SegmentedLog.open(
             self.directory / "log", segment_bytes_max=self.config.segment_bytes_max
         )
+        unprocessed = self._recover()
+        self.core = PartitionCore(self.engine, self.config)
         # Written before the crash (or the restore) but never processed: process them now.
-        results = [self._process_written(command) for command in self._recover()]
+        results = [self._process_written(command) for command in unprocessed]
         await asyncio.to_thread(self.log.flush)
         self.core.reset_retries(_monotonic_ms())
         self._tasks.spawn(self._run())
@@ -158,7 +177,6 @@ class Partition:
             self.processed_position = 0
             skip_until = 0
         self.engine = Engine(self.state, self.partition_count)
-        self.core = PartitionCore(self.engine, self.config)
         self.processed_position, unprocessed = self.engine.replay(
             read_records(self.log, self.processed_position + 1),
             skip_until,
@@ -176,7 +194,11 @@ class Partition:
         Raises:
             ResourceExhausted: the inbox is full (backpressure, HTTP 503 / gRPC
                 RESOURCE_EXHAUSTED in Zeebe).
+            ResourceExhausted: out of disk space (see ``broker/disk.py``).
         """
+        refusal = self._disk_refusal()
+        if refusal is not None:
+            raise ResourceExhausted(refusal)
         if len(self._inbox) >= INBOX_COMMANDS_MAX or not self.ready:
             raise ResourceExhausted(
                 f"Expected to handle the request on partition {self.partition_id}, but it "
@@ -191,8 +213,9 @@ class Partition:
         self, value_type: str, intent: str, key: int, value: dict[str, Any], checkpoint_id: int
     ) -> None:
         """Queue a command sent by another partition (or this one). Dropped when the inbox is
-        full: the sender retries until acknowledged."""
-        if len(self._inbox) >= INBOX_COMMANDS_MAX or not self.ready:
+        full or the disk below the replication threshold: the sender retries until
+        acknowledged."""
+        if len(self._inbox) >= INBOX_COMMANDS_MAX or not self.ready or self._receive_refused():
             return
         self._inbox.append(_Queued(Command(value_type, intent, key, value, checkpoint_id), None))
         self._wakeup.set()
@@ -203,19 +226,27 @@ class Partition:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._inbox or self._maintenance:
+            while (self._inbox and self._disk_refusal() is None) or self._maintenance:
                 await self._process_group()
 
     async def _process_group(self) -> None:
         group: list[tuple[asyncio.Future[Response] | None, ProcessingResult]] = []
-        while self._inbox and len(group) < GROUP_COMMANDS_MAX:
-            queued = self._inbox.popleft()
-            checkpoint = self.core.checkpoint_before(queued.command)
-            if checkpoint is not None:
-                group.append((None, self._process(checkpoint)))
-            group.append((queued.reply, self._process(queued.command)))
+        taken: list[_Queued] = []
+        durable_position = self.log.last_position
+        try:
+            while self._inbox and len(group) < GROUP_COMMANDS_MAX and self._disk_refusal() is None:
+                queued = self._inbox.popleft()
+                taken.append(queued)
+                checkpoint = self.core.checkpoint_before(queued.command)
+                if checkpoint is not None:
+                    group.append((None, self._process(checkpoint)))
+                group.append((queued.reply, self._process(queued.command)))
+            if group:
+                await asyncio.to_thread(self.log.flush)
+        except (ResourceExhausted, OSError) as exc:
+            await self._write_failed(taken, durable_position, exc)
+            return
         if group:
-            await asyncio.to_thread(self.log.flush)
             now_ms = _monotonic_ms()
             for reply, result in group:
                 self._carry_out(reply, result, now_ms)
@@ -268,6 +299,80 @@ class Partition:
     def _send_all(self, outgoing: list[Outgoing]) -> None:
         for out in outgoing:
             self._send(out.send, out.checkpoint_id)
+
+    # -- out of disk ----------------------------------------------------------------------------
+
+    def _disk_refusal(self) -> str | None:
+        """Why processing is paused for lack of disk space, None while it is not."""
+        if self._reopening is not None:
+            return self._reopening
+        return self._disk.verdict.processing_refusal if self._disk is not None else None
+
+    def _receive_refused(self) -> bool:
+        if self._reopening is not None:
+            return True
+        return self._disk is not None and self._disk.verdict.receive_refusal is not None
+
+    def _disk_changed(self, verdict: DiskVerdict) -> None:
+        if verdict.processing_refusal is not None:
+            # Waiting would only turn into a gateway timeout (504): answer now (503).
+            error = ResourceExhausted(verdict.processing_refusal)
+            for queued in self._inbox:
+                if queued.reply is not None and not queued.reply.done():
+                    queued.reply.set_exception(error)
+            self._inbox = collections.deque(q for q in self._inbox if q.reply is None)
+        self._wakeup.set()
+
+    async def _write_failed(
+        self, taken: list[_Queued], durable_position: int, exc: Exception
+    ) -> None:
+        """A group could not be written: refuse its commands, cut the log back to
+        ``durable_position`` (the end of the last flushed group) and rebuild the state."""
+        space = isinstance(exc, ResourceExhausted) or (
+            isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        )
+        reason = f"Expected to write to the log of partition {self.partition_id}, but " + (
+            "the disk is full" if space else f"writing failed: {exc}"
+        )
+        log.error("%s; %d command(s) refused", reason, len(taken), exc_info=exc)
+        self._reopening = reason
+        try:
+            error = ResourceExhausted(reason)
+            for queued in taken:
+                if queued.reply is not None and not queued.reply.done():
+                    queued.reply.set_exception(error)
+            if self._disk is not None:
+                self._disk.write_failed(reason)
+            self.log.close()
+            while True:
+                try:
+                    self.log = await asyncio.to_thread(self._reopen_log, durable_position)
+                    break
+                except OSError as reopen_error:
+                    log.error(
+                        "cannot reopen the log of partition %s: %s", self.partition_id, reopen_error
+                    )
+                    await asyncio.sleep(REOPEN_RETRY_S)
+            # Every flushed group holds its commands' follow-ups: nothing is left unprocessed.
+            unprocessed = self._recover()
+            assert not unprocessed, unprocessed
+            self.core.engine = self.engine
+            self.core.reset_retries(_monotonic_ms())
+        finally:
+            self._reopening = None
+
+    def _reopen_log(self, durable_position: int) -> SegmentedLog:
+        """The log as it was after the last flush: reopened (recovery validates every entry,
+        also after a failed fsync) and cut after ``durable_position``."""
+        reopened = SegmentedLog.open(
+            self.directory / "log", segment_bytes_max=self.config.segment_bytes_max
+        )
+        try:
+            reopened.truncate_after(durable_position)
+        except BaseException:
+            reopened.close()
+            raise
+        return reopened
 
     # -- timers: deadlines and retries --------------------------------------------------------
 
@@ -324,7 +429,12 @@ class Partition:
                 chunks.append(chunk)
                 await asyncio.sleep(0)
             pending = self.snapshots.begin(snapshot_id, last_followup_position)
-            await asyncio.to_thread(pending.write_file, STATE_FILE, chunks)
+            try:
+                await asyncio.to_thread(pending.write_file, STATE_FILE, chunks)
+            except BaseException:
+                # Out of disk: a partial file must not keep holding the space.
+                pending.abort()
+                raise
             snapshot = await asyncio.to_thread(self.snapshots.persist, pending)
             log.info(
                 "snapshot taken",

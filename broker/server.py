@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from broker.backup import BackupService
+from broker.disk import DiskConfig, DiskMonitor, free_bytes_of
 from broker.engine.processor import Send
 from broker.partition import Partition, PartitionConfig
 from storage.backup.config import FilesystemStoreConfig, S3StoreConfig
@@ -84,12 +87,24 @@ class BrokerConfig:
     partition: PartitionConfig = attrs.Factory(PartitionConfig)
     # None: no backup store (backup requests answer BACKUP_NOT_CONFIGURED)
     backup_store: FilesystemStoreConfig | S3StoreConfig | None = None
+    disk: DiskConfig = attrs.Factory(DiskConfig)
 
 
 class Broker:
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        free_bytes: Callable[[Path], int] = free_bytes_of,
+        clock_ms: Callable[[], int] = lambda: int(time.monotonic() * 1000),
+    ) -> None:
         self.config = config
         self.node_id = NodeId(config.node_id)
+        # The free-space reader and the clock are parameters so that tests can run out of disk
+        # without filling one.
+        self.disk = DiskMonitor(
+            config.disk, self.directory, free_bytes=free_bytes, clock_ms=clock_ms
+        )
         self.backups = BackupService(
             open_store(config.backup_store) if config.backup_store is not None else None,
             config.node_id,
@@ -114,6 +129,9 @@ class Broker:
 
     async def start(self) -> None:
         await self.backups.check()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Before the first request: a broker started on a full disk refuses work from the start.
+        self.disk.check()
         self._server = await asyncio.start_server(
             self._serve, self.config.host, self.config.port, limit=1 << 20
         )
@@ -130,6 +148,7 @@ class Broker:
                 self.config.partition,
                 self._send,
                 on_checkpoint=self.backups.checkpoint_created,
+                disk=self.disk,
             )
         # Before any partition can start a new backup: what was IN_PROGRESS died with us.
         await self.backups.fail_in_progress(list(self.partitions))
@@ -138,6 +157,7 @@ class Broker:
         for partition in self.partitions.values():
             self.backups.reconcile(partition.partition_id, partition.state.checkpoint_id)
         self._tasks.spawn(self._gossip())
+        self._tasks.spawn(self.disk.run())
         log.info("broker started", extra={"node": self.node_id, "address": self.address})
 
     async def stop(self) -> None:

@@ -31,6 +31,7 @@ CLUSTER_SETTINGS = [
     "broker-port",
     "snapshot-period",
     "segment-size",
+    *config.DISK_SETTINGS,
     "retry-initial",
     "retry-max",
     *config.BACKUP_SETTINGS,
@@ -56,7 +57,11 @@ def options(*names: str) -> Callable[[F], F]:
             default = setting.default
             shown = f" [default: {default}]" if default not in (None, False, ()) else ""
             env = f" [env: {', '.join(setting.env)}]" if setting.env else ""
-            if setting.parse is config._bool:
+            if setting.parse is config._bool and setting.default is True:
+                fn = click.option(
+                    f"--{name}/--no-{name}", default=None, help=setting.help + shown + env
+                )(fn)
+            elif setting.parse is config._bool:
                 fn = click.option(f"--{name}", is_flag=True, default=None, help=setting.help + env)(
                     fn
                 )
@@ -161,6 +166,15 @@ def broker_flags(values: dict[str, Any]) -> list[str]:
         elif value not in (None, False):
             seconds = name in ("s3-api-call-timeout", "backup-upload-delay")
             flags += [f"--{name}", f"{value}s" if seconds else str(value)]
+    for name in config.DISK_SETTINGS:
+        value = values[name]
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        else:
+            flags += [
+                f"--{name}",
+                f"{value}s" if name == "disk-monitoring-interval" else str(value),
+            ]
     if values["unsafe-no-checkpoint-propagation"]:
         flags.append("--unsafe-no-checkpoint-propagation")
     return flags
@@ -293,6 +307,7 @@ def broker(exact_port: int | None, parent_pid: int | None, **kwargs: Any) -> Non
         port=port,
         contact_points=contact,
         backup_store=store_config,
+        disk=config.disk_config(values),
         partition=PartitionConfig(
             snapshot_period_s=values["snapshot-period"],
             segment_bytes_max=values["segment-size"],

@@ -15,6 +15,12 @@ from typing import Any
 
 import attrs
 
+from broker.disk import (
+    FREE_SPACE_PROCESSING_BYTES_DEFAULT,
+    FREE_SPACE_REPLICATION_BYTES_DEFAULT,
+    MONITORING_INTERVAL_S_DEFAULT,
+    DiskConfig,
+)
 from zeebe_sim.ground.errors import ConfigError
 
 _ISO_DURATION = re.compile(
@@ -24,6 +30,9 @@ _ISO_DURATION = re.compile(
 )
 _SIMPLE_DURATION = re.compile(r"(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?", re.IGNORECASE)
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
+_SIZE = re.compile(r"(?P<n>\d+)\s*(?P<unit>b|kb|mb|gb|tb)?", re.IGNORECASE)
+# Zeebe's sizes are Spring DataSizes: binary multiples (1KB = 1024 bytes), no unit = bytes.
+_UNIT_BYTES = {"": 1, "b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
 
 
 def parse_duration_s(text: str) -> float:
@@ -42,6 +51,27 @@ def parse_duration_s(text: str) -> float:
     if not seconds > 0:
         raise ValueError(f"must be positive, got {text!r}")
     return seconds
+
+
+def parse_size_bytes(text: str) -> int:
+    """Bytes in ``text``: a whole number with an optional unit, Zeebe's way (``2GB``, ``512MB``,
+    ``64KB``, ``1024``; binary multiples). Raises ValueError otherwise."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (use e.g. 2GB, 512MB or a number of bytes)")
+    return int(match["n"]) * _UNIT_BYTES[(match["unit"] or "").lower()]
+
+
+def _size(low: int, high: int = 1 << 50) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected a size")
+        number = parse_size_bytes(str(value))
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high} bytes")
+        return number
+
+    return parse
 
 
 def _int(low: int, high: int = 1 << 31) -> Callable[[Any], int]:
@@ -193,10 +223,40 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting(
             "segment-size",
-            _int(4096, 1 << 30),
+            _size(4096, 1 << 30),
             64 * 1024 * 1024,
             ("ZEEBE_BROKER_DATA_LOGSEGMENTSIZE",),
-            "log segment size in bytes",
+            "log segment size (bytes, or e.g. 64MB)",
+        ),
+        Setting(
+            "disk-free-space-processing",
+            _size(0),
+            FREE_SPACE_PROCESSING_BYTES_DEFAULT,
+            ("ZEEBE_BROKER_DATA_DISK_FREESPACE_PROCESSING",),
+            "below this much free space on the data directory a broker refuses new commands and "
+            "pauses processing (e.g. 2GB, Zeebe's default; zeebe-sim's is smaller, see README)",
+        ),
+        Setting(
+            "disk-free-space-replication",
+            _size(0),
+            FREE_SPACE_REPLICATION_BYTES_DEFAULT,
+            ("ZEEBE_BROKER_DATA_DISK_FREESPACE_REPLICATION",),
+            "below this much free space a broker also refuses what other partitions send it "
+            "(must be below disk-free-space-processing)",
+        ),
+        Setting(
+            "disk-monitoring-interval",
+            _duration,
+            MONITORING_INTERVAL_S_DEFAULT,
+            ("ZEEBE_BROKER_DATA_DISK_MONITORINGINTERVAL",),
+            "how often the free disk space is checked",
+        ),
+        Setting(
+            "disk-enable-monitoring",
+            _bool,
+            True,
+            ("ZEEBE_BROKER_DATA_DISK_ENABLEMONITORING",),
+            "check the free disk space (off: only a failed write pauses processing)",
         ),
         Setting(
             "retry-initial",
@@ -365,6 +425,11 @@ def resolve(
             values[name] = setting.parse(raw)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{source}: invalid value {raw!r}: {exc}") from exc
+    if all(name in values for name in DISK_SETTINGS):
+        try:
+            disk_config(values)
+        except ValueError as exc:
+            raise ConfigError(f"disk-free-space-processing: {exc}") from exc
     if values.get("replication-factor", 1) != 1:
         raise ConfigError(
             "replication-factor: only 1 is supported (replication and leader election are not "
@@ -381,6 +446,22 @@ BACKUP_SETTINGS = [
     "backup-upload-delay",
     *S3_SETTINGS,
 ]
+
+DISK_SETTINGS = [name for name in SETTINGS if name.startswith("disk-")]
+
+
+def disk_config(values: Mapping[str, Any]) -> DiskConfig:
+    """The broker's disk watermarks from resolved settings (checked by :func:`resolve`).
+
+    Raises:
+        ValueError: the processing threshold is not above the replication threshold.
+    """
+    return DiskConfig(
+        free_space_processing_bytes=values["disk-free-space-processing"],
+        free_space_replication_bytes=values["disk-free-space-replication"],
+        monitoring_interval_s=values["disk-monitoring-interval"],
+        enable_monitoring=values["disk-enable-monitoring"],
+    )
 
 
 def backup_store_config(values: Mapping[str, Any]) -> Any:
