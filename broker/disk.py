@@ -78,6 +78,11 @@ class DiskVerdict:
     receive_refusal: str | None = None
 
     @property
+    def state(self) -> tuple[bool, bool]:
+        """(processing allowed, receiving allowed): what listeners are told about."""
+        return self.processing_refusal is None, self.receive_refusal is None
+
+    @property
     def ok(self) -> bool:
         return self.processing_refusal is None and self.receive_refusal is None
 
@@ -176,13 +181,14 @@ class DiskMonitor:
         verdict = decide(
             self.config, self._reading, self._failure, self._clock_ms(), str(self.directory)
         )
-        if verdict == self.verdict:
+        previous, self.verdict = self.verdict, verdict
+        if verdict.state == previous.state:
+            # the same decision, only a new reading in the reason
             return
         if verdict.ok:
             log.warning("disk space is available again on %s; resuming", self.directory)
         else:
             log.warning("%s", verdict.processing_refusal or verdict.receive_refusal)
-        self.verdict = verdict
         for listener in self._listeners:
             listener(verdict)
 

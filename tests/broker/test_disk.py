@@ -98,7 +98,10 @@ def test_monitor_tells_listeners_of_changes_only(tmp_path: Path) -> None:
     assert seen == [] and monitor.verdict.ok
     disk.free_bytes = 150 * MIB
     monitor.check()
+    disk.free_bytes = 140 * MIB  # a new reading, the same decision
     monitor.check()
+    assert monitor.verdict.processing_refusal is not None
+    assert "140.0MB free" in monitor.verdict.processing_refusal
     assert len(seen) == 1 and seen[0].processing_refusal is not None
     assert seen[0].receive_refusal is None
     disk.free_bytes = 500 * MIB
