@@ -20,8 +20,9 @@ from pathlib import Path
 
 from broker.backup import BackupService
 from broker.partition import Partition, PartitionConfig
-from storage.backup.api import BackupIdentifier, BackupStatusCode, BackupStore
+from storage.backup.api import BackupIdentifier, BackupStore
 from storage.backup.filesystem import FilesystemBackupStore
+from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 from zeebe_sim.ground.records import ValueType
 
@@ -111,7 +112,7 @@ async def main(log_mb: int, kind: str) -> None:
         duration = time.perf_counter() - started
         identifier = BackupIdentifier(NodeId(0), PartitionId(1), BackupId(1))
         status = await store.get_status(identifier)
-        assert status.status_code == BackupStatusCode.COMPLETED, status
+        assert status.status_code == BackupState.COMPLETED, status
 
         copy_to = directory / "copy"
         cp_started = time.perf_counter()

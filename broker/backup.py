@@ -41,7 +41,6 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from broker.core import BackupPlan, BackupSource, Release
 from storage.backup.api import (
@@ -50,14 +49,17 @@ from storage.backup.api import (
     BackupIdentifier,
     BackupIdentifierWildcard,
     BackupStatus,
-    BackupStatusCode,
     BackupStore,
     FileRef,
+    best_copy,
 )
+from storage.backup.manifest import DELETING_REASON
 from storage.durable import fsync_directory
-from zeebe_sim.ground import VERSION
+from zeebe_sim.ground import VERSION, layout
+from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import BackupNotConfigured, SaveOvertaken, ZeebeSimError
-from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId, Position
+from zeebe_sim.ground.protocol import PartitionBackupStatus
 from zeebe_sim.ground.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
@@ -65,11 +67,11 @@ log = logging.getLogger(__name__)
 CANCELLED_ON_RESTART = "Backup is cancelled due to leader change."
 NOT_TAKEN = "Backup was not taken: the broker restarted before it started it"
 # In a partition's directory: the highest checkpoint id whose backup the store held (see above).
-RECORDED_FILE = "backup-recorded"
+# Re-exported for the tests.
+RECORDED_FILE = layout.BACKUP_RECORDED_FILE
 # Retry of writing a failure to a store that was unreachable when the backup failed.
 RECORD_RETRY_INITIAL_S = 1.0
 RECORD_RETRY_MAX_S = 30.0
-DELETING = "The backup is going to be deleted."
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -78,37 +80,27 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def detail(partition_id: int, status: BackupStatus | None) -> dict[str, Any]:
-    """One partition's BackupInfo detail; absent optional fields are omitted (REFERENCE §1)."""
-    if status is None or status.status_code == BackupStatusCode.DOES_NOT_EXIST:
-        return {"partitionId": partition_id, "state": "DOES_NOT_EXIST"}
-    body: dict[str, Any] = {"partitionId": partition_id, "state": status.status_code.name}
-    if status.status_code == BackupStatusCode.FAILED:
-        body["failureReason"] = status.failure_reason or "Unknown reason"
-    if status.created_at is not None:
-        body["createdAt"] = iso(status.created_at)
-    if status.last_modified is not None:
-        body["lastUpdatedAt"] = iso(status.last_modified)
+def detail(
+    partition_id: PartitionId, backup_id: BackupId, status: BackupStatus | None
+) -> PartitionBackupStatus:
+    """One partition's status of a backup from its best copy; the fields a state shows
+    (REFERENCE §1) are set, the others left out."""
+    if status is None or status.status_code is BackupState.DOES_NOT_EXIST:
+        return PartitionBackupStatus(backup_id, partition_id, BackupState.DOES_NOT_EXIST)
+    failed = status.status_code is BackupState.FAILED
     descriptor = status.descriptor
-    if descriptor is not None:
-        if descriptor.snapshot_id is not None:
-            body["snapshotId"] = descriptor.snapshot_id
-        if status.status_code != BackupStatusCode.FAILED:
-            body["checkpointPosition"] = descriptor.checkpoint_position
-            body["brokerId"] = status.id.node_id
-            body["brokerVersion"] = descriptor.broker_version
-    return body
-
-
-_EPOCH = datetime.fromtimestamp(0, UTC)
-
-
-def best_copy(copies: list[BackupStatus]) -> BackupStatus | None:
-    """Several nodes may hold a copy of one partition's backup: the best state counts."""
-    return max(
-        copies,
-        key=lambda s: (s.status_code, s.last_modified or _EPOCH),
-        default=None,
+    shown = descriptor if descriptor is not None and not failed else None
+    return PartitionBackupStatus(
+        backup_id,
+        partition_id,
+        status.status_code,
+        failure_reason=(status.failure_reason or "Unknown reason") if failed else None,
+        created_at=iso(status.created_at),
+        last_updated_at=iso(status.last_modified),
+        snapshot_id=descriptor.snapshot_id if descriptor is not None else None,
+        checkpoint_position=Position(shown.checkpoint_position) if shown is not None else None,
+        broker_id=status.id.node_id if shown is not None else None,
+        broker_version=shown.broker_version if shown is not None else None,
     )
 
 
@@ -118,7 +110,7 @@ class BackupService:
         store: BackupStore | None,
         node_id: int,
         partition_count: int,
-        partition_dir: Callable[[int], Path] | None = None,
+        partition_dir: Callable[[PartitionId], Path] | None = None,
     ) -> None:
         """``partition_dir`` gives a partition's data directory, where the "recorded" note
         lives; without it (tests of the service alone) nothing is noted."""
@@ -234,10 +226,10 @@ class BackupService:
         try:
             copies = await self._copies(identifier.partition_id, identifier.checkpoint_id)
             best = best_copy(copies)
-            if best is not None and best.status_code == BackupStatusCode.COMPLETED:
+            if best is not None and best.status_code == BackupState.COMPLETED:
                 log.info("%s already completed (node %s)", identifier, best.id.node_id)
                 return True
-            if best is not None and best.status_code != BackupStatusCode.DOES_NOT_EXIST:
+            if best is not None and best.status_code != BackupState.DOES_NOT_EXIST:
                 # Do not overwrite: an IN_PROGRESS or FAILED copy exists (REFERENCE §4.1).
                 log.warning("%s exists as %s: not taken again", identifier, best.status_code.name)
                 return True
@@ -267,8 +259,8 @@ class BackupService:
                 # again after the await), so a deleted backup does not come back.
                 status = await store.get_status(identifier)
                 if status.status_code in (
-                    BackupStatusCode.IN_PROGRESS,
-                    BackupStatusCode.DOES_NOT_EXIST,
+                    BackupState.IN_PROGRESS,
+                    BackupState.DOES_NOT_EXIST,
                 ) and (identifier in self._unrecorded_failures):
                     await store.mark_failed(identifier, reason)
             except ZeebeSimError as exc:
@@ -313,7 +305,7 @@ class BackupService:
         log.warning("%s was accepted but never started: recording it FAILED", identifier)
         await self._fail(identifier, NOT_TAKEN)
 
-    def _recorded_path(self, partition_id: int) -> Path | None:
+    def _recorded_path(self, partition_id: PartitionId) -> Path | None:
         if self._partition_dir is None:
             return None
         return self._partition_dir(partition_id) / RECORDED_FILE
@@ -329,41 +321,42 @@ class BackupService:
 
     # -- queries ------------------------------------------------------------------------------
 
-    async def _copies(self, partition_id: int, backup_id: int) -> list[BackupStatus]:
+    async def _copies(self, partition_id: PartitionId, backup_id: BackupId) -> list[BackupStatus]:
         store = self._require_store()
         statuses = await store.list(
-            BackupIdentifierWildcard(
-                partition_id=PartitionId(partition_id), checkpoint_prefix=str(backup_id)
-            )
+            BackupIdentifierWildcard(partition_id=partition_id, checkpoint_prefix=str(backup_id))
         )
         return [s for s in statuses if s.id.checkpoint_id == backup_id]
 
-    async def status(self, partition_id: int, backup_id: int) -> dict[str, Any]:
-        identifier = BackupIdentifier(self.node_id, PartitionId(partition_id), BackupId(backup_id))
+    async def status(self, partition_id: PartitionId, backup_id: BackupId) -> PartitionBackupStatus:
+        identifier = BackupIdentifier(self.node_id, partition_id, backup_id)
         unrecorded = self._unrecorded_failures.get(identifier)
         if unrecorded is not None:
             # Known here while the store may still say IN_PROGRESS (or not answer at all).
             reason, when = unrecorded
-            failed = BackupStatus(identifier, BackupStatusCode.FAILED, None, reason, when, when)
-            return detail(partition_id, failed)
-        return detail(partition_id, best_copy(await self._copies(partition_id, backup_id)))
+            failed = BackupStatus(identifier, BackupState.FAILED, None, reason, when, when)
+            return detail(partition_id, backup_id, failed)
+        copies = await self._copies(partition_id, backup_id)
+        return detail(partition_id, backup_id, best_copy(copies))
 
-    async def list_backups(self, partition_id: int, prefix: str | None) -> list[dict[str, Any]]:
+    async def list_backups(
+        self, partition_id: PartitionId, prefix: str | None
+    ) -> list[PartitionBackupStatus]:
         store = self._require_store()
         statuses = await store.list(
             BackupIdentifierWildcard(
                 partition_id=PartitionId(partition_id), checkpoint_prefix=prefix
             )
         )
-        by_id: dict[int, list[BackupStatus]] = {}
+        by_id: dict[BackupId, list[BackupStatus]] = {}
         for status in statuses:
             by_id.setdefault(status.id.checkpoint_id, []).append(status)
         return [
-            {"backupId": backup_id, **detail(partition_id, best_copy(copies))}
+            detail(partition_id, backup_id, best_copy(copies))
             for backup_id, copies in sorted(by_id.items())
         ]
 
-    async def delete(self, partition_id: int, backup_id: int) -> None:
+    async def delete(self, partition_id: PartitionId, backup_id: BackupId) -> None:
         """Delete every copy; an IN_PROGRESS one is marked FAILED first, so that a save still
         running fails its re-check instead of writing COMPLETED (REFERENCE §4)."""
         store = self._require_store()
@@ -373,8 +366,8 @@ class BackupService:
         )
         for copy in await self._copies(partition_id, backup_id):
             self._unrecorded_failures.pop(copy.id, None)
-            if copy.status_code == BackupStatusCode.IN_PROGRESS:
-                await store.mark_failed(copy.id, DELETING)
+            if copy.status_code == BackupState.IN_PROGRESS:
+                await store.mark_failed(copy.id, DELETING_REASON)
             await store.delete(copy.id)
 
     async def fail_in_progress(self, partition_ids: list[int]) -> None:
@@ -386,7 +379,7 @@ class BackupService:
                 BackupIdentifierWildcard(partition_id=PartitionId(partition_id))
             )
             for status in statuses:
-                if status.status_code == BackupStatusCode.IN_PROGRESS:
+                if status.status_code == BackupState.IN_PROGRESS:
                     log.warning("marking %s FAILED: the broker restarted", status.id)
                     await self.store.mark_failed(status.id, CANCELLED_ON_RESTART)
 

@@ -61,12 +61,12 @@ from broker.engine.state import COLUMN_FAMILIES, State
 from storage.log import SegmentedLog
 from storage.snapshots import Snapshot, SnapshotId, SnapshotStore
 from zeebe_sim.ground.errors import ResourceExhausted
+from zeebe_sim.ground.layout import LOG_DIR, SNAPSHOTS_DIR, STATE_FILE
 from zeebe_sim.ground.records import Record, decode_records, encode_records
 from zeebe_sim.ground.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.msgpack"
 # Commands waiting in a partition's inbox before new requests are refused (backpressure).
 INBOX_COMMANDS_MAX = 10_000
 # Commands processed in one group commit; bounds the latency of the first one in the group.
@@ -138,9 +138,9 @@ class Partition:
 
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.snapshots = SnapshotStore.open(self.directory / "snapshots")
+        self.snapshots = SnapshotStore.open(self.directory / SNAPSHOTS_DIR)
         self.log = SegmentedLog.open(
-            self.directory / "log", segment_bytes_max=self.config.segment_bytes_max
+            self.directory / LOG_DIR, segment_bytes_max=self.config.segment_bytes_max
         )
         unprocessed = self._recover()
         self.core = PartitionCore(self.engine, self.config)

@@ -31,16 +31,17 @@ from broker.engine.processor import Send
 from broker.partition import Partition, PartitionConfig
 from storage.backup.config import FilesystemStoreConfig, S3StoreConfig
 from storage.backup.open import open_store
-from zeebe_sim.ground import VERSION
+from zeebe_sim.ground import VERSION, layout
 from zeebe_sim.ground.errors import (
     BackupNotConfigured,
     BrokerUnavailable,
     InvalidArgument,
     PartitionLeaderMismatch,
+    ProtocolError,
     UnsupportedMessage,
     ZeebeSimError,
 )
-from zeebe_sim.ground.ids import NodeId, PartitionId
+from zeebe_sim.ground.ids import BackupId, Key, NodeId, PartitionId
 from zeebe_sim.ground.protocol import (
     BackupStatusRequest,
     BackupStatusResponse,
@@ -58,6 +59,7 @@ from zeebe_sim.ground.protocol import (
     TakeBackupResponse,
     TopologyRequest,
     TopologyResponse,
+    parse_member_address,
 )
 from zeebe_sim.ground.records import ValueType
 from zeebe_sim.ground.routing import broker_of_partition, partitions_of_broker
@@ -111,8 +113,8 @@ class Broker:
             config.partition_count,
             partition_dir=self._partition_dir,
         )
-        self.partitions: dict[int, Partition] = {}
-        self.members: dict[int, str] = {}
+        self.partitions: dict[PartitionId, Partition] = {}
+        self.members: dict[NodeId, str] = {}
         self._peers: dict[int, Connection] = {}
         self._connecting: set[int] = set()
         self._waiting: dict[int, list[InterPartitionCommandSent]] = {}
@@ -122,10 +124,10 @@ class Broker:
 
     @property
     def directory(self) -> Path:
-        return self.config.data_dir / f"broker-{self.config.node_id}"
+        return layout.broker_dir(self.config.data_dir, self.node_id)
 
-    def _partition_dir(self, partition_id: int) -> Path:
-        return self.directory / "partitions" / str(partition_id)
+    def _partition_dir(self, partition_id: PartitionId) -> Path:
+        return layout.partition_dir(self.directory, partition_id)
 
     async def start(self) -> None:
         await self.backups.check()
@@ -137,7 +139,7 @@ class Broker:
         )
         port = self._server.sockets[0].getsockname()[1]
         self.address = f"{self.config.host}:{port}"
-        self.members[self.config.node_id] = self.address
+        self.members[self.node_id] = self.address
         for partition_id in partitions_of_broker(
             self.node_id, self.config.cluster_size, self.config.partition_count
         ):
@@ -188,7 +190,7 @@ class Broker:
             )
             return ExecuteCommandResponse(
                 partition_id=message.partition_id,
-                key=response.key,
+                key=Key(response.key),
                 value_type=response.value_type,
                 intent=response.intent,
                 value=response.value,
@@ -208,7 +210,7 @@ class Broker:
             return None
         if isinstance(message, TopologyRequest):
             if message.node_id is not None and message.address:
-                self.members[message.node_id] = message.address
+                self._merge_member(message.node_id, message.address, "a topology request")
             return self.topology()
         if isinstance(message, QueryRequest):
             return QueryResponse(self._query(message))
@@ -244,7 +246,7 @@ class Broker:
             created=response.intent == "CREATED", checkpoint_id=response.value["checkpointId"]
         )
 
-    def _partition(self, partition_id: int) -> Partition:
+    def _partition(self, partition_id: PartitionId) -> Partition:
         partition = self.partitions.get(partition_id)
         if partition is None:
             raise PartitionLeaderMismatch(
@@ -289,20 +291,20 @@ class Broker:
 
     def _send(self, send: Send, checkpoint_id: int) -> None:
         """Deliver an inter-partition command; losing it is fine (the sender retries)."""
-        target = send.receiver_partition_id
+        target = PartitionId(send.receiver_partition_id)
         local = self.partitions.get(target)
         if local is not None:
             local.receive(send.value_type, send.intent, send.key, send.value, checkpoint_id)
             return
         message = InterPartitionCommandSent(
             receiver_partition_id=target,
-            checkpoint_id=checkpoint_id,
+            checkpoint_id=BackupId(checkpoint_id),
             value_type=send.value_type,
             intent=send.intent,
-            key=send.key,
+            key=Key(send.key),
             value=send.value,
         )
-        node = broker_of_partition(PartitionId(target), self.config.cluster_size)
+        node = broker_of_partition(target, self.config.cluster_size)
         peer = self._peers.get(node)
         if peer is not None and not peer.closed:
             peer.notify(message)
@@ -314,7 +316,7 @@ class Broker:
             waiting.append(message)
         self._connect_later(node)
 
-    def _connect_later(self, node: int) -> None:
+    def _connect_later(self, node: NodeId) -> None:
         address = self.members.get(node)
         if address is None or node in self._connecting:
             return
@@ -334,6 +336,24 @@ class Broker:
 
         self._tasks.spawn(connect())
 
+    def _merge_member(self, node: NodeId, address: str, source: str) -> Connection | None:
+        """Take a member's address from gossip, or drop it with a warning: a member entry that
+        names no broker of this cluster or no usable host:port must not stop gossip (every
+        broker would pass it on and then fail to reach it). Returns the connection to the
+        member's old address, for the caller to close, when the address changed."""
+        if not 0 <= node < self.config.cluster_size:
+            log.warning("ignoring member %s from %s: not a node of this cluster", node, source)
+            return None
+        try:
+            parse_member_address(address)
+        except ProtocolError as exc:
+            log.warning("ignoring member %s from %s: %s", node, source, exc.message)
+            return None
+        if self.members.get(node) == address:
+            return None
+        self.members[node] = address
+        return self._peers.pop(node, None)
+
     async def _gossip(self) -> None:
         while True:
             targets = set(self.config.contact_points) | {
@@ -349,16 +369,14 @@ class Broker:
             return
         try:
             answer = await connection.request(
-                TopologyRequest(self.config.node_id, self.address), PEER_REQUEST_TIMEOUT_S
+                TopologyRequest(self.node_id, self.address), PEER_REQUEST_TIMEOUT_S
             )
             if isinstance(answer, TopologyResponse):
                 for node, member_address in answer.members.items():
-                    if node != self.config.node_id:
-                        if self.members.get(node) != member_address:
-                            old = self._peers.pop(node, None)
-                            if old is not None:
-                                await old.close()
-                        self.members[node] = member_address
+                    if node != self.node_id:
+                        old = self._merge_member(node, member_address, f"broker {address}")
+                        if old is not None:
+                            await old.close()
         except ZeebeSimError as exc:
             log.debug("gossip with %s failed: %s", address, exc)
         finally:

@@ -12,13 +12,15 @@ import asyncio
 import json
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
 from gateway.client import BrokerClient
+from zeebe_sim.ground.backups import ID_REQUIRED, BackupState, aggregate_states, parse_backup_id
 from zeebe_sim.ground.errors import AlreadyExists, InvalidArgument, NotFound
+from zeebe_sim.ground.ids import NO_CHECKPOINT, BackupId, PartitionId
 from zeebe_sim.ground.protocol import (
     BackupStatusRequest,
     BackupStatusResponse,
@@ -26,68 +28,45 @@ from zeebe_sim.ground.protocol import (
     ListBackupsRequest,
     ListBackupsResponse,
     Message,
+    PartitionBackupStatus,
     TakeBackupRequest,
     TakeBackupResponse,
 )
 
 CLIENT = web.AppKey("backup-client", BrokerClient)
 FANOUT_JITTER_S = web.AppKey("backup-fanout-jitter-s", float)
-INT64_MAX = 2**63 - 1
-ID_REQUIRED = "A backupId must be provided and it must be > 0"
 _DIGITS = re.compile(r"[0-9]+")  # used with fullmatch: "7\n" is not an id
-# int64's largest value has 19 digits: longer digit strings are refused before int() (which
-# refuses beyond 4,300 digits with a ValueError of its own).
-ID_DIGITS_MAX = 19
-# Order of "goodness" of a partition's state: the best copy counts (REFERENCE §1).
-STATE_ORDER = ("DOES_NOT_EXIST", "FAILED", "IN_PROGRESS", "COMPLETED")
+# BackupInfo detail fields (REFERENCE.md §1), by the wire field they come from.
+DETAIL_FIELDS = {
+    "partitionId": "partition_id",
+    "state": "state",
+    "failureReason": "failure_reason",
+    "createdAt": "created_at",
+    "lastUpdatedAt": "last_updated_at",
+    "snapshotId": "snapshot_id",
+    "checkpointPosition": "checkpoint_position",
+    "brokerId": "broker_id",
+    "brokerVersion": "broker_version",
+}
+# The list shows less per partition, but the version on every entry (REFERENCE.md §1).
 LIST_DETAIL_FIELDS = ("partitionId", "state", "failureReason", "createdAt", "brokerVersion")
 
 
 # -- pure decisions ---------------------------------------------------------------------------
 
 
-def parse_backup_id(raw: Any) -> int:
-    """A backupId from a JSON body: an integer > 0 in int64, or a string of such digits (the
-    docs' own curl example sends ``"100"``).
+def parse_path_id(raw: str) -> BackupId:
+    """A backup id in a URL path: digits only (no sign, no spaces), by the one id rule.
 
     Raises:
         InvalidArgument: anything else (HTTP 400).
     """
-    if isinstance(raw, bool):
-        raise InvalidArgument(f"{ID_REQUIRED}, but it was a boolean")
-    if isinstance(raw, str):
-        text = raw.strip(" ")
-        if not _DIGITS.fullmatch(text):
-            raise InvalidArgument(f"{ID_REQUIRED}, but it was {_shown(raw)}")
-        if len(text.lstrip("0")) > ID_DIGITS_MAX:
-            raise InvalidArgument(
-                f"{ID_REQUIRED} and at most {INT64_MAX}, but it was {_shown(raw)}"
-            )
-        raw = int(text)
-    if isinstance(raw, float):
-        raise InvalidArgument(f"{ID_REQUIRED} and a whole number, but it was {raw}")
-    if not isinstance(raw, int):
-        raise InvalidArgument(ID_REQUIRED)
-    if raw <= 0:
-        raise InvalidArgument(f"{ID_REQUIRED}, but it was {raw}")
-    if raw > INT64_MAX:
-        raise InvalidArgument(f"{ID_REQUIRED} and at most {INT64_MAX}, but it was {_shown(raw)}")
-    return raw
-
-
-def parse_path_id(raw: str) -> int:
     if not _DIGITS.fullmatch(raw):
-        raise InvalidArgument(f"{ID_REQUIRED}, but it was {_shown(raw)}")
+        raise InvalidArgument(f"{ID_REQUIRED}, but it was {raw[:40]!r}")
     return parse_backup_id(raw)
 
 
-def _shown(raw: object) -> str:
-    """A client's value in an error message: quoted and cut short."""
-    text = repr(raw) if isinstance(raw, str) else str(raw)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def take_backup_outcome(backup_id: int, answers: list[TakeBackupResponse]) -> None:
+def take_backup_outcome(backup_id: BackupId, answers: list[TakeBackupResponse]) -> None:
     """202 iff some partition created checkpoint ``backup_id`` and none is beyond it.
 
     Why not "every partition CREATED": a partition may already have created this checkpoint
@@ -96,7 +75,7 @@ def take_backup_outcome(backup_id: int, answers: list[TakeBackupResponse]) -> No
     Raises:
         AlreadyExists: HTTP 409 with Zeebe's message.
     """
-    latest = max((a.checkpoint_id for a in answers), default=-1)
+    latest = max((a.checkpoint_id for a in answers), default=NO_CHECKPOINT)
     if any(a.created for a in answers) and latest == backup_id:
         return
     raise AlreadyExists(
@@ -105,50 +84,59 @@ def take_backup_outcome(backup_id: int, answers: list[TakeBackupResponse]) -> No
     )
 
 
-def aggregate(backup_id: int, details: list[dict[str, Any]]) -> dict[str, Any]:
-    """BackupInfo from one detail per partition, by REFERENCE §1's ordered rules."""
-    details = sorted(details, key=lambda d: d["partitionId"])
-    states = {d["state"] for d in details}
-    info: dict[str, Any] = {"backupId": backup_id}
-    if "FAILED" in states:
-        info["state"] = "FAILED"
+def detail_json(status: PartitionBackupStatus, fields: Iterable[str]) -> dict[str, Any]:
+    """A BackupInfo detail; absent optional fields are omitted, not null (REFERENCE §1)."""
+    body: dict[str, Any] = {}
+    for name in fields:
+        value = getattr(status, DETAIL_FIELDS[name])
+        if value is not None:
+            body[name] = value.value if isinstance(value, BackupState) else value
+    return body
+
+
+def aggregate(
+    backup_id: BackupId,
+    statuses: list[PartitionBackupStatus],
+    fields: Iterable[str] = DETAIL_FIELDS,
+) -> dict[str, Any]:
+    """BackupInfo from one status per partition, by REFERENCE §1's ordered rules."""
+    statuses = sorted(statuses, key=lambda s: s.partition_id)
+    state = aggregate_states({s.state for s in statuses})
+    info: dict[str, Any] = {"backupId": backup_id, "state": state.value}
+    if state is BackupState.FAILED:
         info["failureReason"] = "".join(
-            f"Backup on partition {d['partitionId']} failed due to "
-            f"{d.get('failureReason') or 'Unknown reason'}. "
-            for d in details
-            if d["state"] == "FAILED"
+            f"Backup on partition {s.partition_id} failed due to "
+            f"{s.failure_reason or 'Unknown reason'}. "
+            for s in statuses
+            if s.state is BackupState.FAILED
         )
-    elif "DOES_NOT_EXIST" in states and states & {"IN_PROGRESS", "COMPLETED"}:
-        info["state"] = "INCOMPLETE"
-    elif "IN_PROGRESS" in states:
-        info["state"] = "IN_PROGRESS"
-    elif states <= {"DOES_NOT_EXIST"}:
-        info["state"] = "DOES_NOT_EXIST"
-    else:
-        info["state"] = "COMPLETED"
-    info["details"] = details
+    info["details"] = [detail_json(s, fields) for s in statuses]
     return info
 
 
 def aggregate_list(
-    partition_ids: list[int], per_partition: list[list[dict[str, Any]]]
+    partition_ids: list[PartitionId], per_partition: list[list[PartitionBackupStatus]]
 ) -> list[dict[str, Any]]:
     """Merge each partition's list into one BackupInfo per backup id, newest id first. A
     partition with no entry for an id counts as DOES_NOT_EXIST, so a backup never looks
     COMPLETED while a partition is missing."""
-    by_id: dict[int, dict[int, dict[str, Any]]] = {}
-    for entries in per_partition:
-        for entry in entries:
-            fields = {k: entry[k] for k in LIST_DETAIL_FIELDS if k in entry}
-            by_id.setdefault(entry["backupId"], {})[entry["partitionId"]] = fields
-    result = []
-    for backup_id in sorted(by_id, reverse=True):
-        found = by_id[backup_id]
-        details = [
-            found.get(p, {"partitionId": p, "state": "DOES_NOT_EXIST"}) for p in partition_ids
-        ]
-        result.append(aggregate(backup_id, details))
-    return result
+    by_id: dict[BackupId, dict[PartitionId, PartitionBackupStatus]] = {}
+    for statuses in per_partition:
+        for status in statuses:
+            by_id.setdefault(status.backup_id, {})[status.partition_id] = status
+    return [
+        aggregate(
+            backup_id,
+            [
+                by_id[backup_id].get(
+                    p, PartitionBackupStatus(backup_id, p, BackupState.DOES_NOT_EXIST)
+                )
+                for p in partition_ids
+            ],
+            LIST_DETAIL_FIELDS,
+        )
+        for backup_id in sorted(by_id, reverse=True)
+    ]
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -167,7 +155,7 @@ async def _fan_out(
         await client.refresh_topology()
         partitions = client.partition_ids()
 
-    async def one(partition: int) -> Message:
+    async def one(partition: PartitionId) -> Message:
         delay = delay_s()
         if delay:
             await asyncio.sleep(delay)
@@ -211,9 +199,9 @@ async def get_backup(request: web.Request) -> web.Response:
         return await _list(client, raw[:-1])
     backup_id = parse_path_id(raw)
     answers = await _fan_out(client, lambda p: BackupStatusRequest(p, backup_id))
-    details = [a.status for a in answers if isinstance(a, BackupStatusResponse)]
-    info = aggregate(backup_id, details)
-    if info["state"] == "DOES_NOT_EXIST":
+    statuses = [a.status for a in answers if isinstance(a, BackupStatusResponse)]
+    info = aggregate(backup_id, statuses)
+    if info["state"] == BackupState.DOES_NOT_EXIST.value:
         raise NotFound(f"Backup with id {backup_id} does not exist")
     return web.json_response(info)
 

@@ -18,13 +18,17 @@ import itertools
 import logging
 from typing import Any
 
+from zeebe_sim.ground.commands import check_command_value
 from zeebe_sim.ground.errors import (
     BrokerUnavailable,
     ConnectionLost,
+    InvalidArgument,
     PartitionLeaderMismatch,
+    ProtocolError,
     RequestTimeout,
     ZeebeSimError,
 )
+from zeebe_sim.ground.ids import Key, NodeId, PartitionId
 from zeebe_sim.ground.protocol import (
     ExecuteCommandRequest,
     ExecuteCommandResponse,
@@ -47,13 +51,13 @@ class BrokerClient:
     def __init__(self, contact_points: list[str], request_timeout_s: float = 15.0) -> None:
         self.contact_points = list(contact_points)
         self.request_timeout_s = request_timeout_s
-        self.brokers: dict[int, TopologyResponse] = {}  # node id -> its last answer
-        self.addresses: dict[int, str] = {}
-        self.leaders: dict[int, int] = {}  # partition id -> node id
+        self.brokers: dict[NodeId, TopologyResponse] = {}  # node id -> its last answer
+        self.addresses: dict[NodeId, str] = {}
+        self.leaders: dict[PartitionId, NodeId] = {}
         self.partition_count = 0
         self.cluster_size = 0
         self.replication_factor = 1
-        self._connections: dict[int, Connection] = {}
+        self._connections: dict[NodeId, Connection] = {}
         self._round_robin = itertools.count()
         self._refreshing: asyncio.Task[None] | None = None
         self._topology_known = asyncio.Event()
@@ -75,13 +79,13 @@ class BrokerClient:
             p in self.leaders for p in range(1, self.partition_count + 1)
         )
 
-    def partition_ids(self) -> list[int]:
-        return list(range(1, self.partition_count + 1))
+    def partition_ids(self) -> list[PartitionId]:
+        return [PartitionId(p) for p in range(1, self.partition_count + 1)]
 
-    def next_partition(self) -> int:
+    def next_partition(self) -> PartitionId:
         """Round-robin over partitions, as Zeebe's gateway does for instance creation."""
         count = max(self.partition_count, 1)
-        return next(self._round_robin) % count + 1
+        return PartitionId(next(self._round_robin) % count + 1)
 
     # -- topology -----------------------------------------------------------------------------
 
@@ -91,11 +95,11 @@ class BrokerClient:
             await asyncio.sleep(TOPOLOGY_REFRESH_S)
 
     async def refresh_topology(self) -> None:
-        targets: dict[str, int | None] = {a: None for a in self.contact_points}
+        targets: dict[str, NodeId | None] = {a: None for a in self.contact_points}
         for node, address in self.addresses.items():
             targets[address] = node
         answers = await asyncio.gather(*(self._ask_topology(a, n) for a, n in targets.items()))
-        leaders: dict[int, int] = {}
+        leaders: dict[PartitionId, NodeId] = {}
         for answer in answers:
             if answer is None:
                 continue
@@ -115,7 +119,7 @@ class BrokerClient:
         if self.partition_count:
             self._topology_known.set()
 
-    async def _ask_topology(self, address: str, node: int | None) -> TopologyResponse | None:
+    async def _ask_topology(self, address: str, node: NodeId | None) -> TopologyResponse | None:
         try:
             connection = await self._connection(node, address)
             answer = await connection.request(TopologyRequest(), TOPOLOGY_REQUEST_TIMEOUT_S)
@@ -128,7 +132,7 @@ class BrokerClient:
             self._connections.setdefault(answer.node_id, connection)
         return answer
 
-    async def _connection(self, node: int | None, address: str) -> Connection:
+    async def _connection(self, node: NodeId | None, address: str) -> Connection:
         existing = self._connections.get(node) if node is not None else None
         if existing is not None and not existing.closed:
             return existing
@@ -145,7 +149,7 @@ class BrokerClient:
 
     async def to_partition(
         self,
-        partition_id: int,
+        partition_id: PartitionId,
         message: Message,
         timeout_s: float | None = None,
         *,
@@ -197,17 +201,33 @@ class BrokerClient:
             await asyncio.sleep(min(LEADER_RETRY_S, max(remaining, 0)))
 
     async def execute(
-        self, partition_id: int, value_type: str, intent: str, key: int, value: dict[str, Any]
+        self,
+        partition_id: PartitionId,
+        value_type: str,
+        intent: str,
+        key: int,
+        value: dict[str, Any],
     ) -> ExecuteCommandResponse:
+        """Have a partition process a command; its answer, rejections included.
+
+        Raises:
+            InvalidArgument: ``value`` does not fit the command's schema (a client's mistake:
+                the broker would refuse the frame, and close the connection other requests
+                share). Otherwise what :meth:`to_partition` raises.
+        """
+        try:
+            check_command_value(value_type, intent, value, "value")
+        except ProtocolError as exc:
+            raise InvalidArgument(f"Invalid {value_type} {intent} command: {exc.message}") from exc
         answer = await self.to_partition(
             partition_id,
-            ExecuteCommandRequest(partition_id, value_type, intent, key, value),
+            ExecuteCommandRequest(partition_id, value_type, intent, Key(key), value),
             idempotent=False,
         )
         assert isinstance(answer, ExecuteCommandResponse), answer
         return answer
 
-    async def query(self, partition_id: int, query: str, arguments: dict[str, Any]) -> Any:
+    async def query(self, partition_id: PartitionId, query: str, arguments: dict[str, Any]) -> Any:
         answer = await self.to_partition(partition_id, QueryRequest(partition_id, query, arguments))
         assert isinstance(answer, QueryResponse), answer
         return answer.result

@@ -34,7 +34,7 @@ from gateway.rest_input import (
 )
 from zeebe_sim.ground import VERSION
 from zeebe_sim.ground.errors import InvalidArgument, NotFound
-from zeebe_sim.ground.ids import partition_of_key
+from zeebe_sim.ground.ids import PartitionId, partition_of_key
 from zeebe_sim.ground.protocol import ExecuteCommandResponse
 from zeebe_sim.ground.records import ValueType
 from zeebe_sim.ground.routing import subscription_partition_id
@@ -78,7 +78,9 @@ async def deploy(request: web.Request) -> web.Response:
     deployment = await deployment_request(request)
     resources = [{"resourceName": r.name, "resource": r.content} for r in deployment.resources]
     response = _check(
-        await client.execute(1, ValueType.DEPLOYMENT, "CREATE", -1, {"resources": resources})
+        await client.execute(
+            PartitionId(1), ValueType.DEPLOYMENT, "CREATE", -1, {"resources": resources}
+        )
     )
     value = response.value
     return web.json_response(
@@ -266,7 +268,7 @@ async def activate_jobs(request: web.Request) -> web.Response:
     for offset in range(count):
         if len(jobs) >= body.max_jobs_to_activate:
             break
-        partition = (first - 1 + offset) % count + 1
+        partition = PartitionId((first - 1 + offset) % count + 1)
         value = {
             "type": body.type,
             "worker": body.worker,

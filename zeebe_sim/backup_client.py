@@ -32,6 +32,7 @@ import aiohttp
 import attrs
 from rich.table import Table
 
+from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import ZeebeSimError
 from zeebe_sim.ground.ids import BackupId, PartitionId
 
@@ -46,13 +47,13 @@ DEFAULT_INCOMPLETE_GRACE_S = 30.0
 RETRIABLE_STATUSES = frozenset({502, 503, 504})
 ERROR_BODY_CHARS_MAX = 200
 
-BACKUP_STATES = ("COMPLETED", "IN_PROGRESS", "INCOMPLETE", "FAILED", "DOES_NOT_EXIST")
 STATE_STYLES = {
-    "COMPLETED": "green",
-    "IN_PROGRESS": "yellow",
-    "INCOMPLETE": "magenta",
-    "FAILED": "red",
-    "DOES_NOT_EXIST": "dim",
+    BackupState.COMPLETED: "green",
+    BackupState.IN_PROGRESS: "yellow",
+    BackupState.INCOMPLETE: "magenta",
+    BackupState.FAILED: "red",
+    BackupState.DELETED: "dim",
+    BackupState.DOES_NOT_EXIST: "dim",
 }
 
 
@@ -86,7 +87,7 @@ class PartitionBackup:
     """One entry of a BackupInfo's ``details``; absent fields are None."""
 
     partition_id: PartitionId
-    state: str
+    state: BackupState
     created_at: str | None = None
     last_updated_at: str | None = None
     snapshot_id: str | None = None
@@ -101,7 +102,7 @@ class BackupInfo:
     """A backup as the API describes it (``GET /actuator/backups/{id}`` or one list entry)."""
 
     backup_id: BackupId
-    state: str
+    state: BackupState
     failure_reason: str | None
     details: tuple[PartitionBackup, ...]
 
@@ -121,12 +122,22 @@ def _optional(raw: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+def _state(raw: dict[str, Any]) -> BackupState | None:
+    text = _optional(raw, "state", str)
+    if text is None:
+        return None
+    try:
+        return BackupState(text)
+    except ValueError:
+        raise MalformedAnswer(f"unexpected answer from the gateway: state {_clip(text)}") from None
+
+
 def parse_backup_info(raw: Any) -> BackupInfo:
     """A :class:`BackupInfo` from the API's JSON. Raises :class:`MalformedAnswer`."""
     if not isinstance(raw, dict):
         raise MalformedAnswer(f"unexpected answer from the gateway: {_clip(repr(raw))}")
     backup_id = _optional(raw, "backupId", int)
-    state = _optional(raw, "state", str)
+    state = _state(raw)
     if backup_id is None or state is None:
         raise MalformedAnswer("unexpected answer from the gateway: no backupId or state")
     details_raw = raw.get("details")
@@ -138,7 +149,7 @@ def parse_backup_info(raw: Any) -> BackupInfo:
         if not isinstance(entry, dict):
             raise MalformedAnswer("unexpected answer from the gateway: a detail is not an object")
         partition_id = _optional(entry, "partitionId", int)
-        partition_state = _optional(entry, "state", str)
+        partition_state = _state(entry)
         if partition_id is None or partition_state is None:
             raise MalformedAnswer("unexpected answer from the gateway: a detail lacks its state")
         details.append(
@@ -174,9 +185,9 @@ def format_time(timestamp: str | None) -> str:
     return f"{match.group(1)} {match.group(2)}Z" if match else timestamp
 
 
-def styled(state: str) -> str:
-    style = STATE_STYLES.get(state)
-    return f"[{style}]{state}[/{style}]" if style else state
+def styled(state: BackupState) -> str:
+    style = STATE_STYLES[state]
+    return f"[{style}]{state}[/{style}]"
 
 
 def partition_states(info: BackupInfo) -> str:
@@ -258,13 +269,13 @@ class TakeProgress:
     incomplete_grace_s: float = DEFAULT_INCOMPLETE_GRACE_S
     incomplete_since_s: float | None = None
 
-    def observe(self, state: str, now_s: float) -> Verdict:
+    def observe(self, state: BackupState, now_s: float) -> Verdict:
         """The verdict after seeing ``state`` (DOES_NOT_EXIST for a 404) at ``now_s``."""
-        if state == "COMPLETED":
+        if state == BackupState.COMPLETED:
             return Verdict.SUCCEEDED
-        if state == "FAILED":
+        if state == BackupState.FAILED:
             return Verdict.FAILED
-        if state != "INCOMPLETE":
+        if state != BackupState.INCOMPLETE:
             # IN_PROGRESS, or DOES_NOT_EXIST (not visible yet): keep waiting.
             self.incomplete_since_s = None
             return Verdict.WAITING
@@ -279,7 +290,7 @@ def progress_text(info: BackupInfo | None, backup_id: BackupId) -> str:
     """What the spinner says: the state and how many partitions are done."""
     if info is None:
         return f"Backup {backup_id}: not visible yet"
-    done = sum(1 for d in info.details if d.state == "COMPLETED")
+    done = sum(1 for d in info.details if d.state is BackupState.COMPLETED)
     return f"Backup {backup_id}: {info.state} ({done}/{len(info.details)} partitions completed)"
 
 
@@ -422,18 +433,18 @@ async def wait_for_backup(
         try:
             raw = await client.status(backup_id)
             info = parse_backup_info(raw)
-            state = info.state
+            state: BackupState | None = info.state
             last_error = None
         except BackupApiError as exc:
             if exc.status == 404:
-                raw, info, state = None, None, "DOES_NOT_EXIST"
+                raw, info, state = None, None, BackupState.DOES_NOT_EXIST
             elif exc.status in RETRIABLE_STATUSES:
-                state, last_error = "", exc.message
+                state, last_error = None, exc.message
             else:
                 raise
         except GatewayUnreachable as exc:
-            state, last_error = "", exc.message
-        verdict = judge.observe(state, clock()) if state else Verdict.WAITING
+            state, last_error = None, exc.message
+        verdict = judge.observe(state, clock()) if state is not None else Verdict.WAITING
         if verdict is not Verdict.WAITING:
             return WaitResult(verdict, raw, info)
         on_update(

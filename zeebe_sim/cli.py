@@ -18,7 +18,9 @@ import click
 
 from zeebe_sim import VERSION, config
 from zeebe_sim.ground import logs
-from zeebe_sim.ground.errors import ConfigError, ZeebeSimError
+from zeebe_sim.ground.backups import parse_backup_id
+from zeebe_sim.ground.errors import ConfigError, InvalidArgument, ZeebeSimError
+from zeebe_sim.ground.ids import NodeId
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -376,8 +378,11 @@ def restore(backup_id: int, **kwargs: Any) -> None:
     count, and leaves nothing half-restored: killed at any instant, it leaves either nothing or
     a journal from which the next run with the same --backup-id finishes the restore.
     """
-    if backup_id <= 0:
-        fail("--backup-id: must be > 0")
+    try:
+        backup_id_ = parse_backup_id(backup_id)
+    except InvalidArgument as exc:
+        fail(f"--backup-id: {exc.message}")
+        raise
     try:
         values = resolve(["node-id", *CLUSTER_SETTINGS, "management-port", "rest-port"], kwargs)
         store_config = config.backup_store_config(values)
@@ -391,7 +396,11 @@ def restore(backup_id: int, **kwargs: Any) -> None:
 
     logs.setup("restore", values["log-level"])
     explicit_node = kwargs.get("node_id") is not None or "ZEEBE_BROKER_CLUSTER_NODEID" in os.environ
-    nodes = [values["node-id"]] if explicit_node else list(range(values["brokers"]))
+    nodes = (
+        [NodeId(values["node-id"])]
+        if explicit_node
+        else list(map(NodeId, range(values["brokers"])))
+    )
 
     async def run() -> None:
         store = open_store(store_config)
@@ -399,7 +408,7 @@ def restore(backup_id: int, **kwargs: Any) -> None:
             await run_restore(
                 store,
                 data_dir=values["data-dir"],
-                backup_id=backup_id,
+                backup_id=backup_id_,
                 cluster_size=values["brokers"],
                 partition_count=values["partitions"],
                 node_ids=nodes,

@@ -39,14 +39,16 @@ import attrs
 from storage.backup.api import (
     BackupIdentifierWildcard,
     BackupStatus,
-    BackupStatusCode,
     BackupStore,
+    best_copy,
 )
 from storage.durable import ensure_directory, fsync_directory, fsync_file
 from storage.log import SegmentedLog
 from storage.snapshots import SnapshotStore
+from zeebe_sim.ground import layout
+from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import ZeebeSimError
-from zeebe_sim.ground.ids import NodeId, PartitionId
+from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 from zeebe_sim.ground.records import ValueType, decode_records
 from zeebe_sim.ground.routing import partitions_of_broker
 
@@ -59,35 +61,31 @@ class RestoreError(ZeebeSimError):
     code = "INVALID_STATE"
 
 
-def broker_dir(data_dir: Path, node_id: int) -> Path:
-    return data_dir / f"broker-{node_id}"
-
-
 async def find_backup(
-    store: BackupStore, backup_id: int, partition_count: int
-) -> dict[int, BackupStatus]:
+    store: BackupStore, backup_id: BackupId, partition_count: int
+) -> dict[PartitionId, BackupStatus]:
     """The COMPLETED copy of every partition's backup.
 
     Raises:
         RestoreError: a partition is not COMPLETED, or the backup was taken with another
             partition count.
     """
-    chosen: dict[int, BackupStatus] = {}
+    chosen: dict[PartitionId, BackupStatus] = {}
     problems: list[str] = []
-    for partition_id in range(1, partition_count + 1):
+    for partition_id in map(PartitionId, range(1, partition_count + 1)):
         copies = [
             s
             for s in await store.list(
                 BackupIdentifierWildcard(
-                    partition_id=PartitionId(partition_id), checkpoint_prefix=str(backup_id)
+                    partition_id=partition_id, checkpoint_prefix=str(backup_id)
                 )
             )
             if s.id.checkpoint_id == backup_id
         ]
-        best = max(copies, key=lambda s: s.status_code, default=None)
-        if best is None or best.status_code != BackupStatusCode.COMPLETED:
-            state = best.status_code.name if best is not None else "DOES_NOT_EXIST"
-            problems.append(f"partition {partition_id} is {state}")
+        best = best_copy(copies)
+        if best is None or best.status_code != BackupState.COMPLETED:
+            state = best.status_code if best is not None else BackupState.DOES_NOT_EXIST
+            problems.append(f"partition {partition_id} is {state.value}")
             continue
         assert best.descriptor is not None
         if best.descriptor.number_of_partitions != partition_count:
@@ -109,10 +107,10 @@ async def restore(
     store: BackupStore,
     *,
     data_dir: Path,
-    backup_id: int,
+    backup_id: BackupId,
     cluster_size: int,
     partition_count: int,
-    node_ids: list[int],
+    node_ids: list[NodeId],
     progress: Progress,
     crash_point: CrashPoint = lambda step: None,
 ) -> None:
@@ -152,7 +150,7 @@ async def restore(
             "directory"
         )
     for node in node_ids:
-        target = broker_dir(data_dir, node)
+        target = layout.broker_dir(data_dir, node)
         if target.exists() and any(target.iterdir()):
             raise RestoreError(
                 f"The data directory {target} is not empty; restore only writes into empty "
@@ -163,12 +161,12 @@ async def restore(
     try:
         ensure_directory(staging)
         for node in node_ids:
-            (staging / f"broker-{node}").mkdir()  # also for a broker without partitions
-            for partition_id in partitions_of_broker(NodeId(node), cluster_size, partition_count):
+            layout.broker_dir(staging, node).mkdir()  # also for a broker without partitions
+            for partition_id in partitions_of_broker(node, cluster_size, partition_count):
                 await _restore_partition(
                     store,
                     backups[partition_id],
-                    staging / f"broker-{node}" / "partitions" / str(partition_id),
+                    layout.partition_dir(layout.broker_dir(staging, node), partition_id),
                     progress,
                 )
                 crash_point(f"staged partition {partition_id}")
@@ -191,8 +189,9 @@ async def restore(
 
 # -- the journal and the placing step -----------------------------------------------------------
 
-STAGING_DIR = ".restore"
-JOURNAL_FILE = ".restore-journal.json"
+# Re-exported for the tests of the restore protocol.
+STAGING_DIR = layout.RESTORE_STAGING_DIR
+JOURNAL_FILE = layout.RESTORE_JOURNAL_FILE
 CrashPoint = Callable[[str], None]
 CRASH_EXIT_CODE = 86
 
@@ -275,7 +274,10 @@ def _place(data_dir: Path, journal: Journal, progress: Progress, crash_point: Cr
     """
     staging = data_dir / STAGING_DIR
     for node in journal.node_ids:
-        stage, target = staging / f"broker-{node}", broker_dir(data_dir, node)
+        stage, target = (
+            layout.broker_dir(staging, NodeId(node)),
+            layout.broker_dir(data_dir, NodeId(node)),
+        )
         if stage.exists():
             try:
                 # rename(2) replaces an empty directory atomically; a non-empty one refuses.
@@ -318,7 +320,7 @@ async def _restore_partition(
     assert descriptor is not None
     partition_id = backup.id.partition_id
     position = descriptor.checkpoint_position
-    download = directory / "download"
+    download = directory / layout.RESTORE_DOWNLOAD_DIR
     restored = await store.restore(backup.id, download)
     size = sum(p.stat().st_size for p in download.rglob("*") if p.is_file())
     progress(
@@ -328,12 +330,12 @@ async def _restore_partition(
     )
     processed = 0
     if restored.snapshot_dir is not None and descriptor.snapshot_id is not None:
-        snapshots = SnapshotStore.open(directory / "snapshots")
+        snapshots = SnapshotStore.open(directory / layout.SNAPSHOTS_DIR)
         snapshot = snapshots.install(
             restored.snapshot_dir, restored.snapshot_dir / f"{descriptor.snapshot_id}.checksum"
         )
         processed = snapshot.processed_position
-    log_dir = directory / "log"
+    log_dir = directory / layout.LOG_DIR
     log_dir.mkdir(parents=True)
     for segment in restored.segment_files:
         os.replace(segment, log_dir / segment.name)

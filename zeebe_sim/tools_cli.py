@@ -20,12 +20,12 @@ from rich.console import Console
 from zeebe_sim import backup_client as bc
 from zeebe_sim import workload
 from zeebe_sim.config import parse_duration_s
+from zeebe_sim.ground.backups import parse_backup_id
+from zeebe_sim.ground.errors import InvalidArgument
 from zeebe_sim.ground.ids import BackupId
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-
-BACKUP_ID_MAX = 2**63 - 1
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float | None:
@@ -51,7 +51,12 @@ def _id_prefix(ctx: click.Context, param: click.Parameter, value: Any) -> str:
     return text
 
 
-BACKUP_ID = click.IntRange(min=1, max=BACKUP_ID_MAX)
+def _backup_id(ctx: click.Context, param: click.Parameter, value: Any) -> BackupId:
+    """A backup id by the one rule of :func:`~zeebe_sim.ground.backups.parse_backup_id`."""
+    try:
+        return parse_backup_id(value)
+    except InvalidArgument as exc:
+        raise click.BadParameter(exc.message, ctx, param) from exc
 
 
 def _fail(message: str) -> NoReturn:
@@ -231,7 +236,7 @@ def backup() -> None:
 
 
 @backup.command("take")
-@click.argument("backup_id", metavar="ID", type=BACKUP_ID)
+@click.argument("backup_id", metavar="ID", callback=_backup_id)
 @click.option("--wait", is_flag=True, help="wait until the backup is COMPLETED (exit 0) or not")
 @_wait_options
 @click.option(
@@ -244,7 +249,7 @@ def backup() -> None:
 )
 @_backup_options
 def take(
-    backup_id: int,
+    backup_id: BackupId,
     wait: bool,
     timeout: float,
     poll_interval: float,
@@ -253,18 +258,17 @@ def take(
     as_json: bool,
 ) -> None:
     """Schedule backup ID (it must be higher than every earlier backup id)."""
-    backup_id_ = BackupId(backup_id)
 
     async def work() -> tuple[Any, bc.WaitResult | None]:
         async with bc.BackupClient(management_url) as client:
-            answer = await client.take(backup_id_)
+            answer = await client.take(backup_id)
             if not wait:
                 return answer, None
             with _Progress() as progress:
-                progress.update(f"Backup {backup_id_}: scheduled")
+                progress.update(f"Backup {backup_id}: scheduled")
                 result = await bc.wait_for_backup(
                     client,
-                    backup_id_,
+                    backup_id,
                     timeout_s=timeout,
                     poll_interval_s=poll_interval,
                     incomplete_grace_s=incomplete_grace,
@@ -280,11 +284,10 @@ def take(
             _print_json(answer)
         else:
             click.echo(
-                f"Backup {backup_id_} scheduled. "
-                f"Follow it with: zeebe-sim backup status {backup_id_}"
+                f"Backup {backup_id} scheduled. Follow it with: zeebe-sim backup status {backup_id}"
             )
         return
-    _finish_wait(backup_id_, result, timeout, as_json)
+    _finish_wait(backup_id, result, timeout, as_json)
 
 
 def _finish_wait(
@@ -310,14 +313,14 @@ def _finish_wait(
 
 
 @backup.command("status")
-@click.argument("backup_id", metavar="ID", type=BACKUP_ID)
+@click.argument("backup_id", metavar="ID", callback=_backup_id)
 @_backup_options
-def status(backup_id: int, management_url: str, as_json: bool) -> None:
+def status(backup_id: BackupId, management_url: str, as_json: bool) -> None:
     """Show backup ID: its state and every partition's."""
 
     async def work() -> Any:
         async with bc.BackupClient(management_url) as client:
-            return await client.status(BackupId(backup_id))
+            return await client.status(backup_id)
 
     raw = _call(work)
     if as_json:
@@ -357,12 +360,12 @@ def list_(prefix: str, management_url: str, as_json: bool) -> None:
 
 
 @backup.command("delete")
-@click.argument("backup_id", metavar="ID", type=BACKUP_ID)
+@click.argument("backup_id", metavar="ID", callback=_backup_id)
 @click.option("--wait", is_flag=True, help="wait until the backup is gone (status 404)")
 @_wait_options
 @_backup_options
 def delete(
-    backup_id: int,
+    backup_id: BackupId,
     wait: bool,
     timeout: float,
     poll_interval: float,
@@ -370,17 +373,16 @@ def delete(
     as_json: bool,
 ) -> None:
     """Delete backup ID (succeeds also when it does not exist)."""
-    backup_id_ = BackupId(backup_id)
 
     async def work() -> bc.WaitResult | None:
         async with bc.BackupClient(management_url) as client:
-            await client.delete(backup_id_)
+            await client.delete(backup_id)
             if not wait:
                 return None
             with _Progress() as progress:
                 return await bc.wait_for_deletion(
                     client,
-                    backup_id_,
+                    backup_id,
                     timeout_s=timeout,
                     poll_interval_s=poll_interval,
                     clock=_clock,
@@ -392,11 +394,11 @@ def delete(
     if result is not None and result.verdict is not bc.Verdict.SUCCEEDED:
         last = result.info.state if result.info else "unknown"
         retrying = f"; last error: {result.last_error}" if result.last_error else ""
-        _fail(f"backup {backup_id_} still exists after {timeout:g}s (state: {last}{retrying})")
+        _fail(f"backup {backup_id} still exists after {timeout:g}s (state: {last}{retrying})")
     if as_json:
         # DELETE answers 204 without a body; print something a script can parse anyway.
-        _print_json({"backupId": backup_id_, "status": 204})
+        _print_json({"backupId": backup_id, "status": 204})
     elif result is not None:
-        click.echo(f"Backup {backup_id_} deleted; its status is now 404.")
+        click.echo(f"Backup {backup_id} deleted; its status is now 404.")
     else:
-        click.echo(f"Backup {backup_id_} deleted (the API answers the same if it never existed).")
+        click.echo(f"Backup {backup_id} deleted (the API answers the same if it never existed).")

@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 
+from zeebe_sim.ground import layout
 from zeebe_sim.ground.records import Record, RecordType, ValueType
 
 
@@ -300,9 +301,7 @@ def layout_problems(data_dir: Path, partition_count: int) -> list[str]:
     if unfinished is not None:
         return [unfinished]
     present = {
-        int(d.name)
-        for d in data_dir.glob("broker-*/partitions/*")
-        if d.name.isdigit() and d.is_dir()
+        int(d.name) for d in layout.partition_dirs(data_dir) if d.name.isdigit() and d.is_dir()
     }
     missing = [p for p in range(1, partition_count + 1) if p not in present]
     if not missing or len(missing) == partition_count:
@@ -326,14 +325,15 @@ def load_data_dir(data_dir: Path) -> list[PartitionData]:
     from storage.snapshots import SnapshotStore
 
     found: list[PartitionData] = []
-    for directory in sorted(data_dir.glob("broker-*/partitions/*")):
+    for directory in layout.partition_dirs(data_dir):
         if not directory.name.isdigit():
             continue
-        log = SegmentedLog.open(directory / "log", read_only=True)
+        log = SegmentedLog.open(directory / layout.LOG_DIR, read_only=True)
         try:
             snapshot = None
-            if (directory / "snapshots").is_dir():
-                snapshot = SnapshotStore.open(directory / "snapshots", read_only=True).latest()
+            snapshots = directory / layout.SNAPSHOTS_DIR
+            if snapshots.is_dir():
+                snapshot = SnapshotStore.open(snapshots, read_only=True).latest()
             state = read_snapshot_state(snapshot) if snapshot is not None else None
             # All the log there is: events before the snapshot are facts too.
             records = list(read_records(log, 1))

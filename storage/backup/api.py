@@ -20,28 +20,16 @@ testkit rules and are checked by one contract suite (``tests/backup_store/test_c
 
 from __future__ import annotations
 
-import enum
 import re
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 import attrs
 
+from zeebe_sim.ground.backups import COPY_RANK, BackupState
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
-
-
-class BackupStatusCode(enum.IntEnum):
-    """The state of one partition backup copy.
-
-    The numeric order is the "best copy" order of REFERENCE.md §1: when several copies of one
-    partition's backup exist (from different nodes), the greatest one counts.
-    """
-
-    DOES_NOT_EXIST = 0
-    FAILED = 1
-    IN_PROGRESS = 2
-    COMPLETED = 3
 
 
 @attrs.frozen(order=True)
@@ -126,11 +114,29 @@ class BackupStatus:
     """
 
     id: BackupIdentifier
-    status_code: BackupStatusCode
+    status_code: BackupState
     descriptor: BackupDescriptor | None = None
     failure_reason: str | None = None
     created_at: datetime | None = None
     last_modified: datetime | None = None
+
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def best_copy(copies: Iterable[BackupStatus]) -> BackupStatus | None:
+    """The copy of one partition's backup that counts when several nodes hold one (REFERENCE.md
+    §1, §4): the best state by :data:`~zeebe_sim.ground.backups.COPY_RANK`; ``None`` if none.
+
+    Ties go to the most recently modified copy (it carries the newest failure reason or
+    descriptor), then to the highest node id, so that every caller (status, list, restore, the
+    take-backup precheck) picks the same copy from the same listing, whatever its order.
+    """
+    return max(
+        copies,
+        key=lambda s: (COPY_RANK[s.status_code], s.last_modified or _EPOCH, s.id.node_id),
+        default=None,
+    )
 
 
 @attrs.frozen
@@ -182,7 +188,7 @@ class BackupStore(Protocol):
         """
         ...
 
-    async def mark_failed(self, id: BackupIdentifier, reason: str) -> BackupStatusCode:
+    async def mark_failed(self, id: BackupIdentifier, reason: str) -> BackupState:
         """Mark the backup FAILED (creating a FAILED manifest if absent); a COMPLETED backup is
         left alone. Returns the resulting status code. Raises BackupStoreError on I/O."""
         ...

@@ -51,7 +51,6 @@ from storage.backup.api import (
     BackupIdentifier,
     BackupIdentifierWildcard,
     BackupStatus,
-    BackupStatusCode,
     FileRef,
     RestoredBackup,
 )
@@ -66,6 +65,7 @@ from storage.backup.manifest import (
     decode_manifest,
     encode_manifest,
 )
+from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import (
     AlreadyExists,
     BackupStoreError,
@@ -371,7 +371,7 @@ class ManifestBackupStore:
             taken_over = await self._fail_own(id, manifest, version, reason)
             if taken_over is None:
                 raise BackupStoreError(reason) from exc
-            if taken_over.status_code == BackupStatusCode.COMPLETED:
+            if taken_over.status_code == BackupState.COMPLETED:
                 # Only this save can complete this manifest: our COMPLETED write landed although
                 # its answer was lost (a timeout). The backup is good.
                 log.info("%s completed although saving reported: %s", id, reason)
@@ -381,7 +381,7 @@ class ManifestBackupStore:
         # uploaded is useless now; remove it, so that a delete that raced with the upload
         # leaves nothing behind.
         await self._remove_contents_quietly(id)
-        if lost_to.status_code == BackupStatusCode.DOES_NOT_EXIST:
+        if lost_to.status_code == BackupState.DOES_NOT_EXIST:
             raise SaveOvertaken(f"Cannot save {id}: it was deleted while it was being saved")
         raise SaveOvertaken(
             f"Cannot save {id}: it was marked {lost_to.status_code.name} while it was being saved"
@@ -467,7 +467,7 @@ class ManifestBackupStore:
         if current == "read":
             current = await self._backend.read_manifest(id)
         if current is None:
-            return BackupStatus(id, BackupStatusCode.DOES_NOT_EXIST)
+            return BackupStatus(id, BackupState.DOES_NOT_EXIST)
         return self._decode_status(id, current[0])
 
     async def _remove_contents_quietly(self, id: BackupIdentifier) -> None:
@@ -483,7 +483,7 @@ class ManifestBackupStore:
         self._check_open()
         current = await self._backend.read_manifest(id)
         if current is None:
-            return BackupStatus(id, BackupStatusCode.DOES_NOT_EXIST)
+            return BackupStatus(id, BackupState.DOES_NOT_EXIST)
         return self._decode_status(id, current[0])
 
     async def list(self, wildcard: BackupIdentifierWildcard) -> list[BackupStatus]:
@@ -499,7 +499,7 @@ class ManifestBackupStore:
         if isinstance(manifest, StorageCorruption):
             # Shown as FAILED rather than failing the whole status/list call: the user sees it
             # and can delete it.
-            return BackupStatus(id, BackupStatusCode.FAILED, failure_reason=manifest.message)
+            return BackupStatus(id, BackupState.FAILED, failure_reason=manifest.message)
         return manifest.status()
 
     def _decode(self, id: BackupIdentifier, raw: bytes) -> Manifest | StorageCorruption:
@@ -514,7 +514,7 @@ class ManifestBackupStore:
 
     # -- state changes ---------------------------------------------------------------------------
 
-    async def mark_failed(self, id: BackupIdentifier, reason: str) -> BackupStatusCode:
+    async def mark_failed(self, id: BackupIdentifier, reason: str) -> BackupState:
         """Mark the backup FAILED with ``reason``; absent: create a FAILED manifest; COMPLETED
         or already FAILED: leave it. Returns the resulting status code.
 
@@ -527,16 +527,16 @@ class ManifestBackupStore:
                 if current is None:
                     failed = Manifest.failed_new(id, reason, self._now())
                     await self._backend.create_manifest(id, encode_manifest(failed))
-                    return BackupStatusCode.FAILED
+                    return BackupState.FAILED
                 raw, version = current
                 manifest = self._decode(id, raw)
                 if isinstance(manifest, StorageCorruption):
-                    return BackupStatusCode.FAILED  # already shown as FAILED
-                if manifest.status_code != BackupStatusCode.IN_PROGRESS:
+                    return BackupState.FAILED  # already shown as FAILED
+                if manifest.status_code != BackupState.IN_PROGRESS:
                     return manifest.status_code
                 failed = manifest.failed(reason, self._now())
                 await self._backend.replace_manifest(id, encode_manifest(failed), version)
-                return BackupStatusCode.FAILED
+                return BackupState.FAILED
             except ManifestConflict:
                 continue  # changed under us: look again
         raise BackupStoreError(f"Cannot mark {id} failed: its manifest keeps changing")
@@ -554,11 +554,11 @@ class ManifestBackupStore:
             raw, version = current
             manifest = self._decode(id, raw)
             if isinstance(manifest, Manifest):
-                if manifest.status_code == BackupStatusCode.IN_PROGRESS:
+                if manifest.status_code == BackupState.IN_PROGRESS:
                     raise InvalidState(
                         f"Cannot delete {id}: it is in progress; mark it failed first"
                     )
-                if manifest.status_code == BackupStatusCode.COMPLETED:
+                if manifest.status_code == BackupState.COMPLETED:
                     # Demote first (see the module docstring for why this order).
                     demoted = manifest.failed(DELETING_REASON, self._now())
                     try:
@@ -586,7 +586,7 @@ class ManifestBackupStore:
         manifest = self._decode(id, current[0])
         if isinstance(manifest, StorageCorruption):
             raise manifest
-        if manifest.status_code != BackupStatusCode.COMPLETED:
+        if manifest.status_code != BackupState.COMPLETED:
             raise BackupStoreError(
                 f"Cannot restore {id}: it is {manifest.status_code.name}, not COMPLETED"
             )

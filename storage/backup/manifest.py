@@ -40,8 +40,8 @@ from storage.backup.api import (
     BackupDescriptor,
     BackupIdentifier,
     BackupStatus,
-    BackupStatusCode,
 )
+from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import StorageCorruption
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
@@ -56,19 +56,19 @@ CRC32C_MAX: Final = (1 << 32) - 1
 DELETING_REASON: Final = "The backup is going to be deleted."
 
 _STORED_CODES: Final = {
-    "IN_PROGRESS": BackupStatusCode.IN_PROGRESS,
-    "COMPLETED": BackupStatusCode.COMPLETED,
-    "FAILED": BackupStatusCode.FAILED,
+    "IN_PROGRESS": BackupState.IN_PROGRESS,
+    "COMPLETED": BackupState.COMPLETED,
+    "FAILED": BackupState.FAILED,
 }
 
 # (from, to): the only legal state changes of an existing manifest.
 _TRANSITIONS: Final = frozenset(
     {
-        (BackupStatusCode.IN_PROGRESS, BackupStatusCode.COMPLETED),
-        (BackupStatusCode.IN_PROGRESS, BackupStatusCode.FAILED),
+        (BackupState.IN_PROGRESS, BackupState.COMPLETED),
+        (BackupState.IN_PROGRESS, BackupState.FAILED),
         # Only delete does this: a COMPLETED backup is demoted before its files go, so that a
         # delete interrupted half-way never leaves a COMPLETED manifest over missing files.
-        (BackupStatusCode.COMPLETED, BackupStatusCode.FAILED),
+        (BackupState.COMPLETED, BackupState.FAILED),
     }
 )
 
@@ -87,7 +87,7 @@ class FileEntry:
 class Manifest:
     id: BackupIdentifier
     descriptor: BackupDescriptor | None
-    status_code: BackupStatusCode
+    status_code: BackupState
     created_at: datetime
     modified_at: datetime
     snapshot_files: tuple[FileEntry, ...] = ()
@@ -98,12 +98,12 @@ class Manifest:
     def in_progress(
         cls, id: BackupIdentifier, descriptor: BackupDescriptor, now: datetime
     ) -> Manifest:
-        return cls(id, descriptor, BackupStatusCode.IN_PROGRESS, now, now)
+        return cls(id, descriptor, BackupState.IN_PROGRESS, now, now)
 
     @classmethod
     def failed_new(cls, id: BackupIdentifier, reason: str, now: datetime) -> Manifest:
         """A FAILED manifest for a backup nobody started (``mark_failed`` of an absent one)."""
-        return cls(id, None, BackupStatusCode.FAILED, now, now, failure_reason=reason)
+        return cls(id, None, BackupState.FAILED, now, now, failure_reason=reason)
 
     def completed(
         self,
@@ -111,22 +111,22 @@ class Manifest:
         segment_files: tuple[FileEntry, ...],
         now: datetime,
     ) -> Manifest:
-        self._check_transition(BackupStatusCode.COMPLETED)
+        self._check_transition(BackupState.COMPLETED)
         return attrs.evolve(
             self,
-            status_code=BackupStatusCode.COMPLETED,
+            status_code=BackupState.COMPLETED,
             snapshot_files=snapshot_files,
             segment_files=segment_files,
             modified_at=now,
         )
 
     def failed(self, reason: str, now: datetime) -> Manifest:
-        self._check_transition(BackupStatusCode.FAILED)
+        self._check_transition(BackupState.FAILED)
         return attrs.evolve(
-            self, status_code=BackupStatusCode.FAILED, failure_reason=reason, modified_at=now
+            self, status_code=BackupState.FAILED, failure_reason=reason, modified_at=now
         )
 
-    def _check_transition(self, to: BackupStatusCode) -> None:
+    def _check_transition(self, to: BackupState) -> None:
         assert (self.status_code, to) in _TRANSITIONS, (self.status_code, to)
 
     def status(self) -> BackupStatus:

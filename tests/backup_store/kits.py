@@ -23,7 +23,6 @@ from storage.backup.api import (
     Backup,
     BackupDescriptor,
     BackupIdentifier,
-    BackupStatusCode,
     BackupStore,
     FileRef,
 )
@@ -32,6 +31,7 @@ from storage.backup.config import S3StoreConfig
 from storage.backup.filesystem import FilesystemBackupStore
 from storage.backup.memory import InMemoryBackupStore, MemoryObjects
 from storage.backup.s3 import S3BackupStore
+from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
 S3_BASE_PATH = "backups"
@@ -323,7 +323,7 @@ class HeldSave:
                 self.task.result()  # raise what went wrong
                 raise AssertionError("the held save finished before it was released")
             status = await self.store.get_status(self.id)
-            return status.status_code == BackupStatusCode.IN_PROGRESS
+            return status.status_code == BackupState.IN_PROGRESS
 
         await poll(in_progress, "the held save to be IN_PROGRESS")
         return self

@@ -15,9 +15,9 @@ from storage.backup.api import (
     Backup,
     BackupIdentifier,
     BackupIdentifierWildcard,
-    BackupStatusCode,
     FileRef,
 )
+from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import AlreadyExists, BackupStoreError, InvalidState, StorageCorruption
 from zeebe_sim.ground.ids import NodeId, PartitionId
 
@@ -43,7 +43,7 @@ async def test_save_then_status_is_completed_with_descriptor(kit: StoreKit, tmp_
     await store.save(small_backup(tmp_path, id))
 
     status = await store.get_status(id)
-    assert status.status_code == BackupStatusCode.COMPLETED
+    assert status.status_code == BackupState.COMPLETED
     assert status.id == id
     assert status.descriptor == descriptor()
     assert status.failure_reason is None
@@ -56,7 +56,7 @@ async def test_status_of_absent_backup_is_does_not_exist(kit: StoreKit) -> None:
     """Asking for a backup that was never taken is an answer, not an error."""
     store = kit.open()
     status = await store.get_status(bid())
-    assert status.status_code == BackupStatusCode.DOES_NOT_EXIST
+    assert status.status_code == BackupState.DOES_NOT_EXIST
     assert status.descriptor is None and status.created_at is None
 
 
@@ -110,7 +110,7 @@ async def test_concurrent_saves_of_one_id_let_exactly_one_win(
         return_exceptions=True,
     )
     assert sorted(type(r).__name__ for r in results) == ["AlreadyExists", "NoneType"]
-    assert (await store_a.get_status(id)).status_code == BackupStatusCode.COMPLETED
+    assert (await store_a.get_status(id)).status_code == BackupState.COMPLETED
 
 
 async def test_missing_source_file_fails_the_save(kit: StoreKit, tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ async def test_missing_source_file_fails_the_save(kit: StoreKit, tmp_path: Path)
         await store.save(backup)
 
     status = await store.get_status(id)
-    assert status.status_code == BackupStatusCode.FAILED
+    assert status.status_code == BackupState.FAILED
     assert status.failure_reason is not None and str(missing) in status.failure_reason
     assert str(missing) in str(raised.value)
     assert "\n" not in status.failure_reason
@@ -144,7 +144,7 @@ async def test_source_file_shorter_than_its_size_fails_the_save(
 
     with pytest.raises(BackupStoreError, match="fewer than the 101"):
         await store.save(backup)
-    assert (await store.get_status(id)).status_code == BackupStatusCode.FAILED
+    assert (await store.get_status(id)).status_code == BackupState.FAILED
 
 
 async def test_invalid_file_name_fails_the_save(kit: StoreKit, tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ async def test_invalid_file_name_fails_the_save(kit: StoreKit, tmp_path: Path) -
     backup.segment_files["../../escape"] = backup.segment_files["1.log"]
     with pytest.raises(BackupStoreError, match="invalid backup file name"):
         await store.save(backup)
-    assert (await store.get_status(id)).status_code == BackupStatusCode.FAILED
+    assert (await store.get_status(id)).status_code == BackupState.FAILED
     assert not any("escape" in p for p in await kit.stored_paths())
 
 
@@ -223,8 +223,8 @@ async def test_list_by_wildcard(kit: StoreKit, tmp_path: Path) -> None:
         assert got == expect(node, partition, prefix), wildcard
 
     everything = {s.id: s.status_code for s in await store.list(BackupIdentifierWildcard())}
-    assert everything[ids[0]] == BackupStatusCode.COMPLETED
-    assert everything[ids[1]] == BackupStatusCode.FAILED
+    assert everything[ids[0]] == BackupState.COMPLETED
+    assert everything[ids[1]] == BackupState.FAILED
 
 
 async def test_list_many_backups(kit: StoreKit) -> None:
@@ -276,9 +276,9 @@ async def test_delete_removes_everything(kit: StoreKit, tmp_path: Path) -> None:
 
     await store.delete(id)
 
-    assert (await store.get_status(id)).status_code == BackupStatusCode.DOES_NOT_EXIST
+    assert (await store.get_status(id)).status_code == BackupState.DOES_NOT_EXIST
     assert await kit.stored_paths() == only_other
-    assert (await store.get_status(other)).status_code == BackupStatusCode.COMPLETED
+    assert (await store.get_status(other)).status_code == BackupState.COMPLETED
 
 
 async def test_delete_of_absent_backup_is_a_no_op(kit: StoreKit) -> None:
@@ -296,7 +296,7 @@ async def test_delete_of_in_progress_backup_is_refused(kit: StoreKit, tmp_path: 
     async with HeldSave(store, tmp_path, id):
         with pytest.raises(InvalidState):
             await store.delete(id)
-        assert (await store.get_status(id)).status_code == BackupStatusCode.IN_PROGRESS
+        assert (await store.get_status(id)).status_code == BackupState.IN_PROGRESS
 
 
 async def test_delete_of_failed_backup_removes_it(kit: StoreKit, tmp_path: Path) -> None:
@@ -307,7 +307,7 @@ async def test_delete_of_failed_backup_removes_it(kit: StoreKit, tmp_path: Path)
     backup.segment_files["3.log"] = FileRef(tmp_path / "gone.log", 10)
     with pytest.raises(BackupStoreError):
         await store.save(backup)
-    assert (await store.get_status(id)).status_code == BackupStatusCode.FAILED
+    assert (await store.get_status(id)).status_code == BackupState.FAILED
 
     await store.delete(id)
     assert await kit.stored_paths() == set()
@@ -321,10 +321,10 @@ async def test_mark_failed_of_absent_backup_creates_a_failed_one(kit: StoreKit) 
     store = kit.open()
     id = bid()
     assert await store.mark_failed(id, "Backup is cancelled due to leader change.") == (
-        BackupStatusCode.FAILED
+        BackupState.FAILED
     )
     status = await store.get_status(id)
-    assert status.status_code == BackupStatusCode.FAILED
+    assert status.status_code == BackupState.FAILED
     assert status.failure_reason == "Backup is cancelled due to leader change."
     assert status.descriptor is None
 
@@ -334,9 +334,9 @@ async def test_mark_failed_of_in_progress_backup_fails_it(kit: StoreKit, tmp_pat
     store = kit.open()
     id = bid()
     async with HeldSave(store, tmp_path, id):
-        assert await store.mark_failed(id, "restart") == BackupStatusCode.FAILED
+        assert await store.mark_failed(id, "restart") == BackupState.FAILED
         status = await store.get_status(id)
-        assert status.status_code == BackupStatusCode.FAILED
+        assert status.status_code == BackupState.FAILED
         assert status.failure_reason == "restart"
         assert status.descriptor == descriptor(None)
 
@@ -351,8 +351,8 @@ async def test_mark_failed_leaves_completed_and_failed_backups_alone(
     await store.mark_failed(failed, "first")
     before = await store.get_status(done)
 
-    assert await store.mark_failed(done, "too late") == BackupStatusCode.COMPLETED
-    assert await store.mark_failed(failed, "second") == BackupStatusCode.FAILED
+    assert await store.mark_failed(done, "too late") == BackupState.COMPLETED
+    assert await store.mark_failed(failed, "second") == BackupState.FAILED
 
     assert await store.get_status(done) == before
     assert (await store.get_status(failed)).failure_reason == "first"
@@ -372,7 +372,7 @@ async def test_mark_failed_during_save_wins(kit: StoreKit, tmp_path: Path) -> No
 
     assert isinstance(error, BackupStoreError)
     status = await store.get_status(id)
-    assert status.status_code == BackupStatusCode.FAILED
+    assert status.status_code == BackupState.FAILED
     assert status.failure_reason == "Backup is cancelled due to leader change."
 
 
@@ -389,7 +389,7 @@ async def test_delete_during_save_wins_and_leaves_nothing(kit: StoreKit, tmp_pat
 
     assert isinstance(error, BackupStoreError)
     assert "deleted" in str(error)
-    assert (await store.get_status(id)).status_code == BackupStatusCode.DOES_NOT_EXIST
+    assert (await store.get_status(id)).status_code == BackupState.DOES_NOT_EXIST
     assert await kit.stored_paths() == set()
 
 
@@ -542,7 +542,7 @@ async def test_unreadable_manifest_shows_as_failed_and_can_be_deleted(kit: Store
     await kit.write_raw(kit.manifest_path(id), b"{not json")
 
     status = await store.get_status(id)
-    assert status.status_code == BackupStatusCode.FAILED
+    assert status.status_code == BackupState.FAILED
     assert status.failure_reason is not None and "malformed" in status.failure_reason
     assert [s.id for s in await store.list(BackupIdentifierWildcard())] == [id]
     with pytest.raises(AlreadyExists):

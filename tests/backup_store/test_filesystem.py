@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.backup.api import BackupIdentifierWildcard, BackupStatusCode, FileRef
+from storage.backup.api import BackupIdentifierWildcard, FileRef
 from storage.backup.filesystem import FilesystemBackupStore
+from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import BackupStoreError
 
 from .kits import FilesystemKit, HeldSave, bid, make_backup, payload, small_backup
@@ -85,7 +86,7 @@ async def test_stale_temp_file_from_a_killed_writer_is_harmless(
     stale = fs_kit.base / "manifests/1/10/0/.manifest.json.0123abcd.tmp"
     stale.write_bytes(b'{"half": ')
 
-    assert (await store.get_status(id)).status_code == BackupStatusCode.COMPLETED
+    assert (await store.get_status(id)).status_code == BackupState.COMPLETED
     assert len(await store.list(BackupIdentifierWildcard())) == 1
     await store.delete(id)
     assert await fs_kit.stored_paths() == set()

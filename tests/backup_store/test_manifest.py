@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storage.backup.api import BackupDescriptor, BackupIdentifier, BackupStatusCode
+from storage.backup.api import BackupDescriptor, BackupIdentifier
 from storage.backup.manifest import (
     Decoder,
     Encoder,
@@ -21,6 +21,7 @@ from storage.backup.manifest import (
     format_timestamp,
     parse_timestamp,
 )
+from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import StorageCorruption
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
@@ -55,7 +56,7 @@ manifests = st.builds(
     id=ids,
     descriptor=st.none() | descriptors,
     status_code=st.sampled_from(
-        [BackupStatusCode.IN_PROGRESS, BackupStatusCode.COMPLETED, BackupStatusCode.FAILED]
+        [BackupState.IN_PROGRESS, BackupState.COMPLETED, BackupState.FAILED]
     ),
     created_at=times,
     modified_at=times,

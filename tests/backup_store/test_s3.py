@@ -13,9 +13,10 @@ import boto3  # type: ignore[import-untyped]
 import obstore
 import pytest
 
-from storage.backup.api import BackupIdentifierWildcard, BackupStatusCode, FileRef
+from storage.backup.api import BackupIdentifierWildcard, FileRef
 from storage.backup.manifest import Manifest, encode_manifest
 from storage.backup.s3 import S3BackupStore
+from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import BackupStoreError
 from zeebe_sim.ground.ids import PartitionId
 
@@ -72,7 +73,7 @@ async def test_store_without_base_path_uses_the_bucket_root(s3_kit: S3Kit, tmp_p
     try:
         await store.save(small_backup(tmp_path, bid(node=0, partition=1, checkpoint=3)))
         assert (await store.get_status(bid(node=0, partition=1, checkpoint=3))).status_code == (
-            BackupStatusCode.COMPLETED
+            BackupState.COMPLETED
         )
     finally:
         await store.close()
@@ -92,7 +93,7 @@ async def test_delete_removes_more_than_a_thousand_objects(s3_kit: S3Kit, tmp_pa
     await store.delete(id)
 
     assert await s3_kit.stored_paths() == set()
-    assert (await store.get_status(id)).status_code == BackupStatusCode.DOES_NOT_EXIST
+    assert (await store.get_status(id)).status_code == BackupState.DOES_NOT_EXIST
 
 
 async def test_large_file_goes_up_as_a_multipart_upload(s3_kit: S3Kit, tmp_path: Path) -> None:
@@ -259,10 +260,10 @@ async def test_server_stopping_mid_save_fails_it_in_time_and_never_completes(
 
         await proxy.start()  # same port: the server is back, with its data
         status = await store.get_status(id)
-        assert status.status_code == BackupStatusCode.IN_PROGRESS  # stuck, never COMPLETED
+        assert status.status_code == BackupState.IN_PROGRESS  # stuck, never COMPLETED
 
         assert await store.mark_failed(id, "Backup is cancelled due to restart.") == (
-            BackupStatusCode.FAILED
+            BackupState.FAILED
         )
         await store.delete(id)
         assert await s3_kit.stored_paths() == set()
@@ -286,7 +287,7 @@ async def test_large_file_that_is_shorter_than_claimed_fails_with_our_reason(
     with pytest.raises(BackupStoreError, match="fewer than the 9437184 to back up"):
         await store.save(backup)
     status = await store.get_status(id)
-    assert status.status_code == BackupStatusCode.FAILED
+    assert status.status_code == BackupState.FAILED
     assert status.failure_reason is not None and "fewer than" in status.failure_reason
     uploads = boto_client(s3_kit.endpoint).list_multipart_uploads(Bucket=s3_kit.bucket)  # type: ignore[attr-defined]
     assert not uploads.get("Uploads"), "the failed multipart upload was not aborted"

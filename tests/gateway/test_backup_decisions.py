@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,10 +16,25 @@ from gateway.backups import (
     parse_path_id,
     take_backup_outcome,
 )
+from zeebe_sim.cli import main as cli_main
+from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import AlreadyExists, InvalidArgument
-from zeebe_sim.ground.protocol import TakeBackupResponse
+from zeebe_sim.ground.ids import BackupId, PartitionId
+from zeebe_sim.ground.protocol import PartitionBackupStatus, TakeBackupResponse
 
-STATES = ["DOES_NOT_EXIST", "FAILED", "IN_PROGRESS", "COMPLETED"]
+# Every state a partition's copy can have (INCOMPLETE is an aggregate only).
+STATES = ["DOES_NOT_EXIST", "DELETED", "FAILED", "IN_PROGRESS", "COMPLETED"]
+
+
+def _status(
+    partition: int, state: str, backup_id: int = 42, **fields: object
+) -> PartitionBackupStatus:
+    return PartitionBackupStatus(
+        BackupId(backup_id),
+        PartitionId(partition),
+        BackupState[state],
+        **fields,  # type: ignore[arg-type]
+    )
 
 
 @pytest.mark.parametrize(
@@ -70,22 +86,30 @@ def test_409_otherwise_with_zeebes_message(answers: list[TakeBackupResponse]) ->
 
 
 def _expected(states: tuple[str, ...]) -> str:
+    """Zeebe's ordered rules as the reference lists them (8.9's getAggregatedStatus)."""
     if "FAILED" in states:
         return "FAILED"
-    if "DOES_NOT_EXIST" in states and ({"IN_PROGRESS", "COMPLETED"} & set(states)):
+    if (
+        "DOES_NOT_EXIST" in states
+        and ({"IN_PROGRESS", "COMPLETED"} & set(states))
+        and "DELETED" not in states
+    ):
         return "INCOMPLETE"
+    if "DELETED" in states:
+        return "DELETED"
     if "IN_PROGRESS" in states:
         return "IN_PROGRESS"
-    if set(states) == {"DOES_NOT_EXIST"}:
+    if "DOES_NOT_EXIST" in states:
         return "DOES_NOT_EXIST"
     return "COMPLETED"
 
 
 @pytest.mark.parametrize("states", list(itertools.product(STATES, repeat=3)))
 def test_aggregation_over_every_combination_of_three_partitions(states: tuple[str, ...]) -> None:
-    """The ordered rules of REFERENCE §1, for all 64 combinations."""
-    details = [{"partitionId": p, "state": s} for p, s in zip([3, 1, 2], states, strict=True)]
-    info = aggregate(42, details)
+    """The ordered rules of REFERENCE §1 (with DELETED placed as in 8.9), for all 125
+    combinations; details come sorted by partition."""
+    details = [_status(p, s) for p, s in zip([3, 1, 2], states, strict=True)]
+    info = aggregate(BackupId(42), details)
     assert info["state"] == _expected(states)
     assert [d["partitionId"] for d in info["details"]] == [1, 2, 3]
     if info["state"] == "FAILED":
@@ -98,11 +122,11 @@ def test_aggregation_over_every_combination_of_three_partitions(states: tuple[st
 def test_failure_reason_concatenates_failed_partitions_in_order() -> None:
     """ "Backup on partition P failed due to REASON. " per failed partition, by partition id."""
     info = aggregate(
-        1,
+        BackupId(1),
         [
-            {"partitionId": 2, "state": "FAILED", "failureReason": "disk full"},
-            {"partitionId": 1, "state": "FAILED", "failureReason": "cancelled"},
-            {"partitionId": 3, "state": "COMPLETED"},
+            _status(2, "FAILED", 1, failure_reason="disk full"),
+            _status(1, "FAILED", 1, failure_reason="cancelled"),
+            _status(3, "COMPLETED", 1),
         ],
     )
     assert info["failureReason"] == (
@@ -118,13 +142,11 @@ def test_failure_reason_concatenates_failed_partitions_in_order() -> None:
 )
 def test_list_counts_missing_partitions_as_does_not_exist(found: dict[int, list[str]]) -> None:
     """An id known to only some partitions is never COMPLETED; ids come newest first."""
-    per_partition: list[list[dict[str, object]]] = [[], [], []]
+    per_partition: list[list[PartitionBackupStatus]] = [[], [], []]
     for backup_id, states in found.items():
         for partition, state in enumerate(states, start=1):
-            per_partition[partition - 1].append(
-                {"backupId": backup_id, "partitionId": partition, "state": state, "brokerId": 0}
-            )
-    infos = aggregate_list([1, 2, 3], per_partition)
+            per_partition[partition - 1].append(_status(partition, state, backup_id, broker_id=0))
+    infos = aggregate_list([PartitionId(p) for p in (1, 2, 3)], per_partition)
     assert [i["backupId"] for i in infos] == sorted(found, reverse=True)
     for info in infos:
         states = tuple(found[info["backupId"]]) + ("DOES_NOT_EXIST",) * (
@@ -132,3 +154,16 @@ def test_list_counts_missing_partitions_as_does_not_exist(found: dict[int, list[
         )
         assert info["state"] == _expected(states)
         assert all("brokerId" not in d for d in info["details"])  # list details are reduced
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "9223372036854775808", "1.5", "abc"])
+@pytest.mark.parametrize(
+    "command",
+    [["restore", "--backup-id"], ["backup", "status"], ["backup", "take"], ["backup", "delete"]],
+)
+def test_the_cli_uses_the_same_id_rule(command: list[str], raw: str) -> None:
+    """`zeebe-sim restore --backup-id` and the `zeebe-sim backup` client refuse what the API
+    refuses (beyond int64 included), with exit code 2, before any connection is made."""
+    result = CliRunner().invoke(cli_main, [*command, raw])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)

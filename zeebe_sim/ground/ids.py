@@ -10,6 +10,10 @@ Position = NewType("Position", int)
 BackupId = NewType("BackupId", int)
 Key = NewType("Key", int)
 
+# Every integer on the wire and in records is a Java long in Zeebe.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
 # Zeebe keys carry their partition in the top bits: key = (partitionId << 51) + n. Key-based
 # requests (job completion, instance lookup) are routed by `key >> 51`.
 KEY_PARTITION_SHIFT = 51

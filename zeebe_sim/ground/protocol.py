@@ -9,8 +9,9 @@ maps field names to values. Requests and their responses share the request id; n
 
 The codec is pure: :func:`encode` turns a message into frame bytes, :class:`FrameDecoder` turns
 any chunking of bytes back into ``(request_id, message)`` pairs. Anything malformed (bad length,
-bad msgpack, unknown version or type, missing, extra or mistyped fields) raises
-:class:`ProtocolError`; the connection shell then closes that one connection.
+bad msgpack, unknown version or type, missing, extra or mistyped fields, at any depth, and
+command values that do not match their declared schema) raises :class:`ProtocolError`; the
+connection shell then closes that one connection, and nothing of it reaches a partition.
 
 The whole vocabulary lives in this module as frozen attrs classes, registered by class name.
 Inter-partition commands carry the sender's checkpoint id (REFERENCE.md §3) so that a receiver
@@ -19,16 +20,20 @@ can checkpoint before processing a command sent after the sender's checkpoint.
 
 from __future__ import annotations
 
+import enum
 import struct
-import types
-import typing
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import attrs
 import msgpack
 
+from zeebe_sim.ground import shapes
+from zeebe_sim.ground.backups import BackupState
+from zeebe_sim.ground.commands import check_command_value
 from zeebe_sim.ground.errors import ProtocolError
+from zeebe_sim.ground.ids import INT64_MAX, BackupId, Key, NodeId, PartitionId, Position
+from zeebe_sim.ground.shapes import NewBackupId
 
 PROTOCOL_VERSION = 1
 FRAME_HEADER = struct.Struct(">I")
@@ -39,6 +44,8 @@ FRAME_BYTES_MAX = 8 * 1024 * 1024
 IN_FLIGHT_REQUESTS_MAX = 1024
 
 _MESSAGES: dict[str, type[Message]] = {}
+# A command's value: its shape depends on the command, see zeebe_sim.ground.commands.
+CommandValue = Annotated[dict[str, Any], shapes.CheckedByCaller("schema of the command")]
 
 
 class Message:
@@ -60,21 +67,36 @@ class Message:
 class TopologyRequest(Message):
     """Asks a broker for its view of the cluster. A broker joining passes its own address."""
 
-    node_id: int | None = None
+    node_id: NodeId | None = None
     address: str | None = None
 
 
 @attrs.frozen
 class TopologyResponse(Message):
-    node_id: int
+    node_id: NodeId
     cluster_size: int
     partition_count: int
     replication_factor: int
-    # node id -> "host:port" of every broker this broker knows of (itself included)
-    members: dict[int, str]
+    # node id -> "host:port" of every broker this broker knows of (itself included). A receiver
+    # checks each address with parse_member_address and drops bad entries one by one.
+    members: dict[NodeId, str]
     # partition id -> "LEADER" (healthy, processing) or "INACTIVE" (still starting up)
-    partitions: dict[int, str]
+    partitions: dict[PartitionId, str]
     version: str
+
+
+def parse_member_address(address: str) -> tuple[str, int]:
+    """A member's ``host:port`` as gossip carries it.
+
+    Raises:
+        ProtocolError: not a non-empty host (no whitespace) and a port in 1..65535.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or any(c.isspace() for c in host) or not port.isdigit() or len(port) > 5:
+        raise ProtocolError(f"member address {address[:80]!r} is not host:port")
+    if not 0 < int(port) < 65536:
+        raise ProtocolError(f"member address {address[:80]!r} has no valid port")
+    return host, int(port)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,19 +106,23 @@ class TopologyResponse(Message):
 
 @attrs.frozen
 class ExecuteCommandRequest(Message):
-    """Write a command to a partition's log; the answer comes once it has been processed."""
+    """Write a command to a partition's log; the answer comes once it has been processed.
 
-    partition_id: int
+    ``value`` has the declared schema of (value_type, intent) in
+    :mod:`zeebe_sim.ground.commands`, checked on decode.
+    """
+
+    partition_id: PartitionId
     value_type: str
     intent: str
-    key: int
-    value: dict[str, Any]
+    key: Key
+    value: CommandValue
 
 
 @attrs.frozen
 class ExecuteCommandResponse(Message):
-    partition_id: int
-    key: int
+    partition_id: PartitionId
+    key: Key
     value_type: str
     intent: str
     value: dict[str, Any]
@@ -108,7 +134,7 @@ class ExecuteCommandResponse(Message):
 class QueryRequest(Message):
     """Read partition state without writing to the log (e.g. a process instance by key)."""
 
-    partition_id: int
+    partition_id: PartitionId
     query: str
     arguments: dict[str, Any]
 
@@ -137,17 +163,17 @@ class InterPartitionCommandSent(Message):
     acknowledged by a command in the other direction.
 
     ``checkpoint_id`` is the sender's current checkpoint id (REFERENCE.md §3); -1 when it has
-    none, or when propagation is switched off.
+    none, or when propagation is switched off. ``value`` is checked like a command's.
     """
 
     expects_response: ClassVar[bool] = False
 
-    receiver_partition_id: int
-    checkpoint_id: int
+    receiver_partition_id: PartitionId
+    checkpoint_id: BackupId
     value_type: str
     intent: str
-    key: int
-    value: dict[str, Any]
+    key: Key
+    value: CommandValue
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,46 +185,66 @@ class InterPartitionCommandSent(Message):
 class TakeBackupRequest(Message):
     """Write ``CHECKPOINT CREATE(backup_id)`` to the partition; answered once processed."""
 
-    partition_id: int
-    backup_id: int
+    partition_id: PartitionId
+    backup_id: NewBackupId
 
 
 @attrs.frozen
 class TakeBackupResponse(Message):
     created: bool  # CREATED, or IGNORED because the partition's checkpoint id is not lower
-    checkpoint_id: int  # the partition's checkpoint id after processing
+    checkpoint_id: BackupId  # the partition's checkpoint id after processing
+
+
+@attrs.frozen
+class PartitionBackupStatus:
+    """One partition's state of one backup: the best copy (REFERENCE.md §1 BackupInfo detail).
+
+    Which optional fields are set follows the state: IN_PROGRESS and COMPLETED have the
+    timestamps, snapshot id, checkpoint position, broker id and version; FAILED the failure
+    reason, timestamps and snapshot id; DOES_NOT_EXIST none. Timestamps are ISO-8601 UTC with
+    ``Z``, as the API shows them.
+    """
+
+    backup_id: BackupId
+    partition_id: PartitionId
+    state: BackupState
+    failure_reason: str | None = None
+    created_at: str | None = None
+    last_updated_at: str | None = None
+    snapshot_id: str | None = None
+    checkpoint_position: Position | None = None
+    broker_id: NodeId | None = None
+    broker_version: str | None = None
 
 
 @attrs.frozen
 class BackupStatusRequest(Message):
-    partition_id: int
-    backup_id: int
+    partition_id: PartitionId
+    backup_id: BackupId
 
 
 @attrs.frozen
 class BackupStatusResponse(Message):
-    """One partition's status of a backup, with BackupInfo detail field names (REFERENCE §1)."""
-
-    status: dict[str, Any]
+    status: PartitionBackupStatus
 
 
 @attrs.frozen
 class ListBackupsRequest(Message):
-    partition_id: int
+    partition_id: PartitionId
     prefix: str | None = None  # decimal prefix of the backup id; None = all
 
 
 @attrs.frozen
 class ListBackupsResponse(Message):
-    """Per backup id, the partition's best copy, with ``backupId`` added to each detail."""
+    """Per backup id, the partition's best copy."""
 
-    statuses: list[dict[str, Any]]
+    statuses: list[PartitionBackupStatus]
 
 
 @attrs.frozen
 class DeleteBackupRequest(Message):
-    partition_id: int
-    backup_id: int
+    partition_id: PartitionId
+    backup_id: BackupId
 
 
 @attrs.frozen
@@ -210,54 +256,30 @@ class DeleteBackupResponse(Message):
 # Codec
 # ---------------------------------------------------------------------------------------------
 
-
-@attrs.frozen
-class _FieldSpec:
-    name: str
-    types: tuple[type, ...]
-    required: bool
+# Messages whose ``value`` is a command's: checked against its declared schema.
+_COMMANDS = (ExecuteCommandRequest, InterPartitionCommandSent)
 
 
-_SPECS: dict[type[Message], tuple[_FieldSpec, ...]] = {}
-
-
-def _outer_types(hint: Any) -> tuple[type, ...]:
-    """The Python types a decoded msgpack value may have for a field annotation."""
-    if hint is Any:
-        return (object,)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        result: tuple[type, ...] = ()
-        for arg in typing.get_args(hint):
-            result += _outer_types(arg)
-        return result
-    if hint is type(None):
-        return (type(None),)
-    base = origin if origin is not None else hint
-    if base is int:
-        return (int,)
-    if base is float:
-        return (float, int)
-    return (base,)
-
-
-def _spec(cls: type[Message]) -> tuple[_FieldSpec, ...]:
-    spec = _SPECS.get(cls)
-    if spec is None:
-        hints = typing.get_type_hints(cls)
-        spec = tuple(
-            _FieldSpec(f.name, _outer_types(hints[f.name]), required=f.default is attrs.NOTHING)
-            for f in attrs.fields(cls)  # type: ignore[arg-type]
-        )
-        _SPECS[cls] = spec
-    return spec
+def _to_wire(value: Any) -> Any:
+    """msgpack's hook for what it cannot pack itself: enums by name, attrs classes as maps."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if attrs.has(type(value)):
+        return {f.name: getattr(value, f.name) for f in attrs.fields(type(value))}
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def encode(message: Message, request_id: int = 0) -> bytes:
-    """One complete frame (header included) for ``message``."""
-    fields = {s.name: getattr(message, s.name) for s in _spec(type(message))}
+    """One complete frame (header included) for ``message``.
+
+    Raises:
+        ProtocolError: the frame would exceed the frame size limit.
+    """
+    fields = _to_wire(message)
     body: bytes = msgpack.packb(
-        [PROTOCOL_VERSION, type(message).__name__, request_id, fields], use_bin_type=True
+        [PROTOCOL_VERSION, type(message).__name__, request_id, fields],
+        use_bin_type=True,
+        default=_to_wire,
     )
     if len(body) > FRAME_BYTES_MAX:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds {FRAME_BYTES_MAX}")
@@ -265,14 +287,17 @@ def encode(message: Message, request_id: int = 0) -> bytes:
 
 
 def decode_body(body: bytes) -> tuple[int, Message]:
-    """Decode one frame body into ``(request_id, message)``.
+    """Decode one frame body into ``(request_id, message)``, every field checked against its
+    declared shape (:mod:`zeebe_sim.ground.shapes`) and a command's value against its schema
+    (:mod:`zeebe_sim.ground.commands`).
 
     Raises:
-        ProtocolError: the body is not a valid envelope of a known message.
+        ProtocolError: the body is not a valid envelope of a known, well-formed message.
     """
     try:
         # The body is already bounded by the frame limit; unpackb bounds every container and
-        # string by the body's length.
+        # string by the body's length. Map keys may be ints (member and partition maps); the
+        # shape check refuses them wherever strings are declared.
         envelope = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise ProtocolError(f"undecodable frame: {exc}") from exc
@@ -283,27 +308,13 @@ def decode_body(body: bytes) -> tuple[int, Message]:
         raise ProtocolError(f"unsupported protocol version {version!r}")
     if not isinstance(type_name, str) or type_name not in _MESSAGES:
         raise ProtocolError(f"unknown message type {type_name!r}")
-    if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 0:
+    if type(request_id) is not int or not 0 <= request_id <= INT64_MAX:
         raise ProtocolError(f"bad request id {request_id!r}")
-    if not isinstance(fields, dict):
-        raise ProtocolError("message fields are not a map")
     cls = _MESSAGES[type_name]
-    spec = _spec(cls)
-    unknown = set(fields) - {s.name for s in spec}
-    if unknown:
-        raise ProtocolError(f"{type_name}: unknown fields {sorted(map(str, unknown))}")
-    kwargs: dict[str, Any] = {}
-    for s in spec:
-        if s.name not in fields:
-            if s.required:
-                raise ProtocolError(f"{type_name}: missing field {s.name!r}")
-            continue
-        value = fields[s.name]
-        # bool is an int subclass; a bool where an int is expected is a malformed message.
-        if not isinstance(value, s.types) or (isinstance(value, bool) and bool not in s.types):
-            raise ProtocolError(f"{type_name}.{s.name}: unexpected {type(value).__name__}")
-        kwargs[s.name] = value
-    return request_id, cls(**kwargs)
+    message = shapes.check(cls, fields, type_name)
+    if isinstance(message, _COMMANDS):
+        check_command_value(message.value_type, message.intent, message.value, f"{type_name}.value")
+    return request_id, message
 
 
 class FrameDecoder:

@@ -71,7 +71,7 @@ def subscription_hash_code(correlation_key: str) -> int:
     return h
 
 
-def subscription_partition_id(correlation_key: str, partition_count: int) -> int:
+def subscription_partition_id(correlation_key: str, partition_count: int) -> PartitionId:
     """The partition (``1..partition_count``) that owns messages with this correlation key.
 
     Raises ``InvalidArgument`` if ``partition_count`` is less than 1.
@@ -80,7 +80,7 @@ def subscription_partition_id(correlation_key: str, partition_count: int) -> int
         raise InvalidArgument(f"Partition count must be at least 1, found {partition_count}")
     # Java's `%` result is within (-count, count), so Math.abs never meets Integer.MIN_VALUE here.
     remainder = _java_remainder(subscription_hash_code(correlation_key), partition_count)
-    return abs(remainder) + START_PARTITION_ID
+    return PartitionId(abs(remainder) + START_PARTITION_ID)
 
 
 def broker_of_partition(partition_id: PartitionId, cluster_size: int) -> NodeId:
