@@ -16,8 +16,9 @@ import pytest
 
 from broker.backup import NOT_TAKEN, RECORDED_FILE, BackupService
 from broker.partition import Partition, PartitionConfig
-from storage.backup.api import BackupIdentifier, BackupStatusCode
+from storage.backup.api import BackupIdentifier
 from storage.backup.filesystem import FilesystemBackupStore
+from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 from zeebe_sim.ground.records import ValueType
 from zeebe_sim.harness import eventually
@@ -81,7 +82,7 @@ async def test_a_checkpoint_never_backed_up_is_recorded_failed_after_a_restart(
     backups.reconcile(PARTITION, 4)
     await backups.wait_idle()
     status = await store.get_status(backup_id(4))
-    assert (status.status_code, status.failure_reason) == (BackupStatusCode.FAILED, NOT_TAKEN)
+    assert (status.status_code, status.failure_reason) == (BackupState.FAILED, NOT_TAKEN)
     assert (tmp_path / "partition" / RECORDED_FILE).read_text() == "4"
 
     again = service(store, tmp_path / "partition")
@@ -101,12 +102,12 @@ async def test_a_deleted_backup_does_not_come_back_after_a_restart(
     backups = service(store, noted)
     backups.reconcile(PARTITION, 4)
     await backups.wait_idle()
-    assert (await store.get_status(backup_id(4))).status_code == BackupStatusCode.DOES_NOT_EXIST
+    assert (await store.get_status(backup_id(4))).status_code == BackupState.DOES_NOT_EXIST
 
     backups = service(store, tmp_path / "not-noted")
     backups.reconcile(PARTITION, 4)
     await backups.wait_idle()
-    assert (await store.get_status(backup_id(4))).status_code == BackupStatusCode.FAILED
+    assert (await store.get_status(backup_id(4))).status_code == BackupState.FAILED
 
 
 async def test_a_failure_the_store_refused_is_written_once_it_accepts(
@@ -120,15 +121,15 @@ async def test_a_failure_the_store_refused_is_written_once_it_accepts(
     backups.reconcile(PARTITION, 4)
 
     async def failed_in_memory() -> bool:
-        return (await backups.status(PARTITION, 4))["state"] == "FAILED"
+        return (await backups.status(PARTITION, 4)).state == BackupState.FAILED
 
     await eventually(failed_in_memory, timeout_s=10)
-    assert (await backups.status(PARTITION, 4))["failureReason"] == NOT_TAKEN
+    assert (await backups.status(PARTITION, 4)).failure_reason == NOT_TAKEN
     (store_dir / "manifests").unlink()
     async with asyncio.timeout(30):
         await backups.wait_idle()
     status = await store.get_status(backup_id(4))
-    assert (status.status_code, status.failure_reason) == (BackupStatusCode.FAILED, NOT_TAKEN)
+    assert (status.status_code, status.failure_reason) == (BackupState.FAILED, NOT_TAKEN)
 
 
 async def test_a_backup_deleted_while_its_failure_is_unwritten_stays_deleted(
@@ -142,12 +143,12 @@ async def test_a_backup_deleted_while_its_failure_is_unwritten_stays_deleted(
     backups.reconcile(PARTITION, 4)
 
     async def failed_in_memory() -> bool:
-        return (await backups.status(PARTITION, 4))["state"] == "FAILED"
+        return (await backups.status(PARTITION, 4)).state == BackupState.FAILED
 
     await eventually(failed_in_memory, timeout_s=10)
     await backups.delete(PARTITION, 4)
-    assert (await backups.status(PARTITION, 4))["state"] == "DOES_NOT_EXIST"
+    assert (await backups.status(PARTITION, 4)).state == BackupState.DOES_NOT_EXIST
     (store_dir / "manifests").unlink()
     async with asyncio.timeout(30):
         await backups.wait_idle()
-    assert (await store.get_status(backup_id(4))).status_code == BackupStatusCode.DOES_NOT_EXIST
+    assert (await store.get_status(backup_id(4))).status_code == BackupState.DOES_NOT_EXIST
