@@ -159,7 +159,7 @@ def _instance_result(item: dict[str, Any]) -> dict[str, Any]:
 
 async def _search_partition(
     client: BrokerClient,
-    partition: int,
+    partition: PartitionId,
     conditions: list[list[Any]],
     sort: list[list[Any]],
     limit: int,
