@@ -237,12 +237,17 @@ class BackupService:
             log.info("%s completed", identifier)
         except SaveOvertaken as exc:
             log.warning("%s: %s", identifier, exc.message)
-        except ZeebeSimError as exc:
-            log.error("%s failed: %s", identifier, exc.message)
+        except Exception as exc:
+            message = (
+                exc.message if isinstance(exc, ZeebeSimError) else f"{type(exc).__name__}: {exc}"
+            )
+            log.error(
+                "%s failed: %s", identifier, message, exc_info=not isinstance(exc, ZeebeSimError)
+            )
             # The store marks a failed save FAILED itself, unless it cannot be reached (S3
-            # down) or refused the manifest: so the failure is also kept here until the store
-            # has it for sure.
-            self._unrecorded_failures[identifier] = (exc.message, datetime.now(UTC))
+            # down), refused the manifest or the error is a bug of ours: so the failure is
+            # also kept here until the store has it for sure.
+            self._unrecorded_failures[identifier] = (message, datetime.now(UTC))
             self._tasks.spawn(self._record_failure(identifier))
             return False
         return True

@@ -10,6 +10,10 @@ comes back.
 
 The rules, one place each:
 
+- **Writing a command**: a command is encoded before it is written (:meth:`PartitionCore.prepare`);
+  one the log cannot hold is answered with a ``PROCESSING_ERROR`` rejection and not written (no
+  input may stop a partition). Processing errors of written commands are contained by the
+  engine (``Engine.process``).
 - **Checkpoint first on receive** (REFERENCE.md §3): a command from another partition carrying a
   checkpoint id above ours is preceded by our own ``CHECKPOINT CREATE(id)``
   (:meth:`PartitionCore.checkpoint_before`). Every command that leaves carries our checkpoint id,
@@ -34,11 +38,11 @@ from typing import Any, Protocol
 
 import attrs
 
-from broker.engine.processor import Engine, ProcessingResult, RetryKey, Send
+from broker.engine.processor import Engine, ProcessingResult, Response, RetryKey, Send
 from storage.log import SegmentInfo
 from storage.snapshots import Snapshot, SnapshotId
 from zeebe_sim.ground.ids import NO_CHECKPOINT
-from zeebe_sim.ground.records import Record, RecordType, ValueType
+from zeebe_sim.ground.records import Record, RecordType, ValueType, encode_records
 
 
 @attrs.define
@@ -76,6 +80,15 @@ class Command:
 
 
 @attrs.frozen
+class Prepared:
+    """A command ready to be written at its position, or the answer if it cannot be."""
+
+    record: Record
+    payload: bytes  # the log entry holding just the command
+    rejected: ProcessingResult | None = None  # set: not written, answer this instead
+
+
+@attrs.frozen
 class Outgoing:
     """An inter-partition command to hand to the network, stamped with our checkpoint id."""
 
@@ -110,6 +123,32 @@ class PartitionCore:
         self.snapshotting = False
         # owner -> the first log position it needs (a running backup)
         self._log_holds: dict[object, int] = {}
+
+    # -- writing commands ---------------------------------------------------------------------
+
+    @staticmethod
+    def prepare(command: Command, position: int, timestamp_ms: int) -> Prepared:
+        """The command as the log entry to write at ``position``. A command whose value cannot
+        be encoded (an integer beyond msgpack's range, a type it does not know: possible only
+        from a sender inside this process, the wire decodes nothing of the kind) is rejected
+        with PROCESSING_ERROR instead of being written."""
+        record = command.record(position, timestamp_ms)
+        try:
+            return Prepared(record, encode_records([record]))
+        except (OverflowError, TypeError, ValueError) as exc:
+            reason = (
+                f"Expected to write {command.value_type} {command.intent}, but it cannot be "
+                f"encoded: {type(exc).__name__}: {exc}"
+            )
+            response = Response(
+                command.key,
+                command.value_type,
+                command.intent,
+                {},
+                "PROCESSING_ERROR",
+                reason,
+            )
+            return Prepared(record, b"", ProcessingResult(response=response, error=exc))
 
     # -- checkpoints on inter-partition commands ----------------------------------------------
 

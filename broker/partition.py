@@ -25,6 +25,13 @@ RESOURCE_EXHAUSTED, never acknowledged; the log is reopened and cut back to the 
 durable group and the state rebuilt from snapshot and log, so what the refused commands did in
 memory is gone too. Processing resumes when the verdict allows it again.
 
+Errors: a command whose processing fails is rejected (``PROCESSING_ERROR``) with an ``ERROR``
+record and processing goes on (see ``engine/processor.py``); effects that fail (a send, a backup
+start, maintenance) are logged and cost only themselves. If processing itself cannot go on (a
+failure other than a write), the partition is DEAD: it says so in its health and answers every
+request with an error instead of leaving it to time out. Background loops are supervised:
+restarted with backoff, and UNHEALTHY while they fail.
+
 Start-up recovers: newest valid snapshot, replay of the events after it, then processing of the
 commands that were written but not processed (e.g. the trailing ``CHECKPOINT CREATE`` of a
 restored backup).
@@ -60,9 +67,9 @@ from broker.engine.processor import Engine, ProcessingResult, Response, Send
 from broker.engine.state import COLUMN_FAMILIES, State
 from storage.log import SegmentedLog
 from storage.snapshots import Snapshot, SnapshotId, SnapshotStore
-from zeebe_sim.ground.errors import ResourceExhausted
+from zeebe_sim.ground.errors import InternalError, ResourceExhausted
 from zeebe_sim.ground.layout import LOG_DIR, SNAPSHOTS_DIR, STATE_FILE
-from zeebe_sim.ground.records import Record, decode_records, encode_records
+from zeebe_sim.ground.records import Record, decode_records
 from zeebe_sim.ground.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
@@ -125,6 +132,9 @@ class Partition:
         if disk is not None:
             disk.listen(self._disk_changed)
         self.ready = False
+        # why processing stopped for good (DEAD), None while it runs
+        self.failure: str | None = None
+        self._taken: list[_Queued] = []  # the commands of the group being processed
         self.processed_position = 0
         self.records_written = 0
         self.longest_pause_ms = 0.0
@@ -144,12 +154,18 @@ class Partition:
         )
         unprocessed = self._recover()
         self.core = PartitionCore(self.engine, self.config)
-        # Written before the crash (or the restore) but never processed: process them now.
-        results = [self._process_written(command) for command in unprocessed]
-        await asyncio.to_thread(self.log.flush)
+        try:
+            # Written before the crash (or the restore) but never processed: process them now.
+            results = [self._process_written(command) for command in unprocessed]
+            await asyncio.to_thread(self.log.flush)
+        except Exception as exc:
+            # Reported as DEAD in the topology rather than taking the whole broker down.
+            self._processing_stopped(exc)
+            self.ready = True
+            return
         self.core.reset_retries(_monotonic_ms())
         self._tasks.spawn(self._run())
-        self._tasks.spawn(self._timers())
+        self._tasks.supervise("timers", self._timers)
         self.ready = True
         for result in results:
             self._carry_out(None, result, _monotonic_ms())
@@ -196,6 +212,8 @@ class Partition:
                 RESOURCE_EXHAUSTED in Zeebe).
             ResourceExhausted: out of disk space (see ``broker/disk.py``).
         """
+        if self.failure is not None:
+            raise InternalError(f"Partition {self.partition_id} is dead: {self.failure}")
         refusal = self._disk_refusal()
         if refusal is not None:
             raise ResourceExhausted(refusal)
@@ -215,7 +233,12 @@ class Partition:
         """Queue a command sent by another partition (or this one). Dropped when the inbox is
         full or the disk below the replication threshold: the sender retries until
         acknowledged."""
-        if len(self._inbox) >= INBOX_COMMANDS_MAX or not self.ready or self._receive_refused():
+        if (
+            len(self._inbox) >= INBOX_COMMANDS_MAX
+            or not self.ready
+            or self._receive_refused()
+            or self.failure is not None
+        ):
             return
         self._inbox.append(_Queued(Command(value_type, intent, key, value, checkpoint_id), None))
         self._wakeup.set()
@@ -223,15 +246,31 @@ class Partition:
     # -- processing ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while (self._inbox and self._disk_refusal() is None) or self._maintenance:
-                await self._process_group()
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while (self._inbox and self._disk_refusal() is None) or self._maintenance:
+                    await self._process_group()
+        except Exception as exc:
+            # Not restarted: the log and the state may disagree now (a command written without
+            # its follow-ups); a restart recovers both from disk.
+            self._processing_stopped(exc)
+
+    def _processing_stopped(self, exc: Exception) -> None:
+        self.failure = f"processing stopped: {type(exc).__name__}: {exc}"
+        log.critical("partition %s is dead: %s", self.partition_id, self.failure, exc_info=exc)
+        error = InternalError(f"Partition {self.partition_id} is dead: {self.failure}")
+        replies = [q.reply for q in self._taken] + [q.reply for q in self._inbox]
+        self._inbox.clear()
+        for reply in replies:
+            if reply is not None and not reply.done():
+                reply.set_exception(error)
 
     async def _process_group(self) -> None:
         group: list[tuple[asyncio.Future[Response] | None, ProcessingResult]] = []
         taken: list[_Queued] = []
+        self._taken = taken  # answered if processing stops
         durable_position = self.log.last_position
         try:
             while self._inbox and len(group) < GROUP_COMMANDS_MAX and self._disk_refusal() is None:
@@ -250,10 +289,14 @@ class Partition:
             now_ms = _monotonic_ms()
             for reply, result in group:
                 self._carry_out(reply, result, now_ms)
+        self._taken = []
         if self._maintenance:
             started = time.perf_counter()
             for task in self._maintenance:
-                task()
+                try:
+                    task()
+                except Exception:
+                    log.exception("partition %s: maintenance failed", self.partition_id)
             self._maintenance.clear()
             self._note_pause(started)
 
@@ -263,15 +306,31 @@ class Partition:
         self.longest_pause_ms = max(self.longest_pause_ms, (time.perf_counter() - started) * 1000)
 
     def _process(self, command: Command) -> ProcessingResult:
-        record = command.record(self.log.last_position + 1, self._clock_ms())
-        self.log.append(record.position, 1, encode_records([record]))
+        prepared = self.core.prepare(command, self.log.last_position + 1, self._clock_ms())
+        if prepared.rejected is not None:
+            log.error(
+                "partition %s: command not written",
+                self.partition_id,
+                exc_info=prepared.rejected.error,
+            )
+            return prepared.rejected
+        self.log.append(prepared.record.position, 1, prepared.payload)
         self.records_written += 1
-        return self._process_written(record)
+        return self._process_written(prepared.record)
 
     def _process_written(self, command: Record) -> ProcessingResult:
         first = self.log.last_position + 1
         result = self.engine.process(command, first)
-        self.log.append(first, len(result.records), encode_records(result.records))
+        if result.error is not None:
+            log.error(
+                "partition %s: processing %s %s at position %s failed; rejected",
+                self.partition_id,
+                command.value_type,
+                command.intent,
+                command.position,
+                exc_info=result.error,
+            )
+        self.log.append(first, len(result.records), result.payload)
         self.processed_position = command.position
         self.records_written += len(result.records)
         return result
@@ -293,12 +352,19 @@ class Partition:
                 self.snapshots.all(),
                 self.log.segments(),
             )
-            self._on_checkpoint(plan, self)
+            try:
+                self._on_checkpoint(plan, self)
+            except Exception:
+                log.exception("partition %s: cannot start backup %s", self.partition_id, plan)
             self._note_pause(started)
 
     def _send_all(self, outgoing: list[Outgoing]) -> None:
         for out in outgoing:
-            self._send(out.send, out.checkpoint_id)
+            try:
+                self._send(out.send, out.checkpoint_id)
+            except Exception:
+                # Lost like on the network: a send that matters is retried until acknowledged.
+                log.exception("partition %s: cannot send %s", self.partition_id, out.send)
 
     # -- out of disk ----------------------------------------------------------------------------
 
@@ -470,6 +536,16 @@ class Partition:
             self.log.compact(floor)
 
     # -- status -------------------------------------------------------------------------------
+
+    def health(self) -> tuple[str, list[str]]:
+        """``HEALTHY``, ``UNHEALTHY`` (a background loop fails and is being restarted) or
+        ``DEAD`` (processing stopped), with the reasons."""
+        if self.failure is not None:
+            return "DEAD", [self.failure]
+        failing = self._tasks.failing()
+        if failing:
+            return "UNHEALTHY", [f"{name}: {reason}" for name, reason in failing.items()]
+        return "HEALTHY", []
 
     def status(self) -> dict[str, Any]:
         latest = self.snapshots.latest()

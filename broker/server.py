@@ -158,8 +158,8 @@ class Broker:
         # Recovered: a latest checkpoint whose backup never reached the store is FAILED now.
         for partition in self.partitions.values():
             self.backups.reconcile(partition.partition_id, partition.state.checkpoint_id)
-        self._tasks.spawn(self._gossip())
-        self._tasks.spawn(self.disk.run())
+        self._tasks.supervise("gossip", self._gossip)
+        self._tasks.supervise("disk monitor", self.disk.run)
         log.info("broker started", extra={"node": self.node_id, "address": self.address})
 
     async def stop(self) -> None:
@@ -267,10 +267,16 @@ class Broker:
             )
             return {"total": total, "items": items}
         if query.query == "partitions":
-            return {
-                str(p): {**partition.status(), "backupsRunning": self.backups.running(p)}
-                for p, partition in self.partitions.items()
-            }
+            statuses = {}
+            for p, partition in self.partitions.items():
+                health, issues = self.partition_health(p)
+                statuses[str(p)] = {
+                    **partition.status(),
+                    "backupsRunning": self.backups.running(p),
+                    "health": health,
+                    "healthIssues": issues,
+                }
+            return statuses
         raise InvalidArgument(f"unknown query {query.query!r}")
 
     def topology(self) -> TopologyResponse:
@@ -285,7 +291,17 @@ class Broker:
                 for p, partition in self.partitions.items()
             },
             version=VERSION,
+            health={p: self.partition_health(p)[0] for p in self.partitions},
         )
+
+    def partition_health(self, partition_id: PartitionId) -> tuple[str, list[str]]:
+        """The partition's health; a failing loop of the broker's own (gossip) makes every
+        partition it hosts UNHEALTHY."""
+        health, issues = self.partitions[partition_id].health()
+        broker_issues = [f"{name}: {reason}" for name, reason in self._tasks.failing().items()]
+        if broker_issues and health == "HEALTHY":
+            health = "UNHEALTHY"
+        return health, issues + broker_issues
 
     # -- talking to other brokers -------------------------------------------------------------
 

@@ -19,7 +19,10 @@ OPENAPI_PATH = "/openapi/backup-management-api.yaml"
 
 def _partitions(client: BrokerClient) -> dict[str, Any]:
     return {
-        str(p): {"leader": client.leaders.get(p), "health": "UP" if p in client.leaders else "DOWN"}
+        str(p): {
+            "leader": client.leaders.get(p),
+            "health": "UP" if client.partition_health(p) == "HEALTHY" else "DOWN",
+        }
         for p in client.partition_ids()
     }
 
@@ -36,7 +39,10 @@ async def health(request: web.Request) -> web.Response:
                 "details": {"count": len(client.brokers)},
             },
             "partitions": {
-                "status": "UP" if client.all_partitions_have_leader else "DOWN",
+                "status": "UP"
+                if all(client.partition_health(p) == "HEALTHY" for p in client.partition_ids())
+                and client.all_partitions_have_leader
+                else "DOWN",
                 "details": _partitions(client),
             },
         },

@@ -79,6 +79,14 @@ class BrokerClient:
             p in self.leaders for p in range(1, self.partition_count + 1)
         )
 
+    def partition_health(self, partition_id: PartitionId) -> str:
+        """Its leader's report: HEALTHY, UNHEALTHY or DEAD; DOWN without a leader."""
+        node = self.leaders.get(partition_id)
+        answer = self.brokers.get(node) if node is not None else None
+        if answer is None:
+            return "DOWN"
+        return answer.health.get(partition_id, "HEALTHY")
+
     def partition_ids(self) -> list[PartitionId]:
         return [PartitionId(p) for p in range(1, self.partition_count + 1)]
 

@@ -325,7 +325,11 @@ async def topology(request: web.Request) -> web.Response:
                     {
                         "partitionId": p,
                         "role": _ROLES.get(role, "inactive"),
-                        "health": "healthy" if role in _ROLES else "unhealthy",
+                        "health": (
+                            answer.health.get(p, "HEALTHY").lower()
+                            if role in _ROLES
+                            else "unhealthy"
+                        ),
                         # a partition that is not serving yet is still replaying its log
                         "state": "active" if role in _ROLES else "recovering",
                     }

@@ -35,9 +35,11 @@ class SimPartition:
         return self.engine.state
 
     def write_command(self, command: Command, now_ms: int) -> ProcessingResult:
-        record = command.record(len(self.records) + 1, now_ms)
-        self.records.append(record)
-        return self.process_written(record)
+        prepared = self.core.prepare(command, len(self.records) + 1, now_ms)
+        if prepared.rejected is not None:
+            return prepared.rejected
+        self.records.append(prepared.record)
+        return self.process_written(prepared.record)
 
     def process_written(self, command: Record) -> ProcessingResult:
         result = self.engine.process(command, len(self.records) + 1)

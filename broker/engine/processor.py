@@ -15,6 +15,12 @@ shell re-sends them with backoff until a later command resolves that key (an ack
 Receivers are idempotent, so duplicates, reordering and loss all end in the same state. What is
 still pending is always derivable from state (:meth:`Engine.pending_sends`), so a restarted or
 restored partition simply sends it again.
+
+Errors are contained per command (Zeebe's rule): if a processor or an applier raises, or the
+follow-up records cannot be encoded for the log, the command's state changes are rolled back
+(``State.rollback_command``) and the command is answered with a ``PROCESSING_ERROR`` rejection
+and an ``ERROR`` record instead; processing goes on with the next command. Replay needs nothing
+special: those records name the command as their source, so it counts as processed.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from broker.engine.state import State
 from zeebe_sim.ground.errors import ZeebeSimError
 from zeebe_sim.ground.ids import PartitionId, encode_key, partition_of_key
 from zeebe_sim.ground.protocol import FRAME_BYTES_MAX
-from zeebe_sim.ground.records import Record, RecordType, ValueType
+from zeebe_sim.ground.records import Record, RecordType, ValueType, encode_records
 from zeebe_sim.ground.routing import subscription_partition_id
 
 DEPLOYMENT_PARTITION = 1
@@ -74,6 +80,10 @@ class ProcessingResult:
     resolved: list[RetryKey] = attrs.Factory(list)
     # (checkpoint id, checkpoint position) when this command created a new checkpoint
     checkpoint_created: tuple[int, int] | None = None
+    # ``records`` encoded as one log entry (empty when there are none)
+    payload: bytes = b""
+    # the unexpected error the command was rejected for (PROCESSING_ERROR), for the shell's log
+    error: Exception | None = None
 
 
 class _Rejected(Exception):
@@ -181,6 +191,20 @@ class Engine:
         """
         if first_position is None:
             first_position = command.position + 1
+        self.state.begin_command()
+        try:
+            result = self._process(command, first_position)
+            # Encoded here, before the changes are kept: a batch the log cannot hold (e.g. an
+            # integer beyond msgpack's range) is a failure of this command, not of the partition.
+            result.payload = encode_records(result.records)
+        except Exception as exc:
+            self.state.rollback_command()
+            self._models.clear()  # may hold a model whose deployment was just undone
+            return self._processing_error(command, first_position, exc)
+        self.state.commit_command()
+        return result
+
+    def _process(self, command: Record, first_position: int) -> ProcessingResult:
         ctx = _Context(self, command, first_position)
         handler = self._handlers.get((command.value_type, command.intent))
         try:
@@ -203,6 +227,62 @@ class Engine:
         assert ctx.result.records, f"{command.value_type} {command.intent} wrote no follow-up"
         return ctx.result
 
+    @staticmethod
+    def _processing_error(command: Record, first_position: int, exc: Exception) -> ProcessingResult:
+        """The records and answer of a command whose processing failed: a PROCESSING_ERROR
+        rejection and an ERROR record, nothing else (its effects were rolled back).
+
+        Raises:
+            Exception: these records cannot be encoded either (the command itself can, it is in
+                the log): the partition cannot go on.
+        """
+        exception = f"{type(exc).__name__}: {exc}"
+        reason = (
+            f"Expected to process {command.value_type} {command.intent} at position "
+            f"{command.position} without errors, but {exception}"
+        )
+        rejection = Record(
+            position=first_position,
+            source_position=command.position,
+            key=command.key,
+            timestamp_ms=command.timestamp_ms,
+            record_type=RecordType.COMMAND_REJECTION,
+            value_type=command.value_type,
+            intent=command.intent,
+            value=command.value,
+            rejection_type="PROCESSING_ERROR",
+            rejection_reason=reason,
+        )
+        error = Record(
+            position=first_position + 1,
+            source_position=command.position,
+            key=-1,
+            timestamp_ms=command.timestamp_ms,
+            record_type=RecordType.EVENT,
+            value_type=ValueType.ERROR,
+            intent="CREATED",
+            # Zeebe's ErrorRecord fields; no applier: an ERROR changes no state
+            value={
+                "errorEventPosition": command.position,
+                "exceptionMessage": exception,
+                "processInstanceKey": -1,
+            },
+        )
+        records = [rejection, error]
+        return ProcessingResult(
+            records=records,
+            response=Response(
+                command.key,
+                command.value_type,
+                command.intent,
+                command.value,
+                "PROCESSING_ERROR",
+                reason,
+            ),
+            payload=encode_records(records),
+            error=exc,
+        )
+
     def replay(
         self, records: Iterable[Record], skip_until: int, processed_position: int
     ) -> tuple[int, list[Record]]:
@@ -221,6 +301,7 @@ class Engine:
                 continue
             if record.is_event:
                 appliers.apply_event(self.state, record)
+                self.state.commit_command()  # nothing to undo in replay: keep no journal
             processed_position = max(processed_position, record.source_position)
         return processed_position, [c for c in commands if c.position > processed_position]
 

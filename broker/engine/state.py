@@ -10,13 +10,22 @@ serialise in the background while processing goes on (REFERENCE.md §2: no long 
 Only event appliers (``broker/engine/appliers.py``) change state, so state is a pure function of
 the events in the log. Secondary indexes (jobs by type, subscriptions by name and key) are
 derived: rebuilt from the column families after a snapshot is loaded, never persisted.
+
+Undo: a command whose processing fails half-way must leave no trace (Zeebe rolls back the
+command's transaction). Every column family is a :class:`Family`, a dict that journals the value
+each write replaces, in one journal per state; :meth:`State.begin_command` marks the point to
+return to, :meth:`State.rollback_command` puts the replaced values back in reverse order and
+rebuilds the derived indexes from the restored families. The normal path pays one list append
+per write (no copy), the rare failure pays a reindex. After a rollback the families hold exactly
+the same entries as before the command; only the iteration order of an entry that was removed
+and put back may differ, and no decision that depends on it goes unrecorded in the log.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 from zeebe_sim.ground.ids import NO_CHECKPOINT
 
@@ -35,10 +44,59 @@ COLUMN_FAMILIES = (
     "correlated",  # messageKey -> bpmnProcessIds it correlated to (once per process)
 )
 
+K = TypeVar("K")
+V = TypeVar("V")
+_MISSING: Any = object()
+# (family, key, the value the write replaced or _MISSING)
+Journal = list[tuple[dict[Any, Any], Any, Any]]
+
+
+class Family(dict[K, V]):
+    """A column family: a dict whose every write journals the value it replaces."""
+
+    __slots__ = ("_journal",)
+
+    def __init__(self, journal: Journal, items: Iterable[tuple[K, V]] = ()) -> None:
+        super().__init__(items)
+        self._journal = journal
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self._journal.append((self, key, dict.get(self, key, _MISSING)))
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: K) -> None:
+        self._journal.append((self, key, dict.__getitem__(self, key)))
+        dict.__delitem__(self, key)
+
+    def pop(self, key: K, *default: Any) -> Any:
+        if key in self:
+            self._journal.append((self, key, dict.__getitem__(self, key)))
+        return dict.pop(self, key, *default)
+
+    def setdefault(self, key: K, default: V = None) -> V:  # type: ignore[assignment]
+        if key not in self:
+            self[key] = default
+        return dict.__getitem__(self, key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def popitem(self) -> tuple[K, V]:
+        key, value = dict.popitem(self)
+        self._journal.append((self, key, value))
+        return key, value
+
+    def clear(self) -> None:
+        for key in list(self):
+            del self[key]
+
 
 class State:
     def __init__(self, partition_id: int) -> None:
         self.partition_id = partition_id
+        self._journal: Journal = []
+        self._undo_point: tuple[int, int, int] = (1, NO_CHECKPOINT, -1)
         self.next_key_local = 1
         self.checkpoint_id: int = NO_CHECKPOINT
         self.checkpoint_position: int = -1
@@ -62,6 +120,30 @@ class State:
         # subscriptions: correlation looks up, it never scans.
         self.messages_by_name_key: dict[tuple[str, str], dict[int, None]] = {}
         self.subscriptions_by_name_key: dict[tuple[str, str], dict[str, None]] = {}
+        for name in COLUMN_FAMILIES:
+            setattr(self, name, Family(self._journal, getattr(self, name).items()))
+
+    # -- undo ---------------------------------------------------------------------------------
+
+    def begin_command(self) -> None:
+        """Mark the state to return to if the command about to be processed fails."""
+        self._journal.clear()
+        self._undo_point = (self.next_key_local, self.checkpoint_id, self.checkpoint_position)
+
+    def commit_command(self) -> None:
+        """The changes since :meth:`begin_command` stay (and the journal lets go of them)."""
+        self._journal.clear()
+
+    def rollback_command(self) -> None:
+        """Undo every change since :meth:`begin_command`."""
+        for family, key, value in reversed(self._journal):
+            if value is _MISSING:
+                dict.pop(family, key, None)
+            else:
+                dict.__setitem__(family, key, value)
+        self._journal.clear()
+        self.next_key_local, self.checkpoint_id, self.checkpoint_position = self._undo_point
+        self.reindex()
 
     # -- snapshots ------------------------------------------------------------------------
 
@@ -86,7 +168,7 @@ class State:
             loaded = view.get(name, {})
             if name in ("distributions", "correlated"):
                 loaded = {k: tuple(v) for k, v in loaded.items()}
-            setattr(state, name, dict(loaded))
+            setattr(state, name, Family(state._journal, loaded.items()))
         state.reindex()
         return state
 

@@ -80,9 +80,12 @@ class TopologyResponse(Message):
     # node id -> "host:port" of every broker this broker knows of (itself included). A receiver
     # checks each address with parse_member_address and drops bad entries one by one.
     members: dict[NodeId, str]
-    # partition id -> "LEADER" (healthy, processing) or "INACTIVE" (still starting up)
+    # partition id -> "LEADER" (processing) or "INACTIVE" (still starting up)
     partitions: dict[PartitionId, str]
     version: str
+    # partition id -> "HEALTHY", "UNHEALTHY" (a background loop fails) or "DEAD" (processing
+    # stopped); a partition not named here is HEALTHY
+    health: dict[PartitionId, str] = attrs.field(factory=dict)
 
 
 def parse_member_address(address: str) -> tuple[str, int]:

@@ -40,6 +40,9 @@ class ValueType:
     COMMAND_DISTRIBUTION = "COMMAND_DISTRIBUTION"
     CHECKPOINT = "CHECKPOINT"
     INCIDENT = "INCIDENT"
+    # Written when processing a command failed unexpectedly: the command's position and the
+    # exception text (Zeebe's ErrorRecord). The command counts as processed, without effects.
+    ERROR = "ERROR"
 
 
 @attrs.frozen(slots=True)
