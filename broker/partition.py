@@ -443,7 +443,7 @@ class Partition:
     # -- timers: deadlines and retries --------------------------------------------------------
 
     async def _timers(self) -> None:
-        while True:
+        while self.failure is None:  # a dead partition writes nothing, due commands included
             await asyncio.sleep(TICK_S)
             for value_type, intent, key in self.engine.due_commands(self._clock_ms()):
                 self._inbox.append(_Queued(Command(value_type, intent, key, {}), None))
