@@ -12,14 +12,12 @@ from typing import Any
 from broker.core import Command, PartitionCore
 from broker.engine.processor import Engine, ProcessingResult
 from broker.engine.state import State
-from broker.partition import PartitionConfig, read_records
+from broker.partition import read_records
 from storage.log import SegmentedLog
 from tests.broker.test_partition import LocalPartition
 from tests.scenarios.bpmn_samples import process_xml
-from zeebe_sim.ground.errors import InternalError
 from zeebe_sim.ground.ids import PartitionId, encode_key
 from zeebe_sim.ground.records import Record, RecordType, ValueType, encode_records
-from zeebe_sim.harness import eventually
 
 NOW_MS = 1_700_000_000_000
 # msgpack holds integers up to 2**64 - 1: a deadline of now + this does not fit
@@ -262,41 +260,3 @@ async def test_a_failing_command_written_but_never_processed_is_contained_on_rec
     )
     assert node.partition.health() == ("HEALTHY", [])
     await node.partition.stop()
-
-
-async def test_a_log_that_cannot_be_written_makes_the_partition_dead_not_silent(
-    tmp_path: Path,
-) -> None:
-    """The next segment's path is taken by a directory (a disk fault the log cannot work
-    around): processing stops, the waiting requests and every later one get an error at once,
-    and the partition reports DEAD with the reason."""
-    partition = LocalPartition(tmp_path).partition
-    partition.config = PartitionConfig(snapshot_period_s=3600, segment_bytes_max=4096)
-    await partition.start()
-    first_index = partition.log.last_index + 1
-    for index in range(first_index, first_index + 500):
-        path = tmp_path / "log" / f"segment-{index:012d}.log"
-        if not path.exists():  # the active segment
-            path.mkdir()
-    value = {"name": "ping", "correlationKey": "k", "timeToLive": 60_000, "variables": {}}
-    failures: list[Exception] = []
-    for _ in range(200):
-        try:
-            await partition.submit(ValueType.MESSAGE, "PUBLISH", -1, value)
-        except InternalError as exc:
-            failures.append(exc)
-            break
-    assert failures, "the log kept accepting entries"
-    health, reasons = partition.health()
-    assert health == "DEAD"
-    assert "processing stopped" in reasons[0]
-
-    async def refused() -> bool:
-        try:
-            partition.submit(ValueType.MESSAGE, "PUBLISH", -1, value)
-        except InternalError:
-            return True
-        return False
-
-    await eventually(refused, timeout_s=5)
-    await partition.stop()
