@@ -126,6 +126,20 @@ VALID_VALUES: dict[tuple[str, str], dict[str, Any]] = {
         "messagePartitionId": 3,
     },
     (ValueType.CHECKPOINT, "CREATE"): {"checkpointId": 7},
+    (ValueType.PROCESS_INSTANCE_CREATION, "CREATE_WITH_AWAITING_RESULT"): {
+        "bpmnProcessId": "p",
+        "variables": {"a": 1},
+    },
+    (ValueType.PROCESS_INSTANCE, "CANCEL"): {},
+    (ValueType.JOB, "FAIL"): {"retries": 2, "retryBackOff": 1000, "errorMessage": "boom"},
+    (ValueType.JOB, "THROW_ERROR"): {"errorCode": "E1", "errorMessage": "m", "variables": {}},
+    (ValueType.JOB, "UPDATE_RETRIES"): {"retries": 3},
+    (ValueType.JOB, "UPDATE_TIMEOUT"): {"timeout": 60_000},
+    (ValueType.JOB, "RECUR_AFTER_BACKOFF"): {},
+    (ValueType.INCIDENT, "RESOLVE"): {},
+    (ValueType.VARIABLE_DOCUMENT, "UPDATE"): {"scopeKey": 5, "local": True, "variables": {"x": 1}},
+    (ValueType.SIGNAL, "BROADCAST"): {"signalName": "s", "variables": {}},
+    (ValueType.MESSAGE_SUBSCRIPTION, "DELETE"): {"elementInstanceKey": 5, "messageName": "m"},
 }
 
 

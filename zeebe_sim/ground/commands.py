@@ -77,8 +77,41 @@ class CheckpointCreate(TypedDict):
     checkpointId: NewBackupId
 
 
+class JobFail(TypedDict):
+    retries: NotRequired[Annotated[int, IntRange(0, INT32_MAX)]]
+    retryBackOff: NotRequired[DurationMs]
+    errorMessage: NotRequired[str]
+    variables: NotRequired[Variables]
+
+
+class JobThrowError(TypedDict):
+    errorCode: NotRequired[str]
+    errorMessage: NotRequired[str]
+    variables: NotRequired[Variables]
+
+
+class JobUpdateRetries(TypedDict):
+    retries: NotRequired[Annotated[int, IntRange(0, INT32_MAX)]]
+
+
+class JobUpdateTimeout(TypedDict):
+    timeout: NotRequired[DurationMs]
+
+
+class VariableDocumentUpdate(TypedDict):
+    scopeKey: NotRequired[Key]
+    local: NotRequired[bool]
+    variables: NotRequired[Variables]
+
+
+class SignalBroadcast(TypedDict):
+    signalName: NotRequired[str]
+    variables: NotRequired[Variables]
+
+
 class NoValue(TypedDict):
-    """Commands whose key says everything (job time-out, message expiry)."""
+    """Commands whose key says everything (job time-out and recurrence, message expiry,
+    instance cancellation, incident resolution)."""
 
 
 # -- between partitions -----------------------------------------------------------------------
@@ -139,6 +172,13 @@ class MessageSubscriptionAnswer(TypedDict):
     bpmnProcessId: str
 
 
+class MessageSubscriptionDelete(TypedDict):
+    """The process partition closing a subscription (its instance was cancelled)."""
+
+    elementInstanceKey: ExistingKey
+    messageName: str
+
+
 class ProcessMessageSubscriptionCreate(TypedDict):
     """The message partition's acknowledgement that the subscription is open."""
 
@@ -161,6 +201,17 @@ COMMAND_VALUES: dict[tuple[str, str], Any] = {
     (ValueType.DEPLOYMENT, "CREATE"): DeploymentCreate | DeploymentDistribute,
     (ValueType.COMMAND_DISTRIBUTION, "ACKNOWLEDGE"): DistributionAcknowledge,
     (ValueType.PROCESS_INSTANCE_CREATION, "CREATE"): ProcessInstanceCreate,
+    (ValueType.PROCESS_INSTANCE_CREATION, "CREATE_WITH_AWAITING_RESULT"): ProcessInstanceCreate,
+    (ValueType.PROCESS_INSTANCE, "CANCEL"): NoValue,
+    (ValueType.JOB, "FAIL"): JobFail,
+    (ValueType.JOB, "THROW_ERROR"): JobThrowError,
+    (ValueType.JOB, "UPDATE_RETRIES"): JobUpdateRetries,
+    (ValueType.JOB, "UPDATE_TIMEOUT"): JobUpdateTimeout,
+    (ValueType.JOB, "RECUR_AFTER_BACKOFF"): NoValue,
+    (ValueType.INCIDENT, "RESOLVE"): NoValue,
+    (ValueType.VARIABLE_DOCUMENT, "UPDATE"): VariableDocumentUpdate,
+    (ValueType.SIGNAL, "BROADCAST"): SignalBroadcast,
+    (ValueType.MESSAGE_SUBSCRIPTION, "DELETE"): MessageSubscriptionDelete,
     (ValueType.JOB_BATCH, "ACTIVATE"): JobBatchActivate,
     (ValueType.JOB, "COMPLETE"): JobComplete,
     (ValueType.JOB, "TIME_OUT"): NoValue,
