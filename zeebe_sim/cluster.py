@@ -92,6 +92,8 @@ def watch_parent(parent_pid: int, stop: Callable[[], None]) -> None:
     def signalled() -> None:
         if os.getppid() != parent_pid:
             parent_gone()
+        else:
+            log.info("launcher thread ended, launcher (pid %d) alive: staying up", parent_pid)
 
     loop.add_reader(stdin, readable)
     if sys.platform == "linux":

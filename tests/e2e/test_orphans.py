@@ -203,3 +203,59 @@ async def test_a_child_stops_when_its_launcher_dies_even_if_its_pipe_stays_open(
         assert not left, "the child outlived its launcher although only the pipe was open"
     finally:
         os.close(write_end)
+
+
+THREAD_LAUNCHER_SCRIPT = textwrap.dedent(
+    """
+    import os, subprocess, sys, threading
+
+    children = []
+
+    def start() -> None:
+        child = subprocess.Popen(
+            [sys.executable, *sys.argv[1:], "--parent-pid", str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+        )
+        children.append(child)
+        print(child.stdout.readline().decode().strip(), flush=True)  # the ready line
+
+    # The thread that forks the child ends once the child is ready (and has its death signal
+    # set): Linux then sends that signal, although this process lives on.
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    print("thread ended", flush=True)
+    sys.stdin.read()  # until the test closes this process's stdin
+    children[0].stdin.close()
+    sys.exit(children[0].wait())
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux only")
+async def test_a_child_stays_up_when_only_its_launchers_forking_thread_ends() -> None:
+    """PR_SET_PDEATHSIG fires when the *thread* that forked the child exits: the child checks
+    its parent pid, says it stays up, and does; it still stops cleanly (code 0) at EOF."""
+    launcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", THREAD_LAUNCHER_SCRIPT, *gateway_args(), "--log-level", "info",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert launcher.stdin and launcher.stdout and launcher.stderr
+    logs: list[str] = []
+    draining = asyncio.create_task(drain(launcher.stderr, logs))
+    async with asyncio.timeout(60):
+        assert (await launcher.stdout.readline()).decode().startswith(READY_MARKER)
+        assert await launcher.stdout.readline() == b"thread ended\n"
+    (child,) = children(launcher.pid)
+
+    async def said_staying_up() -> bool:
+        return any("staying up" in line for line in logs)
+
+    await eventually(said_staying_up, timeout_s=30)
+    assert alive(child)
+    assert not any(GONE_MESSAGE in line for line in logs), logs
+    launcher.stdin.close()
+    async with asyncio.timeout(30):
+        assert await launcher.wait() == 0, "".join(logs)
+        await draining

@@ -154,15 +154,23 @@ def test_verify_refuses_a_data_directory_where_a_partition_is_missing(
     tmp_path: Path, backup_dir: Path
 ) -> None:
     """A cluster restored but for one broker (what a restore killed between two renames used
-    to leave) is refused by verify, naming the missing partition; the complete one passes."""
+    to leave) is refused by verify, naming the missing partition; the complete one passes;
+    `--partitions` says how many there must be."""
     data = tmp_path / "data"
     asyncio.run(restore_into(data, backup_dir, lambda step: None))
     assert not layout_problems(data, PARTITIONS)
     shutil.rmtree(data / "broker-1")
-    assert layout_problems(data, PARTITIONS) == [
+    missing = (
         f"partition 2 is missing: no {data}/broker-*/partitions/2 directory "
         f"(expected {PARTITIONS} partitions)"
-    ]
+    )
+    assert layout_problems(data, PARTITIONS) == [missing]
+    code, report = asyncio.run(run_cli("verify", "--data-dir", str(data)))
+    assert code == 1 and report == f"Cannot verify {data}:\n  {missing}\n", report
+    # only partition 3 left: 1 and 2 are missing (the flag given explicitly this time)
+    shutil.rmtree(data / "broker-0")
+    code, report = asyncio.run(run_cli("verify", "--data-dir", str(data), "--partitions", "3"))
+    assert code == 1 and "partition 1 is missing" in report, report
 
 
 async def test_cli_after_a_crash_verify_and_brokers_refuse_and_restore_finishes(
