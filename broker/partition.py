@@ -542,14 +542,15 @@ class Partition:
     # -- status -------------------------------------------------------------------------------
 
     def health(self) -> tuple[str, list[str]]:
-        """``HEALTHY``, ``UNHEALTHY`` (a background loop fails and is being restarted) or
-        ``DEAD`` (processing stopped), with the reasons."""
+        """``HEALTHY``, ``UNHEALTHY`` (a background loop fails and is being restarted, or the
+        disk is too full to process) or ``DEAD`` (processing stopped), with the reasons."""
         if self.failure is not None:
             return "DEAD", [self.failure]
-        failing = self._tasks.failing()
-        if failing:
-            return "UNHEALTHY", [f"{name}: {reason}" for name, reason in failing.items()]
-        return "HEALTHY", []
+        issues = [f"{name}: {reason}" for name, reason in self._tasks.failing().items()]
+        disk = self._disk_refusal()
+        if disk is not None:
+            issues.append(disk)
+        return ("UNHEALTHY", issues) if issues else ("HEALTHY", [])
 
     def status(self) -> dict[str, Any]:
         latest = self.snapshots.latest()

@@ -10,9 +10,16 @@ from pathlib import Path
 
 import boto3  # type: ignore[import-untyped]
 import pytest
+from hypothesis import settings
 from moto.server import ThreadedMotoServer
 
 from tests.backup_store.kits import S3_ACCESS_KEY, S3_SECRET_KEY
+
+# Hypothesis's per-example deadline (200 ms) measures the machine, not the code: on a loaded
+# 2-core CI machine an ordinary example can take longer. Property tests bound their size
+# instead (max_examples, sizes of the strategies).
+settings.register_profile("zeebe-sim", deadline=None)
+settings.load_profile("zeebe-sim")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEMO_BPMN = EXAMPLES / "demo-process.bpmn"

@@ -12,12 +12,14 @@ from typing import Any
 from broker.core import Command, PartitionCore
 from broker.engine.processor import Engine, ProcessingResult
 from broker.engine.state import State
-from broker.partition import read_records
+from broker.partition import PartitionConfig, read_records
 from storage.log import SegmentedLog
 from tests.broker.test_partition import LocalPartition
 from tests.scenarios.bpmn_samples import process_xml
+from zeebe_sim.ground.errors import ResourceExhausted
 from zeebe_sim.ground.ids import PartitionId, encode_key
 from zeebe_sim.ground.records import Record, RecordType, ValueType, encode_records
+from zeebe_sim.harness import eventually
 
 NOW_MS = 1_700_000_000_000
 # msgpack holds integers up to 2**64 - 1: a deadline of now + this does not fit
@@ -260,3 +262,56 @@ async def test_a_failing_command_written_but_never_processed_is_contained_on_rec
     )
     assert node.partition.health() == ("HEALTHY", [])
     await node.partition.stop()
+
+
+async def test_a_log_that_cannot_be_written_refuses_work_visibly_and_resumes_when_fixed(
+    tmp_path: Path,
+) -> None:
+    """The next segment's path is taken by a directory (a disk fault the log cannot work
+    around): the group being written is refused (RESOURCE_EXHAUSTED, never acknowledged), the
+    partition reports UNHEALTHY with the reason and refuses work at once instead of going
+    silent; once the fault is gone it processes again by itself, and nothing refused was
+    written."""
+    partition = LocalPartition(tmp_path).partition
+    partition.config = PartitionConfig(snapshot_period_s=3600, segment_bytes_max=4096)
+    await partition.start()
+    first_index = partition.log.last_index + 1
+    blocked = []
+    for index in range(first_index, first_index + 500):
+        path = tmp_path / "log" / f"segment-{index:012d}.log"
+        if not path.exists():  # the active segment
+            path.mkdir()
+            blocked.append(path)
+    value = {"name": "ping", "correlationKey": "k", "timeToLive": 60_000, "variables": {}}
+    acknowledged = 0
+    for _ in range(200):
+        try:
+            await partition.submit(ValueType.MESSAGE, "PUBLISH", -1, value)
+            acknowledged += 1
+        except ResourceExhausted:
+            break
+    else:
+        raise AssertionError("the log kept accepting entries")
+
+    async def unhealthy() -> list[str] | None:
+        health, reasons = partition.health()
+        return reasons if health == "UNHEALTHY" else None
+
+    reasons = await eventually(unhealthy, timeout_s=5)
+    assert any("writing failed" in reason for reason in reasons), reasons
+
+    for path in blocked:
+        path.rmdir()
+
+    async def processes_again() -> bool:
+        try:
+            await partition.submit(ValueType.MESSAGE, "PUBLISH", -1, value)
+        except ResourceExhausted:
+            return False
+        return True
+
+    await eventually(processes_again, timeout_s=10)
+    assert partition.health() == ("HEALTHY", [])
+    published = [m for m in partition.state.messages.values() if m["name"] == "ping"]
+    assert len(published) == acknowledged + 1
+    await partition.stop()
