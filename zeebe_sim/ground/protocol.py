@@ -299,8 +299,11 @@ def decode_body(body: bytes) -> tuple[int, Message]:
                 raise ProtocolError(f"{type_name}: missing field {s.name!r}")
             continue
         value = fields[s.name]
-        # bool is an int subclass; a bool where an int is expected is a malformed message.
-        if not isinstance(value, s.types) or (isinstance(value, bool) and bool not in s.types):
+        # bool is an int subclass; a bool where an int is expected is a malformed message (an
+        # Any field takes anything, a bool included).
+        if not isinstance(value, s.types) or (
+            isinstance(value, bool) and bool not in s.types and object not in s.types
+        ):
             raise ProtocolError(f"{type_name}.{s.name}: unexpected {type(value).__name__}")
         kwargs[s.name] = value
     return request_id, cls(**kwargs)
