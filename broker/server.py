@@ -279,10 +279,16 @@ class Broker:
         return partition
 
     def _query(self, query: QueryRequest) -> Any:
-        if query.query == "process-instances":
+        if query.query in ("search-process-instances", "search-incidents"):
             args = query.arguments
+            engine = self._partition(query.partition_id).engine
+            summaries = (
+                engine.instance_summaries()
+                if query.query == "search-process-instances"
+                else engine.incident_summaries()
+            )
             total, items = search(
-                self._partition(query.partition_id).engine.instance_summaries(),
+                summaries,
                 args["conditions"],
                 args["sort"],
                 args["limit"],

@@ -11,31 +11,39 @@ before any broker call. Broker rejections become Problem Details with the matchi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
+from gateway import operations
 from gateway.client import BrokerClient
-from gateway.errors import ERROR_BY_REJECTION, problem_details
+from gateway.errors import problem_details
+from gateway.operations import JobActivation, check
 from gateway.rest_input import (
     DEPLOYMENT_BYTES_MAX,
     TENANT,
     ActivateJobsRequest,
     CompleteJobRequest,
     CreateInstanceRequest,
+    FailJobRequest,
+    IncidentSearchRequest,
     InstanceSearchRequest,
+    OperationRequest,
     PublishMessageRequest,
+    SetVariablesRequest,
+    ThrowJobErrorRequest,
+    UpdateJobRequest,
     deployment_request,
     encode_cursor,
     json_request,
     parse_key,
 )
 from zeebe_sim.ground import VERSION
-from zeebe_sim.ground.errors import InvalidArgument, NotFound
+from zeebe_sim.ground.errors import NotFound
 from zeebe_sim.ground.ids import PartitionId, partition_of_key
-from zeebe_sim.ground.protocol import ExecuteCommandResponse
 from zeebe_sim.ground.records import ValueType
 from zeebe_sim.ground.routing import subscription_partition_id
 from zeebe_sim.ground.search import search, sort_values
@@ -55,13 +63,6 @@ def _key(raw: str, what: str, client: BrokerClient) -> int:
     return key
 
 
-def _check(response: ExecuteCommandResponse) -> ExecuteCommandResponse:
-    if response.rejection_type is not None:
-        error = ERROR_BY_REJECTION.get(response.rejection_type, InvalidArgument)
-        raise error(response.rejection_reason or response.rejection_type)
-    return response
-
-
 def _iso(timestamp_ms: int | None) -> str | None:
     if timestamp_ms is None:
         return None
@@ -77,7 +78,7 @@ async def deploy(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
     deployment = await deployment_request(request)
     resources = [{"resourceName": r.name, "resource": r.content} for r in deployment.resources]
-    response = _check(
+    response = check(
         await client.execute(
             PartitionId(1), ValueType.DEPLOYMENT, "CREATE", -1, {"resources": resources}
         )
@@ -113,7 +114,7 @@ async def create_instance(request: web.Request) -> web.Response:
         command["bpmnProcessId"] = body.process_definition_id
         command["version"] = body.version
     partition = client.next_partition()
-    response = _check(
+    response = check(
         await client.execute(partition, ValueType.PROCESS_INSTANCE_CREATION, "CREATE", -1, command)
     )
     value = response.value
@@ -160,6 +161,7 @@ def _instance_result(item: dict[str, Any]) -> dict[str, Any]:
 async def _search_partition(
     client: BrokerClient,
     partition: PartitionId,
+    query: str,
     conditions: list[list[Any]],
     sort: list[list[Any]],
     limit: int,
@@ -173,7 +175,7 @@ async def _search_partition(
         "after": list(after) if after is not None else None,
         "before": list(before) if before is not None else None,
     }
-    answer = await client.query(partition, "process-instances", arguments)
+    answer = await client.query(partition, query, arguments)
     return int(answer["total"]), list(answer["items"])
 
 
@@ -183,23 +185,33 @@ async def get_instance(request: web.Request) -> web.Response:
     key = _key(raw, "processInstanceKey", client)
     sort = [["processInstanceKey", False]]
     _, items = await _search_partition(
-        client, partition_of_key(key), [["processInstanceKey", "eq", key]], sort, 1
+        client,
+        partition_of_key(key),
+        "search-process-instances",
+        [["processInstanceKey", "eq", key]],
+        sort,
+        1,
     )
     if not items:
         raise NotFound(f"Process instance with key '{raw}' not found")
     return web.json_response(_instance_result(items[0]))
 
 
-async def search_instances(request: web.Request) -> web.Response:
+async def _search(
+    client: BrokerClient,
+    query_name: str,
+    query: InstanceSearchRequest | IncidentSearchRequest,
+    result: Callable[[dict[str, Any]], dict[str, Any]],
+) -> web.Response:
     """Every partition answers its first matches in sort order; the page is cut from their
     merge, with the same order (``zeebe_sim.ground.search``)."""
-    client = request.app[CLIENT]
-    query = await json_request(request, InstanceSearchRequest, optional=True)
     page, sort, conditions = query.page, query.sort_spec(), query.filter.conditions()
     depth = page.from_ + page.limit
     answers = await asyncio.gather(
         *(
-            _search_partition(client, p, conditions, sort, depth, page.after, page.before)
+            _search_partition(
+                client, p, query_name, conditions, sort, depth, page.after, page.before
+            )
             for p in client.partition_ids()
         )
     )
@@ -215,7 +227,7 @@ async def search_instances(request: web.Request) -> web.Response:
     cursors = [encode_cursor(sort_values(item, sort)) for item in (items[:1] + items[-1:])]
     return web.json_response(
         {
-            "items": [_instance_result(item) for item in items],
+            "items": [result(item) for item in items],
             "page": {
                 "totalItems": total,
                 "hasMoreTotalItems": False,
@@ -226,10 +238,36 @@ async def search_instances(request: web.Request) -> web.Response:
     )
 
 
-def _activated_job(job: dict[str, Any], fetch_variable: tuple[str, ...]) -> dict[str, Any]:
-    variables = job["variables"]
-    if fetch_variable:
-        variables = {name: variables[name] for name in fetch_variable if name in variables}
+async def search_instances(request: web.Request) -> web.Response:
+    query = await json_request(request, InstanceSearchRequest, optional=True)
+    return await _search(request.app[CLIENT], "search-process-instances", query, _instance_result)
+
+
+def _incident_result(item: dict[str, Any]) -> dict[str, Any]:
+    """A search item from a broker as Camunda's IncidentResult."""
+    return {
+        "incidentKey": str(item["incidentKey"]),
+        "processDefinitionId": item["processDefinitionId"],
+        "processDefinitionKey": str(item["processDefinitionKey"]),
+        "processInstanceKey": str(item["processInstanceKey"]),
+        "rootProcessInstanceKey": str(item["processInstanceKey"]),
+        "errorType": item["errorType"],
+        "errorMessage": item["errorMessage"],
+        "elementId": item["elementId"],
+        "elementInstanceKey": str(item["elementInstanceKey"]),
+        "creationTime": _iso(item["creationTime"]),
+        "state": item["state"],
+        "jobKey": _str_key(item["jobKey"]),
+        "tenantId": item["tenantId"],
+    }
+
+
+async def search_incidents(request: web.Request) -> web.Response:
+    query = await json_request(request, IncidentSearchRequest, optional=True)
+    return await _search(request.app[CLIENT], "search-incidents", query, _incident_result)
+
+
+def _activated_job(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "jobKey": str(job["jobKey"]),
         "type": job["type"],
@@ -243,7 +281,7 @@ def _activated_job(job: dict[str, Any], fetch_variable: tuple[str, ...]) -> dict
         "worker": job["worker"],
         "retries": job["retries"],
         "deadline": job["deadline"],
-        "variables": variables,
+        "variables": job["variables"],
         "tenantId": TENANT,
         "physicalTenantId": PHYSICAL_TENANT,
         # Service tasks only: no listeners, user tasks, tags, call activities or priorities.
@@ -258,27 +296,22 @@ def _activated_job(job: dict[str, Any], fetch_variable: tuple[str, ...]) -> dict
 
 
 async def activate_jobs(request: web.Request) -> web.Response:
+    """Zeebe's activation with long polling (``gateway/operations.py``, shared with gRPC): the
+    answer comes once a round found jobs, or empty when ``requestTimeout`` passes (0: the
+    gateway's 10 s; < 0: at once)."""
     client = request.app[CLIENT]
     body = await json_request(request, ActivateJobsRequest)
+    activation = JobActivation(
+        job_type=body.type,
+        worker=body.worker,
+        timeout_ms=body.timeout_ms,
+        max_jobs=body.max_jobs_to_activate,
+        fetch_variables=body.fetch_variable,
+        request_timeout_ms=body.request_timeout_ms,
+    )
     jobs: list[dict[str, Any]] = []
-    # Like Zeebe's gateway: ask partitions one after another until enough jobs are found,
-    # starting at a rotating partition so that no partition is always served first.
-    first = client.next_partition()
-    count = client.partition_count
-    for offset in range(count):
-        if len(jobs) >= body.max_jobs_to_activate:
-            break
-        partition = PartitionId((first - 1 + offset) % count + 1)
-        value = {
-            "type": body.type,
-            "worker": body.worker,
-            "timeout": body.timeout_ms,
-            "maxJobsToActivate": body.max_jobs_to_activate - len(jobs),
-        }
-        response = _check(
-            await client.execute(partition, ValueType.JOB_BATCH, "ACTIVATE", -1, value)
-        )
-        jobs.extend(_activated_job(job, body.fetch_variable) for job in response.value["jobs"])
+    async for batch in operations.activate_jobs(client, activation):
+        jobs.extend(_activated_job(job) for job in batch)
     return web.json_response({"jobs": jobs})
 
 
@@ -287,7 +320,77 @@ async def complete_job(request: web.Request) -> web.Response:
     key = _key(request.match_info["jobKey"], "jobKey", client)
     body = await json_request(request, CompleteJobRequest, optional=True)
     value = {"variables": body.variables}
-    _check(await client.execute(partition_of_key(key), ValueType.JOB, "COMPLETE", key, value))
+    check(await client.execute(partition_of_key(key), ValueType.JOB, "COMPLETE", key, value))
+    return web.Response(status=204)
+
+
+async def _job_command(request: web.Request, intent: str, value: dict[str, Any]) -> None:
+    client = request.app[CLIENT]
+    key = _key(request.match_info["jobKey"], "jobKey", client)
+    check(await client.execute(partition_of_key(key), ValueType.JOB, intent, key, value))
+
+
+async def fail_job(request: web.Request) -> web.Response:
+    body = await json_request(request, FailJobRequest, optional=True)
+    value = {
+        "retries": body.retries,
+        "errorMessage": body.error_message,
+        "retryBackOff": body.retry_back_off_ms,
+        "variables": body.variables,
+    }
+    await _job_command(request, "FAIL", value)
+    return web.Response(status=204)
+
+
+async def throw_job_error(request: web.Request) -> web.Response:
+    body = await json_request(request, ThrowJobErrorRequest)
+    value = {
+        "errorCode": body.error_code,
+        "errorMessage": body.error_message,
+        "variables": body.variables,
+    }
+    await _job_command(request, "THROW_ERROR", value)
+    return web.Response(status=204)
+
+
+async def update_job(request: web.Request) -> web.Response:
+    """Retries first, then the timeout: two engine commands, as Camunda's gateway sends."""
+    changes = (await json_request(request, UpdateJobRequest)).changeset
+    if changes.retries is not None:
+        await _job_command(request, "UPDATE_RETRIES", {"retries": changes.retries})
+    if changes.timeout_ms is not None:
+        await _job_command(request, "UPDATE_TIMEOUT", {"timeout": changes.timeout_ms})
+    return web.Response(status=204)
+
+
+async def cancel_instance(request: web.Request) -> web.Response:
+    client = request.app[CLIENT]
+    key = _key(request.match_info["processInstanceKey"], "processInstanceKey", client)
+    await json_request(request, OperationRequest, optional=True)
+    check(
+        await client.execute(partition_of_key(key), ValueType.PROCESS_INSTANCE, "CANCEL", key, {})
+    )
+    return web.Response(status=204)
+
+
+async def set_variables(request: web.Request) -> web.Response:
+    client = request.app[CLIENT]
+    key = _key(request.match_info["elementInstanceKey"], "elementInstanceKey", client)
+    body = await json_request(request, SetVariablesRequest)
+    value = {"scopeKey": key, "variables": body.variables, "local": body.local}
+    check(
+        await client.execute(
+            partition_of_key(key), ValueType.VARIABLE_DOCUMENT, "UPDATE", -1, value
+        )
+    )
+    return web.Response(status=204)
+
+
+async def resolve_incident(request: web.Request) -> web.Response:
+    client = request.app[CLIENT]
+    key = _key(request.match_info["incidentKey"], "incidentKey", client)
+    await json_request(request, OperationRequest, optional=True)
+    check(await client.execute(partition_of_key(key), ValueType.INCIDENT, "RESOLVE", key, {}))
     return web.Response(status=204)
 
 
@@ -302,7 +405,7 @@ async def publish_message(request: web.Request) -> web.Response:
         "variables": body.variables,
     }
     partition = subscription_partition_id(body.correlation_key, client.partition_count)
-    response = _check(await client.execute(partition, ValueType.MESSAGE, "PUBLISH", -1, value))
+    response = check(await client.execute(partition, ValueType.MESSAGE, "PUBLISH", -1, value))
     return web.json_response({"messageKey": str(response.key), "tenantId": TENANT})
 
 
@@ -372,10 +475,18 @@ def rest_app(client: BrokerClient) -> web.Application:
     app.router.add_post("/v2/deployments", deploy)
     app.router.add_post("/v2/process-instances", create_instance)
     app.router.add_post("/v2/process-instances/search", search_instances)
-    # Not "search": that path is the search's, and its 405 must not advertise GET.
+    # A key is not "search" or "activation": those paths are other operations', and their 405
+    # must not advertise this method.
     app.router.add_get("/v2/process-instances/{processInstanceKey:(?!search$)[^/]+}", get_instance)
     app.router.add_post("/v2/jobs/activation", activate_jobs)
     app.router.add_post("/v2/jobs/{jobKey}/completion", complete_job)
+    app.router.add_post("/v2/jobs/{jobKey}/failure", fail_job)
+    app.router.add_post("/v2/jobs/{jobKey}/error", throw_job_error)
+    app.router.add_patch("/v2/jobs/{jobKey:(?!activation$)[^/]+}", update_job)
+    app.router.add_post("/v2/process-instances/{processInstanceKey}/cancellation", cancel_instance)
+    app.router.add_put("/v2/element-instances/{elementInstanceKey}/variables", set_variables)
+    app.router.add_post("/v2/incidents/{incidentKey}/resolution", resolve_incident)
+    app.router.add_post("/v2/incidents/search", search_incidents)
     app.router.add_post("/v2/messages/publication", publish_message)
     app.router.add_get("/v2/topology", topology)
     return app

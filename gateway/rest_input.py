@@ -448,6 +448,57 @@ class CompleteJobRequest:
 
 
 @attrs.frozen
+class FailJobRequest:
+    retries: int = field("retries", Integer(0, INT32_MAX), 0)
+    error_message: str = field("errorMessage", Text(), "")
+    retry_back_off_ms: int = field("retryBackOff", Integer(0), 0)
+    variables: dict[str, Any] = field("variables", Variables(), attrs.Factory(dict))
+    job_lease_token: None = field("jobLeaseToken", NotSupported("job leases"), None, nullable=True)
+
+
+@attrs.frozen
+class ThrowJobErrorRequest:
+    error_code: str = field("errorCode", Text(1))
+    error_message: str = field("errorMessage", Text(), "", nullable=True)
+    variables: dict[str, Any] = field("variables", Variables(), attrs.Factory(dict), nullable=True)
+    job_lease_token: None = field("jobLeaseToken", NotSupported("job leases"), None, nullable=True)
+
+
+@attrs.frozen
+class JobChangeset:
+    retries: int | None = field("retries", Integer(0, INT32_MAX), None, nullable=True)
+    timeout_ms: int | None = field("timeout", Integer(0), None, nullable=True)
+    priority: None = field("priority", NotSupported("job priorities"), None, nullable=True)
+
+
+@attrs.frozen
+class UpdateJobRequest:
+    changeset: JobChangeset = field("changeset", Nested(JobChangeset))
+    operation_reference: int | None = field("operationReference", Integer(1), None)
+    job_lease_token: None = field("jobLeaseToken", NotSupported("job leases"), None, nullable=True)
+
+    def __attrs_post_init__(self) -> None:
+        if self.changeset.retries is None and self.changeset.timeout_ms is None:
+            raise InvalidArgument(
+                "Expected a changeset with at least one of retries and timeout, but none given"
+            )
+
+
+@attrs.frozen
+class OperationRequest:
+    """The body of a cancellation or an incident resolution: only an operation reference."""
+
+    operation_reference: int | None = field("operationReference", Integer(1), None)
+
+
+@attrs.frozen
+class SetVariablesRequest:
+    variables: dict[str, Any] = field("variables", Variables())
+    local: bool = field("local", Flag(), False)
+    operation_reference: int | None = field("operationReference", Integer(1), None)
+
+
+@attrs.frozen
 class PublishMessageRequest:
     name: str = field("name", Text(1))
     correlation_key: str = field("correlationKey", Text(), "")
@@ -620,12 +671,25 @@ class Condition:
 INSTANCE_STATES = ("ACTIVE", "COMPLETED", "TERMINATED", "SUSPENDED")
 
 
+class _Filter:
+    """A search filter: its fields are ``Condition`` kinds named like the search items."""
+
+    strict: ClassVar[bool] = True
+
+    def conditions(self) -> list[list[Any]]:
+        """``[field, operator, operand]`` triples over the search items' REST field names."""
+        return [
+            [f.metadata["json"], op, operand]
+            for f in attrs.fields(type(self))  # type: ignore[arg-type]
+            for op, operand in getattr(self, f.name)
+        ]
+
+
 @attrs.frozen
-class InstanceFilter:
+class InstanceFilter(_Filter):
     """The filter properties zeebe-sim can evaluate; any other is refused by name (ignoring it
     would answer instances the client asked to exclude)."""
 
-    strict: ClassVar[bool] = True
     process_instance_key: Any = field("processInstanceKey", Condition(Key()), ())
     process_definition_id: Any = field("processDefinitionId", Condition(Text()), ())
     process_definition_key: Any = field("processDefinitionKey", Condition(Key()), ())
@@ -636,14 +700,6 @@ class InstanceFilter:
     state: Any = field("state", Condition(OneOf(INSTANCE_STATES)), ())
     has_incident: Any = field("hasIncident", Condition(Flag()), ())
     tenant_id: Any = field("tenantId", Condition(Text()), ())
-
-    def conditions(self) -> list[list[Any]]:
-        """``[field, operator, operand]`` triples over the search items' REST field names."""
-        return [
-            [f.metadata["json"], op, operand]
-            for f in attrs.fields(InstanceFilter)
-            for op, operand in getattr(self, f.name)
-        ]
 
 
 INSTANCE_SORT_FIELDS = (
@@ -665,17 +721,24 @@ INSTANCE_SORT_FIELDS = (
 )
 
 
-@attrs.frozen
-class Sort:
-    field_: str = field("field", OneOf(INSTANCE_SORT_FIELDS))
-    order: str = field("order", OneOf(("ASC", "DESC"), case_insensitive=True), "ASC")
+def sort_order(fields: tuple[str, ...]) -> type[Any]:
+    """The ``{field, order}`` class of a search whose items sort by ``fields``."""
+
+    @attrs.frozen
+    class Sort:
+        field_: str = field("field", OneOf(fields))
+        order: str = field("order", OneOf(("ASC", "DESC"), case_insensitive=True), "ASC")
+
+    return Sort
 
 
-@attrs.frozen
-class InstanceSearchRequest:
-    filter: InstanceFilter = field("filter", Nested(InstanceFilter), attrs.Factory(InstanceFilter))
-    sort: tuple[Sort, ...] = field("sort", ListOf(Nested(Sort), 10), ())
-    page: Page = field("page", Nested(Page), attrs.Factory(Page))
+class _Search:
+    """What every search request shares: its cursors must match its sort, which always ends
+    with the items' key (``key_field``) so that a cursor names one position."""
+
+    key_field: ClassVar[str]
+    sort: tuple[Any, ...]
+    page: Page
 
     def __attrs_post_init__(self) -> None:
         for cursor in (self.page.after, self.page.before):
@@ -684,4 +747,70 @@ class InstanceSearchRequest:
 
     def sort_spec(self) -> list[list[Any]]:
         """``[field, descending]`` pairs, ending with the key as the unique tiebreaker."""
-        return [[s.field_, s.order == "DESC"] for s in self.sort] + [["processInstanceKey", False]]
+        return [[s.field_, s.order == "DESC"] for s in self.sort] + [[self.key_field, False]]
+
+
+InstanceSort = sort_order(INSTANCE_SORT_FIELDS)
+
+
+@attrs.frozen
+class InstanceSearchRequest(_Search):
+    key_field: ClassVar[str] = "processInstanceKey"
+    filter: InstanceFilter = field("filter", Nested(InstanceFilter), attrs.Factory(InstanceFilter))
+    sort: tuple[Any, ...] = field("sort", ListOf(Nested(InstanceSort), 10), ())
+    page: Page = field("page", Nested(Page), attrs.Factory(Page))
+
+
+INCIDENT_ERROR_TYPES = (
+    "JOB_NO_RETRIES",
+    "EXTRACT_VALUE_ERROR",
+    "UNHANDLED_ERROR_EVENT",
+    "IO_MAPPING_ERROR",
+    "CONDITION_ERROR",
+    "CALLED_ELEMENT_ERROR",
+    "DECISION_EVALUATION_ERROR",
+    "MESSAGE_SIZE_EXCEEDED",
+    "RESOURCE_NOT_FOUND",
+    "UNKNOWN",
+    "UNSPECIFIED",
+)
+INCIDENT_STATES = ("ACTIVE", "MIGRATED", "PENDING", "RESOLVED", "UNKNOWN")
+
+
+@attrs.frozen
+class IncidentFilter(_Filter):
+    incident_key: Any = field("incidentKey", Condition(Key()), ())
+    process_instance_key: Any = field("processInstanceKey", Condition(Key()), ())
+    process_definition_key: Any = field("processDefinitionKey", Condition(Key()), ())
+    process_definition_id: Any = field("processDefinitionId", Condition(Text()), ())
+    element_id: Any = field("elementId", Condition(Text()), ())
+    element_instance_key: Any = field("elementInstanceKey", Condition(Key()), ())
+    job_key: Any = field("jobKey", Condition(Key()), ())
+    error_type: Any = field("errorType", Condition(OneOf(INCIDENT_ERROR_TYPES)), ())
+    state: Any = field("state", Condition(OneOf(INCIDENT_STATES)), ())
+    tenant_id: Any = field("tenantId", Condition(Text()), ())
+
+
+IncidentSort = sort_order(
+    (
+        "incidentKey",
+        "processInstanceKey",
+        "processDefinitionKey",
+        "processDefinitionId",
+        "elementId",
+        "elementInstanceKey",
+        "jobKey",
+        "errorType",
+        "creationTime",
+        "state",
+        "tenantId",
+    )
+)
+
+
+@attrs.frozen
+class IncidentSearchRequest(_Search):
+    key_field: ClassVar[str] = "incidentKey"
+    filter: IncidentFilter = field("filter", Nested(IncidentFilter), attrs.Factory(IncidentFilter))
+    sort: tuple[Any, ...] = field("sort", ListOf(Nested(IncidentSort), 10), ())
+    page: Page = field("page", Nested(Page), attrs.Factory(Page))

@@ -84,8 +84,13 @@ class ClusterApi:
         return result
 
     async def activate_jobs(
-        self, job_type: str, max_jobs: int = 100, timeout_ms: int = 60_000
+        self,
+        job_type: str,
+        max_jobs: int = 100,
+        timeout_ms: int = 60_000,
+        request_timeout_ms: int = -1,
     ) -> list[dict[str, Any]]:
+        """Activate jobs; by default answered at once (no long polling), as tests poll."""
         body = await self.call(
             "POST",
             f"{self.rest_url}/v2/jobs/activation",
@@ -94,6 +99,7 @@ class ClusterApi:
                 "maxJobsToActivate": max_jobs,
                 "timeout": timeout_ms,
                 "worker": "harness",
+                "requestTimeout": request_timeout_ms,
             },
         )
         jobs: list[dict[str, Any]] = body["jobs"]

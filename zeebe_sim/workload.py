@@ -84,7 +84,7 @@ POLLS_IN_FLIGHT_MAX = 64
 POLL_INITIAL_S = 0.025
 POLL_MAX_S = 1.0
 POLL_FACTOR = 1.5
-# The REST API answers activation at once (no long polling), so an empty answer means "wait".
+# Activation is asked to answer at once (no long polling), so an empty answer means "wait".
 ACTIVATION_IDLE_INITIAL_S = 0.01
 ACTIVATION_IDLE_MAX_S = 0.25
 REPORT_INTERVAL_S = 0.25
@@ -530,6 +530,7 @@ class RestApi:
                 "maxJobsToActivate": max_jobs,
                 "timeout": timeout_ms,
                 "worker": WORKER_NAME,
+                "requestTimeout": -1,
             },
         )
         jobs = answer.get("jobs") if isinstance(answer, dict) else None

@@ -1260,6 +1260,26 @@ class Engine:
                 "tenantId": "<default>",
             }
 
+    def incident_summaries(self) -> Iterator[dict[str, Any]]:
+        """Every open incident as a search item, with the field names of Camunda's
+        IncidentResult; keys as integers, the creation time in epoch ms."""
+        for key, incident in self.state.incidents.items():
+            job_key = incident.get("jobKey", -1)
+            yield {
+                "incidentKey": key,
+                "processInstanceKey": incident["processInstanceKey"],
+                "processDefinitionKey": incident["processDefinitionKey"],
+                "processDefinitionId": incident["bpmnProcessId"],
+                "elementId": incident["elementId"],
+                "elementInstanceKey": incident["elementInstanceKey"],
+                "jobKey": job_key if job_key > 0 else None,
+                "errorType": incident["errorType"],
+                "errorMessage": incident["errorMessage"],
+                "creationTime": incident["creationTime"],
+                "state": "ACTIVE",
+                "tenantId": "<default>",
+            }
+
 
 _ELEMENT_TYPES = {
     "startEvent": "START_EVENT",

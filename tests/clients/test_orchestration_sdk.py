@@ -7,6 +7,7 @@ Orchestration Cluster API marks required: each call below succeeding is the conf
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,9 +17,15 @@ import pytest
 import pytest_asyncio
 from camunda_orchestration_sdk import CamundaAsyncClient
 from camunda_orchestration_sdk.models import (
+    CancelProcessInstanceRequest,
     CursorBasedForwardPagination,
+    IncidentSearchQuery,
+    IncidentSearchQueryFilter,
     JobActivationRequest,
+    JobChangeset,
     JobCompletionRequest,
+    JobFailRequest,
+    JobUpdateRequest,
     MessagePublicationRequest,
     OffsetBasedPagination,
     ProcessCreationById,
@@ -26,6 +33,8 @@ from camunda_orchestration_sdk.models import (
     ProcessInstanceSearchQueryFilter,
     ProcessInstanceSearchQuerySortRequest,
     ProcessInstanceSearchQuerySortRequestField,
+    SetVariableRequest,
+    SetVariableRequestVariables,
     SortOrderEnum,
 )
 from camunda_orchestration_sdk.models.process_instance_creation_instruction_base_variables import (
@@ -36,19 +45,15 @@ from camunda_orchestration_sdk.models.process_instance_state_exact_match import 
 )
 from camunda_orchestration_sdk.runtime.job_worker import ConnectedJobContext, WorkerConfig
 
-from tests.conftest import DEMO_BPMN, FAST_BROKER_ARGS
+from tests.conftest import DEMO_BPMN
 from tests.scenarios.bpmn_samples import process_xml
 from zeebe_sim.ground.ids import partition_of_key
 from zeebe_sim.ground.routing import subscription_partition_id
-from zeebe_sim.harness import RunningCluster, eventually, running_cluster
+from zeebe_sim.harness import RunningCluster, eventually
 
 pytestmark = pytest.mark.slow
 
-
-@pytest_asyncio.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[RunningCluster]:
-    async with running_cluster(tmp_path, broker_args=FAST_BROKER_ARGS) as running:
-        yield running
+# `cluster` (3 brokers, 3 partitions, a gateway) comes from tests/clients/conftest.py.
 
 
 @pytest_asyncio.fixture
@@ -256,3 +261,98 @@ async def test_the_sdk_job_worker_completes_jobs(
         worker.stop()
         await worker.aclose()
     assert len(handled) == 1
+
+
+async def test_fail_into_an_incident_raise_retries_resolve_cancel_and_set_variables(
+    cluster: RunningCluster, sdk: CamundaAsyncClient, tmp_path: Path
+) -> None:
+    """A job failed with no retries left raises an incident (the instance shows hasIncident,
+    the incident search finds it); raising the job's retries and resolving the incident makes
+    the job activatable again, and completing it completes the instance. Variables set on an
+    instance reach its next job; a cancelled instance is TERMINATED."""
+    bpmn = tmp_path / "one-task.bpmn"
+    bpmn.write_bytes(process_xml("flaky", job_type="flaky-job", message=None))
+    await sdk.deploy_resources_from_files([bpmn])
+    key = await _create(sdk, "unused", "flaky")
+
+    async def activate_one() -> Any:
+        result = await sdk.activate_jobs(
+            data=JobActivationRequest(
+                type_="flaky-job", timeout=60_000, max_jobs_to_activate=1, request_timeout=5_000
+            )
+        )
+        return result.jobs[0] if result.jobs else None
+
+    job = await eventually(activate_one, timeout_s=30)
+    await sdk.fail_job(job_key=job.job_key, data=JobFailRequest(retries=0, error_message="boom"))
+
+    async def incident() -> Any:
+        found = await sdk.search_incidents(
+            data=IncidentSearchQuery(
+                filter_=IncidentSearchQueryFilter.from_dict({"processInstanceKey": key})
+            )
+        )
+        return found.items[0] if found.items else None
+
+    open_incident = await eventually(incident, timeout_s=30)
+    assert open_incident.error_type.value == "JOB_NO_RETRIES"
+    assert open_incident.error_message == "boom"
+    assert str(open_incident.job_key) == str(job.job_key)
+    instance = await sdk.get_process_instance(process_instance_key=key)  # type: ignore[arg-type]
+    assert instance.has_incident is True
+
+    await sdk.create_element_instance_variables(
+        element_instance_key=key,  # type: ignore[arg-type]
+        data=SetVariableRequest(variables=SetVariableRequestVariables.from_dict({"fixed": 1})),
+    )
+    await sdk.update_job(
+        job_key=job.job_key, data=JobUpdateRequest(changeset=JobChangeset(retries=1))
+    )
+    await sdk.resolve_incident(incident_key=open_incident.incident_key)
+    again = await eventually(activate_one, timeout_s=30)
+    assert str(again.job_key) == str(job.job_key) and again.retries == 1
+    assert again.variables.to_dict()["fixed"] == 1
+    await sdk.complete_job(job_key=again.job_key)
+
+    async def state_of(instance_key: str, state: str) -> bool:
+        found = await sdk.get_process_instance(process_instance_key=instance_key)  # type: ignore[arg-type]
+        return found.state.value == state and not found.has_incident
+
+    await eventually(lambda: state_of(key, "COMPLETED"), timeout_s=30)
+    cancelled = await _create(sdk, "unused", "flaky")
+    # (the SDK cannot send this request without a body: it serialises its "unset" marker)
+    await sdk.cancel_process_instance(
+        process_instance_key=cancelled,  # type: ignore[arg-type]
+        data=CancelProcessInstanceRequest(),
+    )
+    await eventually(lambda: state_of(cancelled, "TERMINATED"), timeout_s=30)
+    remaining = await sdk.search_incidents(data=IncidentSearchQuery())
+    assert remaining.items == []
+
+
+async def test_activation_long_polls_until_a_job_appears(
+    cluster: RunningCluster, sdk: CamundaAsyncClient, tmp_path: Path
+) -> None:
+    """An activation with requestTimeout waits: it answers as soon as an instance creates a
+    job, not at once with nothing; with a short requestTimeout and no job it answers empty
+    after that time."""
+    bpmn = tmp_path / "one-task.bpmn"
+    bpmn.write_bytes(process_xml("polled", job_type="polled-job", message=None))
+    await sdk.deploy_resources_from_files([bpmn])
+    request = JobActivationRequest(
+        type_="polled-job", timeout=60_000, max_jobs_to_activate=5, request_timeout=60_000
+    )
+    waiting = asyncio.create_task(sdk.activate_jobs(data=request))
+    # The request is parked: nothing to activate yet.
+    done, _ = await asyncio.wait([waiting], timeout=0.5)
+    assert not done
+    key = await _create(sdk, "unused", "polled")
+    result = await asyncio.wait_for(waiting, timeout=30)
+    assert [str(j.process_instance_key) for j in result.jobs] == [key]
+    start = time.perf_counter()
+    empty = await sdk.activate_jobs(
+        data=JobActivationRequest(
+            type_="polled-job", timeout=60_000, max_jobs_to_activate=5, request_timeout=300
+        )
+    )
+    assert empty.jobs == [] and time.perf_counter() - start >= 0.3
