@@ -96,3 +96,61 @@ def partitions_of_broker(
         for p in range(1, partition_count + 1)
         if broker_of_partition(PartitionId(p), cluster_size) == node_id
     ]
+
+
+def replicas_of_partition(
+    partition_id: PartitionId, cluster_size: int, replication_factor: int
+) -> list[NodeId]:
+    """The brokers holding partition ``partition_id``, primary first, as Zeebe's
+    ``RoundRobinPartitionDistributor`` places them: members sorted by node id, and partition
+    ``p`` (1-based) on ``(p-1+j) % N`` for ``j = 0 .. min(rf, N)-1``. With a replication factor of
+    1 this is ``[broker_of_partition(p, N)]``.
+
+    Raises ``InvalidArgument`` for a partition id, cluster size or replication factor below 1.
+    """
+    _check_placement(partition_id, cluster_size, replication_factor)
+    start = partition_id - START_PARTITION_ID
+    return [
+        NodeId((start + j) % cluster_size) for j in range(min(replication_factor, cluster_size))
+    ]
+
+
+def replica_priorities(
+    partition_id: PartitionId, cluster_size: int, replication_factor: int
+) -> dict[NodeId, int]:
+    """Each replica's election priority for partition ``partition_id`` (Zeebe's distributor).
+
+    The primary gets ``replication_factor``, which is also the partition's target priority. The
+    other replicas, in placement order, get ``rf-1, rf-2, ...`` when ``((p-1) // N)`` is even
+    and ``1, 2, ...`` when it is odd: with more partitions than brokers, the second choice for
+    leadership alternates, so a broker's failure does not move all its partitions to one
+    neighbour.
+
+    Raises ``InvalidArgument`` as :func:`replicas_of_partition` does.
+    """
+    members = replicas_of_partition(partition_id, cluster_size, replication_factor)
+    descending = ((partition_id - START_PARTITION_ID) // cluster_size) % 2 == 0
+    priorities = {members[0]: replication_factor}
+    for rank, node in enumerate(members[1:], start=1):
+        priorities[node] = replication_factor - rank if descending else rank
+    return priorities
+
+
+def replicated_partitions_of_broker(
+    node_id: NodeId, cluster_size: int, partition_count: int, replication_factor: int
+) -> list[PartitionId]:
+    """The partitions broker ``node_id`` holds a replica of (any role), in partition order."""
+    return [
+        PartitionId(p)
+        for p in range(START_PARTITION_ID, partition_count + START_PARTITION_ID)
+        if node_id in replicas_of_partition(PartitionId(p), cluster_size, replication_factor)
+    ]
+
+
+def _check_placement(partition_id: int, cluster_size: int, replication_factor: int) -> None:
+    if partition_id < START_PARTITION_ID:
+        raise InvalidArgument(f"Partition id must be at least 1, found {partition_id}")
+    if cluster_size < 1:
+        raise InvalidArgument(f"Cluster size must be at least 1, found {cluster_size}")
+    if replication_factor < 1:
+        raise InvalidArgument(f"Replication factor must be at least 1, found {replication_factor}")
