@@ -79,7 +79,8 @@ Choices, and the Zeebe (Atomix) behaviour they follow:
   ``shouldReplicateSnapshot``); after the last chunk the follower continues from the snapshot's
   index. The follower answers every chunk with the offset it expects next, so a lost, duplicated
   or reordered chunk costs one chunk (Zeebe restarts from the first chunk instead); a chunk at
-  offset 0 restarts the transfer, as does a newer snapshot on the leader.
+  offset 0 restarts the transfer. A transfer keeps the snapshot it began with even when the
+  leader takes a newer one (the shell keeps :meth:`RaftCore.snapshots_in_use`).
 """
 
 from __future__ import annotations
@@ -168,10 +169,17 @@ class DurableState:
 
 
 class SnapshotReader(Protocol):
-    """Reads the replica's snapshot for sending (the core only asks for its newest one)."""
+    """Reads the replica's snapshots for sending to followers.
 
-    def read(self, snapshot: SnapshotMeta, offset: int, size_max: int) -> bytes:
-        """Up to ``size_max`` bytes from ``offset``; fewer only at the end."""
+    The core reads only snapshots it was told about (``SnapshotTaken``, ``InstallSnapshot``),
+    and a transfer keeps reading the snapshot it began with, so the shell keeps every snapshot
+    in :meth:`RaftCore.snapshots_in_use` when it deletes older ones (Zeebe reserves the
+    snapshot a transfer sends); restarting transfers whenever a new snapshot appears would never
+    finish one under load."""
+
+    def read(self, snapshot: SnapshotMeta, offset: int, size_max: int) -> bytes | None:
+        """Up to ``size_max`` bytes from ``offset`` (fewer only at the end); ``None`` if that
+        snapshot is gone, and the core starts the transfer over with the newest one."""
         ...
 
 
@@ -267,6 +275,7 @@ class RaftCore:
         self._polls: set[NodeId] | None = None  # yeses of the poll in progress
         self._votes: set[NodeId] = set()
         self._progress: dict[NodeId, _Progress] = {}
+        self._quorum_deadline_cache: int | None = None  # derived from _progress
         self._heartbeat_due_ms = now_ms
         self._incoming: SnapshotMeta | None = None  # a snapshot being received
         self._incoming_offset = 0
@@ -303,6 +312,13 @@ class RaftCore:
         lo = max(first, self.first_index) - self._base_index - 1
         hi = min(last, self.last_index) - self._base_index
         return self._log[lo:hi] if hi > lo else []
+
+    def snapshots_in_use(self) -> set[SnapshotMeta]:
+        """The snapshots the shell must keep: the newest and those transfers are sending."""
+        used = {p.snapshot for p in self._progress.values() if p.snapshot is not None}
+        if self.snapshot is not None:
+            used.add(self.snapshot)
+        return used
 
     def next_deadline_ms(self) -> int:
         """When the core next needs a ``Tick`` (it may get one earlier)."""
@@ -403,11 +419,19 @@ class RaftCore:
                 self._election_deadline_ms += self.config.election_timeout_ms
 
     def _quorum_deadline_ms(self) -> int:
-        if not self.peers:
-            return 1 << 62
-        heard = sorted((p.last_response_ms for p in self._progress.values()), reverse=True)
-        # the leader counts itself: it needs quorum - 1 others
-        return heard[self._quorum - 2] + self.config.quorum_response_timeout_ms
+        if self._quorum_deadline_cache is None:
+            if not self.peers:
+                self._quorum_deadline_cache = 1 << 62
+            else:
+                heard = sorted((p.last_response_ms for p in self._progress.values()), reverse=True)
+                # the leader counts itself: it needs quorum - 1 others
+                deadline = heard[self._quorum - 2] + self.config.quorum_response_timeout_ms
+                self._quorum_deadline_cache = deadline
+        return self._quorum_deadline_cache
+
+    def _heard_from(self, p: _Progress) -> None:
+        p.last_response_ms = self._now
+        self._quorum_deadline_cache = None
 
     def _log_is_current(self, last_index: int, last_term: int) -> bool:
         return (last_term, last_index) >= (self.last_term, self.last_index)
@@ -442,6 +466,7 @@ class RaftCore:
             self._progress = {
                 peer: _Progress(self.last_index + 1, 0, self._now) for peer in self.peers
             }
+            self._quorum_deadline_cache = None
             self._heartbeat_due_ms = self._now + self.config.heartbeat_interval_ms
             # the no-op: entries of earlier terms commit once an entry of this term does
             self._append((None,))
@@ -522,14 +547,15 @@ class RaftCore:
         """Send ``peer`` what it needs next: a snapshot chunk, new entries, or (``heartbeat``)
         at least an empty append."""
         p = self._progress[peer]
-        if p.snapshot is not None and p.snapshot != self.snapshot:
-            p.snapshot = None  # our snapshot changed under the transfer: start over
         if p.snapshot is None and self._needs_snapshot(p):
             p.snapshot, p.snapshot_offset = self.snapshot, 0
             heartbeat = True
         if p.snapshot is not None:
-            if heartbeat:
-                self._send_chunk(peer, p)
+            if heartbeat and not self._send_chunk(peer, p):
+                # the snapshot we were sending is gone: start over with the newest one
+                p.snapshot, p.snapshot_offset = self.snapshot, 0
+                sent = self._send_chunk(peer, p)
+                assert sent, "the newest snapshot cannot be read"
             return
         window_full = p.next_index - 1 - p.match_index >= self.config.append_window_entries_max
         if not heartbeat and (p.next_index > self.last_index or window_full):
@@ -549,22 +575,25 @@ class RaftCore:
         self._out.append(Send(peer, request))
         p.next_index += len(batch)
 
-    def _send_chunk(self, peer: NodeId, p: _Progress) -> None:
+    def _send_chunk(self, peer: NodeId, p: _Progress) -> bool:
+        """Send the chunk at the transfer's offset; False if its snapshot is gone."""
         snapshot = p.snapshot
         assert snapshot is not None
-        data = self._snapshots.read(
-            snapshot, p.snapshot_offset, self.config.snapshot_chunk_size_bytes
-        )
+        size_max = self.config.snapshot_chunk_size_bytes
+        data = self._snapshots.read(snapshot, p.snapshot_offset, size_max)
+        if data is None:
+            return False
         done = p.snapshot_offset + len(data) >= snapshot.size_bytes
         assert data or done, "the snapshot reader returned nothing before the end"
         chunk = InstallRequest(self.term, self.node_id, snapshot, p.snapshot_offset, data, done)
         self._out.append(Send(peer, chunk))
+        return True
 
     def _on_append_response(self, m: AppendResponse) -> None:
         if self.role is not Role.LEADER or m.term != self.term:
             return
         p = self._progress[m.sender]
-        p.last_response_ms = self._now
+        self._heard_from(p)
         if m.success:
             if m.last_index > p.match_index:
                 p.match_index = m.last_index
@@ -578,7 +607,7 @@ class RaftCore:
         if self.role is not Role.LEADER or m.term != self.term:
             return
         p = self._progress[m.sender]
-        p.last_response_ms = self._now
+        self._heard_from(p)
         if m.complete:
             if m.snapshot_index > p.match_index:
                 p.match_index = m.snapshot_index
@@ -594,7 +623,7 @@ class RaftCore:
         ):
             # an equal offset is an answer to a duplicate: the heartbeat resends if it is lost
             p.snapshot_offset = m.next_offset
-            self._send_chunk(m.sender, p)
+            self._replicate(m.sender, heartbeat=True)
 
     # -- the follower's side -----------------------------------------------------------------
 

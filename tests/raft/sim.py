@@ -74,16 +74,27 @@ class Disk:
     entries: list[Entry] = field(default_factory=list)
     snapshot: SnapshotMeta | None = None
     snapshot_data: bytes = b""
+    # older snapshots kept while a transfer reads them (the newest is snapshot/snapshot_data)
+    kept: dict[SnapshotMeta, bytes] = field(default_factory=dict)
     pending: bytearray = field(default_factory=bytearray)
     pending_meta: SnapshotMeta | None = None
 
     def durable(self) -> DurableState:
         return DurableState(self.term, self.voted_for, self.snapshot, list(self.entries))
 
-    def read(self, snapshot: SnapshotMeta, offset: int, size_max: int) -> bytes:
-        """The snapshot reader the core gets: only the newest snapshot exists."""
-        assert snapshot == self.snapshot, "the core asked for a snapshot it was not given"
-        return self.snapshot_data[offset : offset + size_max]
+    def read(self, snapshot: SnapshotMeta, offset: int, size_max: int) -> bytes | None:
+        """The snapshot reader the core gets."""
+        data = self.snapshot_data if snapshot == self.snapshot else self.kept.get(snapshot)
+        return None if data is None else data[offset : offset + size_max]
+
+    def replace_snapshot(
+        self, snapshot: SnapshotMeta, data: bytes, in_use: set[SnapshotMeta]
+    ) -> None:
+        """A new newest snapshot; older ones survive only while in use."""
+        if self.snapshot is not None:
+            self.kept[self.snapshot] = self.snapshot_data
+        self.snapshot, self.snapshot_data = snapshot, data
+        self.kept = {meta: d for meta, d in self.kept.items() if meta in in_use}
 
 
 def encode_snapshot(index: int, state: bytes, pad_bytes: int) -> bytes:
@@ -201,6 +212,7 @@ class Simulation:
         else:
             r.applied, r.state = 0, GENESIS
         r.disk.pending, r.disk.pending_meta = bytearray(), None  # never made durable
+        r.disk.kept = {}  # a restarted replica sends nothing yet: only the newest stays
         self.note(f"start {n} (incarnation {r.incarnation}, term {r.disk.term})")
 
     def crash(self, n: NodeId) -> None:
@@ -267,7 +279,7 @@ class Simulation:
         elif isinstance(effect, InstallSnapshot):
             if disk.pending_meta != effect.snapshot:
                 self.fail(f"{r.node_id} installs a snapshot it did not receive")
-            disk.snapshot, disk.snapshot_data = effect.snapshot, bytes(disk.pending)
+            disk.replace_snapshot(effect.snapshot, bytes(disk.pending), core.snapshots_in_use())
             disk.pending, disk.pending_meta = bytearray(), None
             disk.entries = [e for e in disk.entries if e.index > effect.snapshot.index]
             r.applied, r.state = decode_snapshot(disk.snapshot_data)
@@ -316,7 +328,7 @@ class Simulation:
         assert term is not None
         data = encode_snapshot(r.applied, r.state, self.snapshot_pad_bytes)
         meta = SnapshotMeta(Index(r.applied), Term(term), len(data))
-        r.disk.snapshot, r.disk.snapshot_data = meta, data
+        r.disk.replace_snapshot(meta, data, core.snapshots_in_use() | {meta})
         for effect in core.handle(SnapshotTaken(meta), self.now):
             self.execute(r, effect)
 
@@ -347,8 +359,10 @@ class Simulation:
         next_time = until_ms
         due: NodeId | None = None
         for r in self.replicas.values():
-            if r.core is not None and r.core.next_deadline_ms() < next_time:
-                next_time, due = r.core.next_deadline_ms(), r.node_id
+            if r.core is not None:
+                deadline = r.core.next_deadline_ms()
+                if deadline < next_time:
+                    next_time, due = deadline, r.node_id
         if self._queue and self._queue[0][0] <= next_time:
             time_ms, _, action = heapq.heappop(self._queue)
             self.now = max(self.now, time_ms)
