@@ -80,7 +80,9 @@ Choices, and the Zeebe (Atomix) behaviour they follow:
   index. The follower answers every chunk with the offset it expects next, so a lost, duplicated
   or reordered chunk costs one chunk (Zeebe restarts from the first chunk instead); a chunk at
   offset 0 restarts the transfer. A transfer keeps the snapshot it began with even when the
-  leader takes a newer one (the shell keeps :meth:`RaftCore.snapshots_in_use`).
+  leader takes a newer one (the shell keeps :meth:`RaftCore.snapshots_in_use`). A chunk is sent
+  again if unanswered for ``snapshot_request_timeout`` (Zeebe's ``snapshotRequestTimeout``); the
+  follower's election timer restarts with every chunk.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class RaftConfig:
     enable_priority_election: bool = True
     max_quorum_response_timeout_ms: int = 0  # 0: 2 x election timeout, as Zeebe
     snapshot_chunk_size_bytes: int = 1 << 30  # Zeebe's snapshotChunkSize, 1 GB
+    snapshot_request_timeout_ms: int = 2500  # an unanswered chunk is sent again after this
     prefer_snapshot_replication_threshold: int = 100
     append_batch_entries_max: int = 64
     append_window_entries_max: int = 1024
@@ -213,6 +216,7 @@ class _Progress:
     last_response_ms: int
     snapshot: SnapshotMeta | None = None  # a transfer in progress
     snapshot_offset: int = 0
+    chunk_sent_ms: int = 0
 
 
 class RaftCore:
@@ -404,8 +408,12 @@ class RaftCore:
                 return
             if self._now >= self._heartbeat_due_ms:
                 self._heartbeat_due_ms = self._now + self.config.heartbeat_interval_ms
-                for peer in self.peers:
-                    self._replicate(peer, heartbeat=True)
+                for peer, p in self._progress.items():
+                    if p.snapshot is None:
+                        self._replicate(peer, heartbeat=True)
+                    elif self._now - p.chunk_sent_ms >= self.config.snapshot_request_timeout_ms:
+                        # a chunk can be large (1 GB by default): resend only when overdue
+                        self._replicate(peer, heartbeat=True)
             return
         # a loop, in case the shell ticks late: a priority step may be due right after another
         while self._now >= self._election_deadline_ms:
@@ -587,6 +595,7 @@ class RaftCore:
         assert data or done, "the snapshot reader returned nothing before the end"
         chunk = InstallRequest(self.term, self.node_id, snapshot, p.snapshot_offset, data, done)
         self._out.append(Send(peer, chunk))
+        p.chunk_sent_ms = self._now
         return True
 
     def _on_append_response(self, m: AppendResponse) -> None:

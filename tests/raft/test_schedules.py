@@ -46,6 +46,7 @@ def random_schedule(seed: int) -> Simulation:
         heartbeat_interval_ms=100,
         enable_priority_election=priority,
         snapshot_chunk_size_bytes=rng.choice([16, 64, 256, 1 << 20]),
+        snapshot_request_timeout_ms=rng.choice([150, 400, 1000]),
         prefer_snapshot_replication_threshold=rng.choice([3, 20, 100]),
         append_batch_entries_max=batch,
         append_window_entries_max=rng.choice([batch, 4 * batch, 1024]),
@@ -68,7 +69,7 @@ def random_schedule(seed: int) -> Simulation:
         snapshot_every=rng.choice([4, 15, 60]),
         snapshot_pad_bytes=rng.choice([0, 100, 400]),
     )
-    duration_ms = rng.randint(4_000, 10_000)
+    duration_ms = rng.randint(3_000, 8_000)
     write_gap_ms = rng.choice([20, 60, 200])
     t = 0.0
     while t < duration_ms:
