@@ -268,3 +268,38 @@ def test_small_chunks_make_a_multi_chunk_transfer() -> None:
     sim.heal_and_check(20_000)
     assert len(chunks) >= 6 and chunks == sorted(chunks) and chunks[0] == 0
     assert sim.replicas[NodeId(1)].installs == 1
+
+
+def test_pre_vote_keeps_a_returning_partitioned_follower_from_deposing_the_leader() -> None:
+    """A follower cut off for ten election timeouts polls again and again but never wins a poll,
+    so it never raises its term; when the network heals the leader and its term are unchanged."""
+    sim = priority_sim(6, 1)
+    assert leader_after(sim, 10_000) == 0
+    term = max(sim.leaders)
+    sim.cut |= {(NodeId(2), NodeId(0)), (NodeId(0), NodeId(2))}
+    sim.cut |= {(NodeId(2), NodeId(1)), (NodeId(1), NodeId(2))}
+    sim.run_until(sim.now + 10 * CONFIG.election_timeout_ms)
+    isolated = sim.replicas[NodeId(2)].core
+    assert isolated is not None and isolated.term == term and isolated.role is Role.FOLLOWER
+    sim.cut.clear()
+    sim.run_until(sim.now + 3 * CONFIG.election_timeout_ms)
+    leader = sim.leader()
+    assert leader is not None and leader.node_id == 0 and leader.core is not None
+    assert leader.core.term == term and set(sim.leaders) == {term}
+    sim.heal_and_check(10_000)
+
+
+def test_without_priority_election_the_timeouts_are_randomized() -> None:
+    """With enable_priority_election off, every replica waits election_timeout + U[0, timeout)
+    from the injected random source: seeds give different first-election times, all within
+    [timeout, 2 x timeout) plus the round trips, and some replica other than 0 wins sometimes."""
+    config = RaftConfig(
+        election_timeout_ms=1000, heartbeat_interval_ms=100, enable_priority_election=False
+    )
+    times, winners = set(), set()
+    for seed in range(30):
+        sim = Simulation(seed, 3, config)
+        winners.add(leader_after(sim, 10_000))
+        times.add(sim.now)
+        assert 1000 <= sim.now < 2000 + 40, f"seed {seed}"
+    assert len(times) > 20 and len(winners) == 3
