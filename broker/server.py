@@ -29,6 +29,7 @@ from broker.backup import BackupService
 from broker.disk import DiskConfig, DiskMonitor, free_bytes_of
 from broker.engine.processor import Send
 from broker.partition import Partition, PartitionConfig
+from storage.backup.api import BackupStore
 from storage.backup.config import FilesystemStoreConfig, S3StoreConfig
 from storage.backup.open import open_store
 from zeebe_sim.ground import VERSION, layout
@@ -65,7 +66,15 @@ from zeebe_sim.ground.records import ValueType
 from zeebe_sim.ground.routing import broker_of_partition, partitions_of_broker
 from zeebe_sim.ground.search import search
 from zeebe_sim.ground.tasks import OwnedTasks
-from zeebe_sim.ground.transport import Connection, serve_connection
+from zeebe_sim.ground.transport import (
+    TCP,
+    Connection,
+    FrameLimits,
+    Listener,
+    NetworkBackend,
+    ServerLimits,
+    serve_connection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +99,7 @@ class BrokerConfig:
     # None: no backup store (backup requests answer BACKUP_NOT_CONFIGURED)
     backup_store: FilesystemStoreConfig | S3StoreConfig | None = None
     disk: DiskConfig = attrs.Factory(DiskConfig)
+    frame_limits: FrameLimits = attrs.Factory(FrameLimits)
 
 
 class Broker:
@@ -99,7 +109,11 @@ class Broker:
         *,
         free_bytes: Callable[[Path], int] = free_bytes_of,
         clock_ms: Callable[[], int] = lambda: int(time.monotonic() * 1000),
+        network: NetworkBackend = TCP,
+        backup_store: BackupStore | None = None,
     ) -> None:
+        """``network`` and ``backup_store`` (instead of the configured one) are the seams of
+        the in-process cluster: a memory network and a memory store."""
         self.config = config
         self.node_id = NodeId(config.node_id)
         # The free-space reader and the clock are parameters so that tests can run out of disk
@@ -107,18 +121,22 @@ class Broker:
         self.disk = DiskMonitor(
             config.disk, self.directory, free_bytes=free_bytes, clock_ms=clock_ms
         )
+        if backup_store is None and config.backup_store is not None:
+            backup_store = open_store(config.backup_store)
         self.backups = BackupService(
-            open_store(config.backup_store) if config.backup_store is not None else None,
+            backup_store,
             config.node_id,
             config.partition_count,
             partition_dir=self._partition_dir,
         )
+        self._network = network
+        self._limits = ServerLimits(config.frame_limits)
         self.partitions: dict[PartitionId, Partition] = {}
         self.members: dict[NodeId, str] = {}
         self._peers: dict[int, Connection] = {}
         self._connecting: set[int] = set()
         self._waiting: dict[int, list[InterPartitionCommandSent]] = {}
-        self._server: asyncio.Server | None = None
+        self._server: Listener | None = None
         self._tasks = OwnedTasks(f"broker {config.node_id}")
         self.address = ""
 
@@ -134,11 +152,8 @@ class Broker:
         self.directory.mkdir(parents=True, exist_ok=True)
         # Before the first request: a broker started on a full disk refuses work from the start.
         self.disk.check()
-        self._server = await asyncio.start_server(
-            self._serve, self.config.host, self.config.port, limit=1 << 20
-        )
-        port = self._server.sockets[0].getsockname()[1]
-        self.address = f"{self.config.host}:{port}"
+        self._server = await self._network.listen(self.config.host, self.config.port, self._serve)
+        self.address = f"{self.config.host}:{self._server.port}"
         self.members[self.node_id] = self.address
         for partition_id in partitions_of_broker(
             self.node_id, self.config.cluster_size, self.config.partition_count
@@ -175,7 +190,7 @@ class Broker:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await serve_connection(reader, writer, self.handle)
+            await serve_connection(reader, writer, self.handle, server=self._limits)
         except asyncio.CancelledError:
             # Shutting down. This task is the stream server's own and nobody awaits it; CPython
             # 3.11's done-callback calls task.exception() on it, which logs a cancelled task as
@@ -340,7 +355,7 @@ class Broker:
 
         async def connect() -> None:
             try:
-                peer = await Connection.open(address)
+                peer = await Connection.open(address, network=self._network)
                 self._peers[node] = peer
                 for message in self._waiting.pop(node, []):
                     peer.notify(message)
@@ -380,7 +395,7 @@ class Broker:
 
     async def _exchange(self, address: str) -> None:
         try:
-            connection = await Connection.open(address, PEER_REQUEST_TIMEOUT_S)
+            connection = await Connection.open(address, PEER_REQUEST_TIMEOUT_S, self._network)
         except BrokerUnavailable:
             return
         try:

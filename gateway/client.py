@@ -38,7 +38,7 @@ from zeebe_sim.ground.protocol import (
     TopologyRequest,
     TopologyResponse,
 )
-from zeebe_sim.ground.transport import Connection
+from zeebe_sim.ground.transport import TCP, Connection, NetworkBackend
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,14 @@ TOPOLOGY_REQUEST_TIMEOUT_S = 1.0
 
 
 class BrokerClient:
-    def __init__(self, contact_points: list[str], request_timeout_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        contact_points: list[str],
+        request_timeout_s: float = 15.0,
+        network: NetworkBackend = TCP,
+    ) -> None:
         self.contact_points = list(contact_points)
+        self._network = network
         self.request_timeout_s = request_timeout_s
         self.brokers: dict[NodeId, TopologyResponse] = {}  # node id -> its last answer
         self.addresses: dict[NodeId, str] = {}
@@ -148,7 +154,7 @@ class BrokerClient:
             for known, connection in self._connections.items():
                 if self.addresses.get(known) == address and not connection.closed:
                     return connection
-        connection = await Connection.open(address)
+        connection = await Connection.open(address, network=self._network)
         if node is not None:
             self._connections[node] = connection
         return connection

@@ -8,6 +8,7 @@ from aiohttp import web
 from gateway.actuator import management_app
 from gateway.client import BrokerClient
 from gateway.rest import rest_app
+from zeebe_sim.ground.transport import TCP, NetworkBackend
 
 
 @attrs.frozen
@@ -21,9 +22,10 @@ class GatewayConfig:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, network: NetworkBackend = TCP) -> None:
+        """``network``: where the brokers are (the in-process cluster's memory network)."""
         self.config = config
-        self.client = BrokerClient(list(config.contact_points), config.request_timeout_s)
+        self.client = BrokerClient(list(config.contact_points), config.request_timeout_s, network)
         self._runners: list[web.AppRunner] = []
         self.management_port = 0
         self.rest_port = 0

@@ -142,6 +142,7 @@ class InMemoryBackupStore(ManifestBackupStore):
         compression_min_bytes: int = COMPRESSION_MIN_BYTES,
         transfer_concurrency_max: int = TRANSFER_CONCURRENCY_MAX,
         now: Clock = utc_now,
+        upload_delay_s: float = 0.0,
     ) -> None:
         self.medium = medium if medium is not None else MemoryObjects()
         backend = _MemoryBackend(self.medium, chunk_bytes=1 << 20)
@@ -151,4 +152,5 @@ class InMemoryBackupStore(ManifestBackupStore):
             compression_min_bytes=compression_min_bytes,
             transfer_concurrency_max=transfer_concurrency_max,
             now=now,
+            upload_delay_s=upload_delay_s,
         )
