@@ -130,7 +130,8 @@ class Broker:
             partition_dir=self._partition_dir,
         )
         self._network = network
-        self._limits = ServerLimits(config.frame_limits)
+        # What its connections may hold in unfinished frames, accounted together.
+        self.limits = ServerLimits(config.frame_limits)
         self.partitions: dict[PartitionId, Partition] = {}
         self.members: dict[NodeId, str] = {}
         self._peers: dict[int, Connection] = {}
@@ -190,7 +191,7 @@ class Broker:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await serve_connection(reader, writer, self.handle, server=self._limits)
+            await serve_connection(reader, writer, self.handle, server=self.limits)
         except asyncio.CancelledError:
             # Shutting down. This task is the stream server's own and nobody awaits it; CPython
             # 3.11's done-callback calls task.exception() on it, which logs a cancelled task as

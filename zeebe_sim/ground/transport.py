@@ -140,7 +140,8 @@ class _MemoryTransport(asyncio.Transport):
     """One end of an in-memory connection: what is written here is delivered to the peer's
     protocol on a later loop iteration, in order; the peer pausing its reading holds it here (and
     shows as this end's write buffer, pausing the writer past the high-water mark), as a socket
-    would. ``abort`` resets the peer (ConnectionResetError), ``close`` gives it an EOF."""
+    would. ``close`` delivers what is buffered, then an EOF; ``abort`` drops what is buffered
+    on both ends and ends both at once (a reset, as a process's end resets its sockets)."""
 
     _HIGH_WATER_BYTES = 64 * 1024
 
@@ -228,7 +229,7 @@ class _MemoryTransport(asyncio.Transport):
         self._schedule_flush()
 
     def abort(self) -> None:
-        """Drop what is buffered and reset the peer, as a socket closed with RST."""
+        """Drop what is buffered on both ends and end both streams now (a reset)."""
         if self._lost:
             return
         self._closing = True
@@ -236,12 +237,12 @@ class _MemoryTransport(asyncio.Transport):
         peer = self.peer
         self._finish_close()
         if peer is not None and not peer._lost:
+            # The peer's stream ends at once (an EOF rather than ECONNRESET: every reader of
+            # ours treats both alike, and an exception would sit unretrieved in asyncio's
+            # close waiter of a writer nobody awaits).
             peer._closing = True
             peer._outbox.clear()
-            peer._lost = True
-            self._loop.call_soon(
-                peer._protocol.connection_lost, ConnectionResetError("connection reset by peer")
-            )
+            peer._finish_close()
 
     def _finish_close(self) -> None:
         self._lost = True
