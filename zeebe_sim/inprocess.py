@@ -36,6 +36,7 @@ import aiohttp
 
 from broker.partition import PartitionConfig
 from broker.server import Broker, BrokerConfig
+from gateway.client import BrokerClient
 from gateway.server import Gateway, GatewayConfig
 from storage.backup.memory import InMemoryBackupStore, MemoryObjects
 from zeebe_sim.ground.transport import DEFAULT_FRAME_LIMITS, FrameLimits, MemoryNetwork
@@ -93,6 +94,12 @@ class InProcessCluster:
     def rest_url(self) -> str:
         assert self.gateway is not None
         return f"http://{HOST}:{self.gateway.rest_port}"
+
+    @property
+    def gateway_client(self) -> BrokerClient:
+        """The gateway's broker client (its view of topology and leaders)."""
+        assert self.gateway is not None
+        return self.gateway.client
 
     def backup_store(self) -> InMemoryBackupStore:
         """A store on the cluster's shared medium (what a restore would read)."""
@@ -166,8 +173,7 @@ class InProcessCluster:
 
     async def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Wait until the gateway sees a leader for every partition."""
-        assert self.gateway is not None
-        client = self.gateway.client
+        client = self.gateway_client
 
         async def ready() -> bool:
             return client.all_partitions_have_leader
