@@ -27,7 +27,6 @@ The multi-process tests (``zeebe_sim.harness.running_cluster``) prove those shel
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -57,18 +56,22 @@ class InProcessCluster:
         *,
         brokers: int = 3,
         partitions: int = 3,
-        backups: bool = True,
+        backups: MemoryObjects | bool = True,
         backup_upload_delay_s: float = 0.0,
         request_timeout_s: float = 5.0,
         partition: PartitionConfig = FAST_PARTITIONS,
         frame_limits: FrameLimits = DEFAULT_FRAME_LIMITS,
     ) -> None:
+        """``backups``: True for a new, empty store medium, an existing medium to share it
+        (e.g. with the cluster a backup was taken on), False for no store."""
         self.data_dir = data_dir
         self.cluster_size = brokers
         self.partition_count = partitions
         self.network = MemoryNetwork()
         # The "bucket" every broker's store writes to; None: no store (BACKUP_NOT_CONFIGURED).
-        self.backups: MemoryObjects | None = MemoryObjects() if backups else None
+        self.backups: MemoryObjects | None = (
+            backups if isinstance(backups, MemoryObjects) else MemoryObjects() if backups else None
+        )
         self.backup_upload_delay_s = backup_upload_delay_s
         self.request_timeout_s = request_timeout_s
         self.partition = partition
@@ -195,7 +198,7 @@ async def inprocess_cluster(
     *,
     brokers: int = 3,
     partitions: int = 3,
-    backups: bool = True,
+    backups: MemoryObjects | bool = True,
     backup_upload_delay_s: float = 0.0,
     request_timeout_s: float = 5.0,
     partition: PartitionConfig = FAST_PARTITIONS,
@@ -214,5 +217,3 @@ async def inprocess_cluster(
     )
     async with cluster:
         yield cluster
-    # Let the reset connections' handler tasks see their end before the loop closes.
-    await asyncio.sleep(0)
