@@ -136,6 +136,9 @@ class TcpNetwork:
 TCP: NetworkBackend = TcpNetwork()
 
 
+_MEMORY_CHUNK_BYTES = 64 * 1024
+
+
 class _MemoryTransport(asyncio.Transport):
     """One end of an in-memory connection: what is written here is delivered to the peer's
     protocol on a later loop iteration, in order; the peer pausing its reading holds it here (and
@@ -180,10 +183,13 @@ class _MemoryTransport(asyncio.Transport):
         peer = self.peer
         if peer is None or peer._lost:
             self._outbox.clear()  # the other end is gone: what was in flight is lost
-        elif self._outbox and not peer._reading_paused:
-            data = bytes(self._outbox)
-            self._outbox.clear()
-            peer._protocol.data_received(data)
+        else:
+            # In socket-sized pieces, so that a peer that pauses its reading midway leaves the
+            # rest here, in our write buffer, as a full socket buffer would.
+            while self._outbox and not peer._reading_paused and not peer._lost:
+                data = bytes(self._outbox[:_MEMORY_CHUNK_BYTES])
+                del self._outbox[:_MEMORY_CHUNK_BYTES]
+                peer._protocol.data_received(data)
         if self._writing_paused and len(self._outbox) <= self._low_bytes:
             self._writing_paused = False
             self._protocol.resume_writing()
