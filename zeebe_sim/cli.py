@@ -21,6 +21,7 @@ from zeebe_sim.ground import logs
 from zeebe_sim.ground.backups import parse_backup_id
 from zeebe_sim.ground.errors import ConfigError, InvalidArgument, ZeebeSimError
 from zeebe_sim.ground.ids import NodeId
+from zeebe_sim.ground.transport import UNFINISHED_FRAME_TIMEOUT_S, FrameLimits
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -260,12 +261,26 @@ def up(**kwargs: Any) -> None:
 @options("node-id", *CLUSTER_SETTINGS, "contact-point")
 @click.option("--exact-port", type=int, default=None, hidden=True)
 @PARENT_PID_OPTION
-def broker(exact_port: int | None, parent_pid: int | None, **kwargs: Any) -> None:
+@click.option(
+    "--frame-timeout",
+    default=None,
+    help="close a connection whose frame stays unfinished this long (slow-loris guard) "
+    f"[default: {UNFINISHED_FRAME_TIMEOUT_S:g}s]",
+)
+def broker(
+    exact_port: int | None, parent_pid: int | None, frame_timeout: str | None, **kwargs: Any
+) -> None:
     """Run one broker process (for clusters spread over hosts)."""
     try:
         values = resolve(["node-id", *CLUSTER_SETTINGS, "contact-point"], kwargs)
     except ConfigError as exc:
         fail(exc.message)
+    frame_limits = FrameLimits()
+    if frame_timeout is not None:
+        try:
+            frame_limits = FrameLimits(config.parse_duration_s(frame_timeout))
+        except ValueError as exc:
+            fail(f"--frame-timeout: {exc}")
     contact = values["contact-point"]
     if values["node-id"] >= values["brokers"]:
         fail(f"--node-id: {values['node-id']} is not below the cluster size {values['brokers']}")
@@ -317,6 +332,7 @@ def broker(exact_port: int | None, parent_pid: int | None, **kwargs: Any) -> Non
             retry_max_s=values["retry-max"],
             checkpoint_propagation=not values["unsafe-no-checkpoint-propagation"],
         ),
+        frame_limits=frame_limits,
     )
 
     async def run() -> None:

@@ -435,21 +435,32 @@ class _FrameReader:
             if held > self._limits.connection_unfinished_bytes_max:
                 log.warning("closing a connection holding an unfinished frame of %d bytes", held)
                 return None
-            if self._unfinished is not None:
-                for victim in self._unfinished.hold(self, held):
-                    if victim is self:
-                        log.warning("closing a connection: unfinished frames over the cap")
-                        return None
-                    if self._readers is not None and victim in self._readers:
-                        self._readers[victim].evict()
+            if self._unfinished is not None and self._account(held):
+                log.warning("closing a connection: unfinished frames over the server's cap")
+                return None
             if messages:
                 return messages
         return None
 
+    def _account(self, held_bytes: int) -> bool:
+        """Report what this connection holds; close the others the cap says to close. True
+        if this one must close too. (A method of its own, so that no victim stays referenced
+        from a suspended frame: a victim's buffer must be freed as soon as it is closed.)"""
+        assert self._unfinished is not None
+        closing_self = False
+        for victim in self._unfinished.hold(self, held_bytes):
+            if victim is self:
+                closing_self = True
+            elif self._readers is not None and victim in self._readers:
+                self._readers[victim].evict()
+        return closing_self
+
     def evict(self) -> None:
-        """Close this connection for the server's cap (its loop then ends)."""
+        """Close this connection for the server's cap, dropping what it holds now (its loop
+        ends when it next wakes)."""
         log.warning("closing a connection: unfinished frames over the server's cap")
         self._evicted = True
+        self._decoder = FrameDecoder()
         self._writer.transport.abort()
 
     def done(self) -> None:
