@@ -1,5 +1,6 @@
-"""The running cluster through real processes: REST workload, durability across kill -9,
-malformed input on every port."""
+"""The running cluster through real processes: health and topology, durability across kill -9,
+malformed input on every port. The REST workload is tested in process
+(tests/inprocess/test_rest.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import pytest
 
 from tests.conftest import FAST_BROKER_ARGS, FAST_GATEWAY_ARGS, ORDER_BPMN
 from zeebe_sim.ground import protocol
-from zeebe_sim.ground.ids import partition_of_key
 from zeebe_sim.ground.protocol import TopologyRequest, TopologyResponse
 from zeebe_sim.ground.transport import Connection
 from zeebe_sim.harness import ApiError, RunningCluster, eventually, running_cluster
@@ -43,25 +43,6 @@ async def test_fresh_cluster_answers_health_and_topology(tmp_path: Path) -> None
             p["partitionId"]: b["nodeId"] for b in topology["brokers"] for p in b["partitions"]
         }
         assert leaders == {1: 0, 2: 1, 3: 2}
-
-
-async def test_modeler_bpmn_instances_on_every_partition_jobs_complete(tmp_path: Path) -> None:
-    """Deploy a Modeler-exported BPMN; instances round-robin over all partitions; both service
-    tasks' jobs are activated and completed; variables merge; every instance completes."""
-    async with running_cluster(tmp_path, broker_args=FAST_BROKER_ARGS) as cluster:
-        deployment = await cluster.api.deploy(ORDER_BPMN)
-        assert (
-            deployment["deployments"][0]["processDefinition"]["processDefinitionId"]
-            == "order-process"
-        )
-        keys = [await cluster.api.create_instance("order-process", {"order": i}) for i in range(6)]
-        assert {partition_of_key(k) for k in keys} == {1, 2, 3}
-        assert len(await complete_all(cluster, "reserve-stock")) == 6
-        assert len(await complete_all(cluster, "ship-order")) == 6
-        for key in keys:
-            instance = await cluster.api.get_instance(key)
-            assert instance["state"] == "COMPLETED", instance
-            assert instance["processDefinitionId"] == "order-process"
 
 
 async def test_kill_9_mid_load_loses_no_acknowledged_instance_or_job(tmp_path: Path) -> None:

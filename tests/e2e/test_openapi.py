@@ -7,6 +7,10 @@ to every documented operation and finds nothing the document does not describe (
 status, content type or body, and never a 500); and chosen live responses (backups
 IN_PROGRESS, COMPLETED, FAILED and INCOMPLETE, by id and listed; 202, 204, 400, 404, 409, 413)
 validate against the operation's documented schema.
+
+Bad input (400 and 413 for every kind of malformed id and body), the 405, the no-store 400s and
+an unreadable manifest are checked against the same document in process, over the in-process
+cluster (tests/inprocess/test_backup_api.py): their point is logic, not processes.
 """
 
 from __future__ import annotations
@@ -35,10 +39,6 @@ pytestmark = pytest.mark.slow
 SPEC_FILE = Path(gateway.__file__).with_name("openapi.yaml")
 DOCUMENT: dict[str, Any] = yaml.safe_load(SPEC_FILE.read_text(encoding="utf-8"))
 BASES = ("/actuator/backups", "/actuator/backupRuntime")
-NO_STORE = (
-    "Cannot process backup requests. No backup store is configured. To use this feature, "
-    "configure backup in broker configuration."
-)
 
 
 # -- the document against the document's own promises -----------------------------------------
@@ -313,76 +313,6 @@ async def test_live_responses_validate_against_the_documented_schemas(tmp_path: 
         assert await checked(cluster, "DELETE", "/actuator/backups/100") == (204, None)
         assert await checked(cluster, "DELETE", "/actuator/backupRuntime/100") == (204, None)
         assert (await checked(cluster, "GET", "/actuator/backups/100"))[0] == 404
-
-
-async def test_a_backup_with_an_unreadable_manifest_is_listed_as_failed(tmp_path: Path) -> None:
-    """The store reports an unreadable manifest as FAILED (so that the user can see and delete
-    it): GET and the list show a documented FAILED backup, not a 500."""
-    async with running_cluster(tmp_path, brokers=1, partitions=1) as cluster:
-        await cluster.api.take_backup(100)
-        await cluster.api.wait_for_backup(100)
-        for manifest in _manifests(tmp_path, 1, 100):
-            await asyncio.to_thread(manifest.write_bytes, b"not a manifest")
-        status, info = await checked(cluster, "GET", "/actuator/backups/100")
-        assert status == 200 and info["state"] == "FAILED"
-        status, listed = await checked(cluster, "GET", "/actuator/backups")
-        assert status == 200 and listed[0]["state"] == "FAILED"
-
-
-async def test_without_a_store_every_operation_is_a_documented_400(tmp_path: Path) -> None:
-    """--backup-store none: every operation under both paths is 400 with Zeebe's message."""
-    async with running_cluster(
-        tmp_path, brokers=1, partitions=1, broker_args=["--backup-store", "none"]
-    ) as cluster:
-        for base in BASES:
-            for method, path, body in [
-                ("POST", base, b'{"backupId": 5}'),
-                ("GET", base, None),
-                ("GET", f"{base}/5*", None),
-                ("GET", f"{base}/5", None),
-                ("DELETE", f"{base}/5", None),
-            ]:
-                assert await checked(cluster, method, path, body) == (400, {"message": NO_STORE})
-
-
-# Input that once got a 500 (Python's int() refuses beyond 4,300 digits, json.loads recurses)
-# or was taken for another id ("7\n" as 7).
-HUGE = "1" * 5000
-KNOWN_BAD_INPUT = [
-    pytest.param("POST", "/actuator/backups", f'{{"backupId": {HUGE}}}'.encode(), id="huge-number"),
-    pytest.param(
-        "POST", "/actuator/backups", f'{{"backupId": "{HUGE}"}}'.encode(), id="huge-string"
-    ),
-    pytest.param("POST", "/actuator/backups", b'{"backupId": "\\t7"}', id="tab-in-string"),
-    pytest.param("POST", "/actuator/backups", b"[" * 100_000, id="deeply-nested-json"),
-    pytest.param("GET", f"/actuator/backups/{HUGE}", None, id="huge-id-get"),
-    pytest.param("DELETE", f"/actuator/backups/{HUGE}", None, id="huge-id-delete"),
-    pytest.param("GET", f"/actuator/backups/{HUGE}x*", None, id="huge-prefix"),
-    pytest.param("GET", "/actuator/backups/7%0A", None, id="id-with-newline"),
-    pytest.param("DELETE", "/actuator/backups/7%0A", None, id="id-with-newline-delete"),
-]
-
-
-@pytest.mark.parametrize(("method", "path", "body"), KNOWN_BAD_INPUT)
-async def test_bad_input_is_a_documented_400(
-    tmp_path: Path, method: str, path: str, body: bytes | None
-) -> None:
-    """Ids beyond Python's int/str conversion limit, deeply nested JSON and ids with
-    whitespace other than spaces are 400, not 500 (nor another backup)."""
-    async with running_cluster(tmp_path, brokers=1, partitions=1) as cluster:
-        status, answer = await checked(cluster, method, path, body)
-        assert status == 400, answer
-
-
-async def test_a_405_names_the_allowed_methods(tmp_path: Path) -> None:
-    """An undocumented method is 405 with the error body and an Allow header."""
-    async with running_cluster(tmp_path, brokers=1, partitions=1) as cluster:
-        url = cluster.management_url + "/actuator/backups"
-        async with cluster.api.session.put(url) as response:
-            assert response.status == 405
-            assert await response.json() == {"message": "Method Not Allowed"}
-            allowed = {m.strip() for m in response.headers.get("Allow", "").split(",")}
-            assert allowed >= {"GET", "POST"}
 
 
 # -- schemathesis: generated input for every operation -------------------------------------------
