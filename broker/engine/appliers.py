@@ -82,7 +82,7 @@ def _element_activated(state: State, event: Record) -> None:
         return
     instance = state.instances[value["processInstanceKey"]]
     state.instances[value["processInstanceKey"]] = _with(
-        instance, elementId=value["elementId"], elementInstanceKey=event.key
+        instance, elementId=value["elementId"], elementInstanceKey=event.key, localVariables={}
     )
 
 
@@ -102,7 +102,39 @@ def _element_completed(state: State, event: Record) -> None:
     if variables:
         instance = _with(instance, variables={**instance["variables"], **variables})
     state.instances[value["processInstanceKey"]] = _with(
-        instance, elementId=None, elementInstanceKey=None
+        instance, elementId=None, elementInstanceKey=None, localVariables={}
+    )
+
+
+def _element_terminated(state: State, event: Record) -> None:
+    value = event.value
+    instance = state.instances[value["processInstanceKey"]]
+    changes: dict[str, Any] = {"elementId": None, "elementInstanceKey": None, "localVariables": {}}
+    if value["bpmnElementType"] == "PROCESS":
+        changes.update(state="TERMINATED", endDate=event.timestamp_ms)
+    state.instances[value["processInstanceKey"]] = _with(instance, **changes)
+
+
+def _variable_document_updated(state: State, event: Record) -> None:
+    """Set variables on a scope: the process instance, or its active element (whose local
+    variables live until the element ends). Propagating from an element keeps a variable where
+    it already exists locally and otherwise sets it on the process, as Zeebe does for the
+    nearest scope holding it."""
+    value = event.value
+    instance = state.instances[value["processInstanceKey"]]
+    variables: dict[str, Any] = value["variables"]
+    local: dict[str, Any] = instance.get("localVariables") or {}
+    if value["scopeKey"] == value["processInstanceKey"]:
+        to_process, to_local = variables, {}
+    elif value["updateSemantics"] == "LOCAL":
+        to_process, to_local = {}, variables
+    else:
+        to_local = {k: v for k, v in variables.items() if k in local}
+        to_process = {k: v for k, v in variables.items() if k not in local}
+    state.instances[value["processInstanceKey"]] = _with(
+        instance,
+        variables={**instance["variables"], **to_process},
+        localVariables={**local, **to_local},
     )
 
 
@@ -130,9 +162,101 @@ def _job_completed(state: State, event: Record) -> None:
 
 
 def _job_timed_out(state: State, event: Record) -> None:
+    _make_activatable(state, event.key)
+
+
+def _make_activatable(state: State, key: int) -> None:
+    job = state.jobs[key]
+    state.jobs[key] = _with(job, state="ACTIVATABLE", deadline=-1, worker="", recurAt=-1)
+    state.activatable_jobs.setdefault(job["type"], {})[key] = None
+
+
+def _job_failed(state: State, event: Record) -> None:
+    """Retries left and no back-off: activatable again at once. Retries left and a back-off:
+    FAILED until ``recurAt`` (a RECUR_AFTER_BACKOFF command then). No retries left: FAILED
+    with an incident until the incident is resolved."""
+    value = event.value
     job = state.jobs[event.key]
-    state.jobs[event.key] = _with(job, state="ACTIVATABLE", deadline=-1, worker="")
-    state.activatable_jobs.setdefault(job["type"], {})[event.key] = None
+    recur_at = value["recurAt"]
+    state.jobs[event.key] = _with(
+        job,
+        state="FAILED",
+        retries=value["retries"],
+        errorMessage=value["errorMessage"],
+        deadline=-1,
+        worker="",
+        recurAt=recur_at,
+    )
+    state.activatable_jobs.get(job["type"], {}).pop(event.key, None)
+    if value.get("variables"):
+        _set_local_variables(state, job, value["variables"])
+    if value["retries"] > 0 and recur_at < 0:
+        _make_activatable(state, event.key)
+    elif recur_at >= 0:
+        heapq.heappush(state.job_backoffs, (recur_at, event.key))
+
+
+def _set_local_variables(state: State, job: dict[str, Any], variables: dict[str, Any]) -> None:
+    instance = state.instances[job["processInstanceKey"]]
+    if instance["elementInstanceKey"] == job["elementInstanceKey"]:
+        local = instance.get("localVariables") or {}
+        state.instances[job["processInstanceKey"]] = _with(
+            instance, localVariables={**local, **variables}
+        )
+
+
+def _job_recurred(state: State, event: Record) -> None:
+    _make_activatable(state, event.key)
+
+
+def _job_error_thrown(state: State, event: Record) -> None:
+    job = state.jobs[event.key]
+    state.jobs[event.key] = _with(
+        job,
+        state="ERROR_THROWN",
+        errorCode=event.value["errorCode"],
+        errorMessage=event.value["errorMessage"],
+        deadline=-1,
+        worker="",
+    )
+    state.activatable_jobs.get(job["type"], {}).pop(event.key, None)
+    if event.value.get("variables"):
+        _set_local_variables(state, job, event.value["variables"])
+
+
+def _job_retries_updated(state: State, event: Record) -> None:
+    state.jobs[event.key] = _with(state.jobs[event.key], retries=event.value["retries"])
+
+
+def _job_timeout_updated(state: State, event: Record) -> None:
+    deadline = event.value["deadline"]
+    state.jobs[event.key] = _with(state.jobs[event.key], deadline=deadline)
+    heapq.heappush(state.job_deadlines, (deadline, event.key))
+
+
+# -- incidents --------------------------------------------------------------------------------
+
+
+def _incident_created(state: State, event: Record) -> None:
+    value = event.value
+    state.incidents[event.key] = value
+    instance = state.instances.get(value["processInstanceKey"])
+    if instance is not None:
+        state.instances[value["processInstanceKey"]] = _with(instance, incident=True)
+
+
+def _incident_resolved(state: State, event: Record) -> None:
+    """The incident goes; a job it held (no retries, or an uncaught error) becomes activatable
+    again, as Zeebe's resolution does."""
+    incident = state.incidents.pop(event.key)
+    instance_key = incident["processInstanceKey"]
+    instance = state.instances.get(instance_key)
+    if instance is not None:
+        open_ = any(i["processInstanceKey"] == instance_key for i in state.incidents.values())
+        state.instances[instance_key] = _with(instance, incident=open_)
+    job_key = incident.get("jobKey", -1)
+    if job_key > 0 and job_key in state.jobs:
+        _make_activatable(state, job_key)
 
 
 # -- messages ---------------------------------------------------------------------------------
@@ -234,6 +358,10 @@ def _process_subscription_correlated(state: State, event: Record) -> None:
     )
 
 
+def _process_subscription_deleted(state: State, event: Record) -> None:
+    state.process_subscriptions.pop(event.value["elementInstanceKey"], None)
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 
 
@@ -254,6 +382,18 @@ APPLIERS: dict[tuple[str, str], Applier] = {
     (ValueType.JOB_BATCH, "ACTIVATED"): _job_batch_activated,
     (ValueType.JOB, "COMPLETED"): _job_completed,
     (ValueType.JOB, "TIMED_OUT"): _job_timed_out,
+    (ValueType.JOB, "FAILED"): _job_failed,
+    (ValueType.JOB, "RECURRED_AFTER_BACKOFF"): _job_recurred,
+    (ValueType.JOB, "ERROR_THROWN"): _job_error_thrown,
+    (ValueType.JOB, "RETRIES_UPDATED"): _job_retries_updated,
+    (ValueType.JOB, "TIMEOUT_UPDATED"): _job_timeout_updated,
+    (ValueType.JOB, "CANCELED"): _job_completed,
+    (ValueType.INCIDENT, "CREATED"): _incident_created,
+    (ValueType.INCIDENT, "RESOLVED"): _incident_resolved,
+    (ValueType.PROCESS_INSTANCE, "ELEMENT_TERMINATED"): _element_terminated,
+    (ValueType.VARIABLE_DOCUMENT, "UPDATED"): _variable_document_updated,
+    (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "DELETED"): _process_subscription_deleted,
+    (ValueType.MESSAGE_SUBSCRIPTION, "DELETED"): _message_subscription_correlated,
     (ValueType.MESSAGE, "PUBLISHED"): _message_published,
     (ValueType.MESSAGE, "EXPIRED"): _message_expired,
     (ValueType.MESSAGE_SUBSCRIPTION, "CREATED"): _message_subscription_created,

@@ -84,6 +84,9 @@ class ProcessingResult:
     payload: bytes = b""
     # the unexpected error the command was rejected for (PROCESSING_ERROR), for the shell's log
     error: Exception | None = None
+    # What requests parked on the partition may be waiting for, now true: ("jobs", type) when
+    # a job of that type became activatable, ("instance", key) when an instance ended.
+    wakeups: set[tuple[str, Any]] = attrs.Factory(set)
 
 
 class _Rejected(Exception):
@@ -114,7 +117,18 @@ class _Context:
             value=value,
         )
         self.result.records.append(record)
-        appliers.apply_event(self.engine.state, record)
+        state = self.engine.state
+        appliers.apply_event(state, record)
+        if value_type == ValueType.JOB or (value_type, intent) == (ValueType.INCIDENT, "RESOLVED"):
+            job = state.jobs.get(key if value_type == ValueType.JOB else value.get("jobKey", -1))
+            if job is not None and job["state"] == "ACTIVATABLE":
+                self.result.wakeups.add(("jobs", job["type"]))
+        elif (
+            value_type == ValueType.PROCESS_INSTANCE
+            and intent in ("ELEMENT_COMPLETED", "ELEMENT_TERMINATED")
+            and value["bpmnElementType"] == "PROCESS"
+        ):
+            self.result.wakeups.add(("instance", key))
         return record
 
     def rejection(self, rejection_type: str, reason: str) -> None:
@@ -167,9 +181,24 @@ class Engine:
             (ValueType.DEPLOYMENT, "CREATE"): self._deploy,
             (ValueType.COMMAND_DISTRIBUTION, "ACKNOWLEDGE"): self._acknowledge_distribution,
             (ValueType.PROCESS_INSTANCE_CREATION, "CREATE"): self._create_instance,
+            # The instance is created the same way; the gateway then waits for its end.
+            (
+                ValueType.PROCESS_INSTANCE_CREATION,
+                "CREATE_WITH_AWAITING_RESULT",
+            ): self._create_instance,
+            (ValueType.PROCESS_INSTANCE, "CANCEL"): self._cancel_instance,
+            (ValueType.VARIABLE_DOCUMENT, "UPDATE"): self._set_variables,
             (ValueType.JOB_BATCH, "ACTIVATE"): self._activate_jobs,
             (ValueType.JOB, "COMPLETE"): self._complete_job,
             (ValueType.JOB, "TIME_OUT"): self._time_out_job,
+            (ValueType.JOB, "FAIL"): self._fail_job,
+            (ValueType.JOB, "RECUR_AFTER_BACKOFF"): self._recur_job,
+            (ValueType.JOB, "THROW_ERROR"): self._throw_error,
+            (ValueType.JOB, "UPDATE_RETRIES"): self._update_job_retries,
+            (ValueType.JOB, "UPDATE_TIMEOUT"): self._update_job_timeout,
+            (ValueType.INCIDENT, "RESOLVE"): self._resolve_incident,
+            (ValueType.SIGNAL, "BROADCAST"): self._broadcast_signal,
+            (ValueType.MESSAGE_SUBSCRIPTION, "DELETE"): self._delete_message_subscription,
             (ValueType.MESSAGE, "PUBLISH"): self._publish_message,
             (ValueType.MESSAGE, "EXPIRE"): self._expire_message,
             (ValueType.MESSAGE_SUBSCRIPTION, "CREATE"): self._create_message_subscription,
@@ -306,8 +335,9 @@ class Engine:
         return processed_position, [c for c in commands if c.position > processed_position]
 
     def due_commands(self, now_ms: int) -> list[tuple[str, str, int]]:
-        """Commands the shell should write because a deadline passed: job time-outs and message
-        expiry, as ``(value_type, intent, key)``. Stale heap entries are dropped here."""
+        """Commands the shell should write because a deadline passed: job time-outs, the end of
+        a job's retry back-off and message expiry, as ``(value_type, intent, key)``. Stale heap
+        entries are dropped here."""
         due: list[tuple[str, str, int]] = []
         jobs = self.state.job_deadlines
         while jobs and jobs[0][0] <= now_ms:
@@ -315,6 +345,12 @@ class Engine:
             job = self.state.jobs.get(key)
             if job is not None and job["state"] == "ACTIVATED" and job["deadline"] == deadline:
                 due.append((ValueType.JOB, "TIME_OUT", key))
+        backoffs = self.state.job_backoffs
+        while backoffs and backoffs[0][0] <= now_ms:
+            recur_at, key = heapq.heappop(backoffs)
+            job = self.state.jobs.get(key)
+            if job is not None and job["state"] == "FAILED" and job.get("recurAt") == recur_at:
+                due.append((ValueType.JOB, "RECUR_AFTER_BACKOFF", key))
         messages = self.state.message_deadlines
         while messages and messages[0][0] <= now_ms:
             deadline, key = heapq.heappop(messages)
@@ -649,7 +685,10 @@ class Engine:
                     "jobKey": key,
                     "deadline": deadline,
                     "worker": worker,
-                    "variables": instance["variables"],
+                    "variables": {
+                        **instance["variables"],
+                        **(instance.get("localVariables") or {}),
+                    },
                 }
             )
         batch = {
@@ -662,21 +701,136 @@ class Engine:
         ctx.event(ValueType.JOB_BATCH, "ACTIVATED", ctx.new_key(), batch)
         ctx.respond("ACTIVATED", -1, {**batch, "jobs": jobs})
 
-    def _complete_job(self, ctx: _Context) -> None:
+    def _job(self, ctx: _Context, action: str, states: tuple[str, ...]) -> dict[str, Any]:
+        """The command's job, in one of ``states`` (Zeebe's job precondition checks)."""
         key = ctx.command.key
         job = self.state.jobs.get(key)
         if job is None:
             raise _Rejected(
-                "NOT_FOUND",
-                f"Expected to complete job with key '{key}', but no such job was found",
+                "NOT_FOUND", f"Expected to {action} job with key '{key}', but no such job was found"
             )
+        if job["state"] not in states:
+            raise _Rejected(
+                "INVALID_STATE",
+                f"Expected to {action} job with key '{key}', but it is in state '{job['state']}'",
+            )
+        return job
+
+    @staticmethod
+    def _document(ctx: _Context) -> dict[str, Any]:
         variables = ctx.command.value.get("variables") or {}
         if not isinstance(variables, dict):
             raise _Rejected("INVALID_ARGUMENT", "Expected variables to be a JSON object")
+        return variables
+
+    def _complete_job(self, ctx: _Context) -> None:
+        key = ctx.command.key
+        job = self._job(ctx, "complete", ("ACTIVATABLE", "ACTIVATED"))
+        variables = self._document(ctx)
         completed = {**_without(job, "state"), "variables": variables}
         ctx.event(ValueType.JOB, "COMPLETED", key, completed)
         self._complete_element(ctx, job["processInstanceKey"], job["elementInstanceKey"], variables)
         ctx.respond("COMPLETED", key, completed)
+
+    def _fail_job(self, ctx: _Context) -> None:
+        key = ctx.command.key
+        job = self._job(ctx, "fail", ("ACTIVATED",))
+        value = ctx.command.value
+        retries = int(value.get("retries", 0))
+        backoff_ms = int(value.get("retryBackOff", 0))
+        message = str(value.get("errorMessage", ""))
+        recur_at = ctx.command.timestamp_ms + backoff_ms if retries > 0 and backoff_ms > 0 else -1
+        failed = {
+            **_without(job, "state", "recurAt"),
+            "retries": retries,
+            "errorMessage": message,
+            "retryBackOff": backoff_ms,
+            "recurAt": recur_at,
+            "variables": self._document(ctx),
+        }
+        ctx.event(ValueType.JOB, "FAILED", key, failed)
+        if retries <= 0:
+            self._raise_incident(
+                ctx,
+                job["processInstanceKey"],
+                "JOB_NO_RETRIES",
+                message or "No more retries left.",
+                job_key=key,
+            )
+        ctx.respond("FAILED", key, failed)
+
+    def _recur_job(self, ctx: _Context) -> None:
+        key = ctx.command.key
+        job = self._job(ctx, "recur after back-off", ("FAILED",))
+        ctx.event(ValueType.JOB, "RECURRED_AFTER_BACKOFF", key, _without(job, "state"))
+
+    def _throw_error(self, ctx: _Context) -> None:
+        """An error thrown by a worker. The BPMN subset has no error catch events, so nothing
+        can catch it: the job stays, with an incident, as in Zeebe when no catch event in the
+        scope matches the code."""
+        key = ctx.command.key
+        job = self._job(ctx, "throw an error for", ("ACTIVATABLE", "ACTIVATED"))
+        value = ctx.command.value
+        code = str(value.get("errorCode", ""))
+        message = str(value.get("errorMessage", ""))
+        thrown = {
+            **_without(job, "state"),
+            "errorCode": code,
+            "errorMessage": message,
+            "variables": self._document(ctx),
+        }
+        ctx.event(ValueType.JOB, "ERROR_THROWN", key, thrown)
+        self._raise_incident(
+            ctx,
+            job["processInstanceKey"],
+            "UNHANDLED_ERROR_EVENT",
+            f"Expected to throw an error event with the code '{code}' with message '{message}', "
+            "but it was not caught. No error events are available in the scope.",
+            job_key=key,
+        )
+        ctx.respond("ERROR_THROWN", key, thrown)
+
+    def _update_job_retries(self, ctx: _Context) -> None:
+        key = ctx.command.key
+        retries = ctx.command.value.get("retries", 0)
+        if not isinstance(retries, int) or retries <= 0:
+            raise _Rejected(
+                "INVALID_ARGUMENT",
+                f"Expected to update retries for job with key '{key}' with a positive amount of "
+                f"retries, but the amount given was '{retries}'",
+            )
+        job = self.state.jobs.get(key)
+        if job is None:
+            raise _Rejected(
+                "NOT_FOUND",
+                f"Expected to update retries for job with key '{key}', but no such job was found",
+            )
+        updated = {**_without(job, "state"), "retries": retries}
+        ctx.event(ValueType.JOB, "RETRIES_UPDATED", key, updated)
+        ctx.respond("RETRIES_UPDATED", key, updated)
+
+    def _update_job_timeout(self, ctx: _Context) -> None:
+        key = ctx.command.key
+        timeout_ms = ctx.command.value.get("timeout", 0)
+        job = self.state.jobs.get(key)
+        if job is None:
+            raise _Rejected(
+                "NOT_FOUND",
+                f"Expected to update the timeout of job with key '{key}', but no such job was "
+                "found",
+            )
+        if job["state"] != "ACTIVATED":
+            raise _Rejected(
+                "INVALID_STATE",
+                f"Expected to update the timeout of job with key '{key}', but it is not active",
+            )
+        updated = {
+            **_without(job, "state"),
+            "timeout": timeout_ms,
+            "deadline": ctx.command.timestamp_ms + timeout_ms,
+        }
+        ctx.event(ValueType.JOB, "TIMEOUT_UPDATED", key, updated)
+        ctx.respond("TIMEOUT_UPDATED", key, updated)
 
     def _time_out_job(self, ctx: _Context) -> None:
         key = ctx.command.key
@@ -684,6 +838,140 @@ class Engine:
         if job is None or job["state"] != "ACTIVATED":
             raise _Rejected("NOT_FOUND", f"Expected to time out activated job {key}")
         ctx.event(ValueType.JOB, "TIMED_OUT", key, _without(job, "state"))
+
+    # -- incidents ----------------------------------------------------------------------------
+
+    def _raise_incident(
+        self,
+        ctx: _Context,
+        instance_key: int,
+        error_type: str,
+        message: str,
+        *,
+        job_key: int = -1,
+    ) -> None:
+        """An incident at the instance's waiting element; the instance waits until it is
+        resolved."""
+        instance = self.state.instances[instance_key]
+        incident = {
+            "processInstanceKey": instance_key,
+            "processDefinitionKey": instance["processDefinitionKey"],
+            "bpmnProcessId": instance["bpmnProcessId"],
+            "elementId": instance["elementId"],
+            "elementInstanceKey": instance["elementInstanceKey"],
+            "jobKey": job_key,
+            "errorType": error_type,
+            "errorMessage": message,
+            "creationTime": ctx.command.timestamp_ms,
+        }
+        ctx.event(ValueType.INCIDENT, "CREATED", ctx.new_key(), incident)
+
+    def _resolve_incident(self, ctx: _Context) -> None:
+        key = ctx.command.key
+        incident = self.state.incidents.get(key)
+        if incident is None:
+            raise _Rejected(
+                "NOT_FOUND",
+                f"Expected to resolve incident with key '{key}', but no such incident was found",
+            )
+        ctx.event(ValueType.INCIDENT, "RESOLVED", key, incident)
+        ctx.respond("RESOLVED", key, incident)
+        if incident["errorType"] == "EXTRACT_VALUE_ERROR":
+            # The correlation key is evaluated again (e.g. after SetVariables fixed it).
+            instance_key = incident["processInstanceKey"]
+            model = self._model(incident["processDefinitionKey"])
+            node = model.nodes[incident["elementId"]]
+            self._open_subscription(ctx, instance_key, incident["elementInstanceKey"], node)
+
+    # -- cancellation and variables -----------------------------------------------------------
+
+    def _cancel_instance(self, ctx: _Context) -> None:
+        key = ctx.command.key
+        instance = self.state.instances.get(key)
+        if instance is None or instance["state"] != "ACTIVE":
+            raise _Rejected(
+                "NOT_FOUND",
+                f"Expected to cancel a process instance with key '{key}', but no such process "
+                "was found",
+            )
+        definition_key = instance["processDefinitionKey"]
+        process = self.state.processes[definition_key]
+        element_key = instance["elementInstanceKey"]
+        if element_key is not None:
+            # A scan: jobs are not indexed by element, and cancelling is rare.
+            for job_key, job in list(self.state.jobs.items()):
+                if job["elementInstanceKey"] == element_key:
+                    ctx.event(ValueType.JOB, "CANCELED", job_key, _without(job, "state"))
+            subscription = self.state.process_subscriptions.get(element_key)
+            if subscription is not None and subscription["state"] != "CORRELATED":
+                ctx.event(
+                    ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "DELETED", element_key, subscription
+                )
+                ctx.result.resolved.append(("open", element_key))
+                # Sent once: if it is lost, the subscription stays on the message partition
+                # until a message correlates to it, which this partition then rejects.
+                ctx.send(
+                    subscription["messagePartitionId"],
+                    ValueType.MESSAGE_SUBSCRIPTION,
+                    "DELETE",
+                    element_key,
+                    {"elementInstanceKey": element_key, "messageName": subscription["messageName"]},
+                )
+        for incident_key, incident in list(self.state.incidents.items()):
+            if incident["processInstanceKey"] == key:
+                ctx.event(ValueType.INCIDENT, "RESOLVED", incident_key, incident)
+        if element_key is not None:
+            node = self._model(definition_key).nodes[instance["elementId"]]
+            element = self._element_value(
+                key, process, definition_key, _ELEMENT_TYPES[node.kind], node.id
+            )
+            ctx.event(ValueType.PROCESS_INSTANCE, "ELEMENT_TERMINATED", element_key, element)
+        process_value = self._element_value(key, process, definition_key, "PROCESS", None)
+        ctx.event(ValueType.PROCESS_INSTANCE, "ELEMENT_TERMINATED", key, process_value)
+        ctx.respond("CANCELING", key, process_value)
+
+    def _set_variables(self, ctx: _Context) -> None:
+        value = ctx.command.value
+        scope_key = value.get("scopeKey", -1)
+        variables = self._document(ctx)
+        instance = self.state.instances.get(scope_key)
+        if instance is None:
+            # An element scope: a scan, since elements are not indexed and this is rare.
+            instance = next(
+                (
+                    i
+                    for i in self.state.instances.values()
+                    if i["elementInstanceKey"] == scope_key and i["state"] == "ACTIVE"
+                ),
+                None,
+            )
+        if instance is None or instance["state"] != "ACTIVE":
+            raise _Rejected(
+                "NOT_FOUND",
+                f"Expected to update variables for element with key '{scope_key}', but no such "
+                "element was found",
+            )
+        document = {
+            "scopeKey": scope_key,
+            "processInstanceKey": instance["processInstanceKey"],
+            "updateSemantics": "LOCAL" if value.get("local") else "PROPAGATE",
+            "variables": variables,
+        }
+        key = ctx.new_key()
+        ctx.event(ValueType.VARIABLE_DOCUMENT, "UPDATED", key, document)
+        ctx.respond("UPDATED", key, document)
+
+    def _broadcast_signal(self, ctx: _Context) -> None:
+        """Recorded and answered with its key. Signal catch events are not in the BPMN subset,
+        so nothing can be waiting: that is Zeebe's answer when nothing waits."""
+        value = ctx.command.value
+        signal = {
+            "signalName": str(value.get("signalName", "")),
+            "variables": self._document(ctx),
+        }
+        key = ctx.new_key()
+        ctx.event(ValueType.SIGNAL, "BROADCASTED", key, signal)
+        ctx.respond("BROADCASTED", key, signal)
 
     # -- messages: the message partition ------------------------------------------------------
 
@@ -790,6 +1078,16 @@ class Engine:
                 self._start_correlation(ctx, subscription, message_key, message)
                 break
 
+    def _delete_message_subscription(self, ctx: _Context) -> None:
+        value = ctx.command.value
+        subscription = self.state.message_subscriptions.get(
+            sub_key(value["elementInstanceKey"], value["messageName"])
+        )
+        if subscription is None or subscription["state"] != "OPENED":
+            # A correlating one is cleaned up when the process partition rejects it.
+            raise _Rejected("NOT_FOUND", "No open message subscription to delete")
+        ctx.event(ValueType.MESSAGE_SUBSCRIPTION, "DELETED", ctx.command.key, subscription)
+
     def _confirm_correlation(self, ctx: _Context) -> None:
         value = ctx.command.value
         retry = ("correlate", value["elementInstanceKey"], value["messageName"])
@@ -826,20 +1124,14 @@ class Engine:
         variable = node.correlation_key_variable or ""
         raw = instance["variables"].get(variable)
         if isinstance(raw, bool) or not isinstance(raw, str | int):
-            # Zeebe raises an incident; the instance waits until the variable is fixed.
-            ctx.event(
-                ValueType.INCIDENT,
-                "CREATED",
-                element_key,
-                {
-                    "processInstanceKey": instance_key,
-                    "elementId": node.id,
-                    "errorType": "EXTRACT_VALUE_ERROR",
-                    "errorMessage": (
-                        f"Failed to extract the correlation key for '{variable}': The value "
-                        "must be either a string or a number"
-                    ),
-                },
+            # Zeebe raises an incident; the instance waits until the variable is fixed and
+            # the incident resolved.
+            self._raise_incident(
+                ctx,
+                instance_key,
+                "EXTRACT_VALUE_ERROR",
+                f"Failed to extract the correlation key for '{variable}': The value must be "
+                "either a string or a number",
             )
             return
         correlation_key = str(raw)

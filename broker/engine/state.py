@@ -42,6 +42,7 @@ COLUMN_FAMILIES = (
     "message_subscriptions",  # "elementInstanceKey\0messageName" -> subscription (message side)
     "process_subscriptions",  # elementInstanceKey -> subscription (process side)
     "correlated",  # messageKey -> bpmnProcessIds it correlated to (once per process)
+    "incidents",  # incidentKey -> open incident
 )
 
 K = TypeVar("K")
@@ -111,10 +112,12 @@ class State:
         self.message_subscriptions: dict[str, dict[str, Any]] = {}
         self.process_subscriptions: dict[int, dict[str, Any]] = {}
         self.correlated: dict[int, tuple[str, ...]] = {}
+        self.incidents: dict[int, dict[str, Any]] = {}
         # Derived indexes, rebuilt by `reindex`.
         self.activatable_jobs: dict[str, dict[int, None]] = {}  # type -> ordered set of keys
         # (deadline, key) heaps; entries may be stale (checked against the column family).
         self.job_deadlines: list[tuple[int, int]] = []
+        self.job_backoffs: list[tuple[int, int]] = []  # (recurAt, key) of jobs in back-off
         self.message_deadlines: list[tuple[int, int]] = []
         # (message name, correlation key) -> buffered message keys, oldest first / message
         # subscriptions: correlation looks up, it never scans.
@@ -183,11 +186,14 @@ class State:
     def reindex(self) -> None:
         self.activatable_jobs = {}
         self.job_deadlines = []
+        self.job_backoffs = []
         for key, job in self.jobs.items():
             if job["state"] == "ACTIVATABLE":
                 self.activatable_jobs.setdefault(job["type"], {})[key] = None
-            else:
+            elif job["state"] == "ACTIVATED":
                 self.job_deadlines.append((job["deadline"], key))
+            elif job["state"] == "FAILED" and job.get("recurAt", -1) >= 0:
+                self.job_backoffs.append((job["recurAt"], key))
         self.message_deadlines = [(m["deadline"], key) for key, m in self.messages.items()]
         self.messages_by_name_key = {}
         for message_key, message in sorted(self.messages.items()):
@@ -196,4 +202,5 @@ class State:
         for subscription_key, subscription in self.message_subscriptions.items():
             self.index_subscription(subscription_key, subscription)
         heapq.heapify(self.job_deadlines)
+        heapq.heapify(self.job_backoffs)
         heapq.heapify(self.message_deadlines)

@@ -43,6 +43,8 @@ class ValueType:
     # Written when processing a command failed unexpectedly: the command's position and the
     # exception text (Zeebe's ErrorRecord). The command counts as processed, without effects.
     ERROR = "ERROR"
+    VARIABLE_DOCUMENT = "VARIABLE_DOCUMENT"
+    SIGNAL = "SIGNAL"
 
 
 @attrs.frozen(slots=True)
