@@ -65,6 +65,7 @@ from broker.core import PartitionConfig as PartitionConfig  # re-exported: the p
 from broker.disk import DiskMonitor, DiskVerdict
 from broker.engine.processor import Engine, ProcessingResult, Response, Send
 from broker.engine.state import COLUMN_FAMILIES, State
+from broker.waiters import Waiters
 from storage.log import SegmentedLog
 from storage.snapshots import Snapshot, SnapshotId, SnapshotStore
 from zeebe_sim.ground.errors import InternalError, ResourceExhausted
@@ -122,6 +123,7 @@ class Partition:
         self._send = send
         self._on_checkpoint = on_checkpoint
         self._clock_ms = clock_ms
+        self.waiters = Waiters(clock_ms)  # parked gateway requests (see broker/waiters.py)
         self._inbox: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
         self._tasks = OwnedTasks(f"partition {partition_id}")
@@ -342,6 +344,7 @@ class Partition:
             assert result.response is not None
             reply.set_result(result.response)
         self._send_all(self.core.outgoing(result, now_ms))
+        self.waiters.notify(result.wakeups)
         if result.checkpoint_created is not None and self._on_checkpoint is not None:
             checkpoint_id, position = result.checkpoint_created
             started = time.perf_counter()
@@ -445,6 +448,7 @@ class Partition:
     async def _timers(self) -> None:
         while self.failure is None:  # a dead partition writes nothing, due commands included
             await asyncio.sleep(TICK_S)
+            self.waiters.expire()
             for value_type, intent, key in self.engine.due_commands(self._clock_ms()):
                 self._inbox.append(_Queued(Command(value_type, intent, key, {}), None))
                 self._wakeup.set()

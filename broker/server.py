@@ -29,6 +29,7 @@ from broker.backup import BackupService
 from broker.disk import DiskConfig, DiskMonitor, free_bytes_of
 from broker.engine.processor import Send
 from broker.partition import Partition, PartitionConfig
+from broker.waiters import AWAIT_QUERIES, answer_await
 from storage.backup.api import BackupStore
 from storage.backup.config import FilesystemStoreConfig, S3StoreConfig
 from storage.backup.open import open_store
@@ -228,6 +229,13 @@ class Broker:
             if message.node_id is not None and message.address:
                 self._merge_member(message.node_id, message.address, "a topology request")
             return self.topology()
+        if isinstance(message, QueryRequest) and message.query in AWAIT_QUERIES:
+            partition = self._partition(message.partition_id)
+            return QueryResponse(
+                await answer_await(
+                    message.query, message.arguments, partition.state, partition.waiters
+                )
+            )
         if isinstance(message, QueryRequest):
             return QueryResponse(self._query(message))
         if isinstance(message, TakeBackupRequest):
@@ -282,6 +290,17 @@ class Broker:
                 args.get("before"),
             )
             return {"total": total, "items": items}
+        if query.query == "incidents":
+            # Open incidents, optionally of one instance (operators and tests find keys here).
+            instance_key = query.arguments.get("processInstanceKey")
+            incidents = self._partition(query.partition_id).state.incidents
+            return [
+                {"incidentKey": key, **incident}
+                for key, incident in incidents.items()
+                if instance_key is None or incident["processInstanceKey"] == instance_key
+            ]
+        if query.query == "parked-requests":
+            return {str(p): len(partition.waiters) for p, partition in self.partitions.items()}
         if query.query == "partitions":
             statuses = {}
             for p, partition in self.partitions.items():

@@ -241,7 +241,15 @@ class BrokerClient:
         assert isinstance(answer, ExecuteCommandResponse), answer
         return answer
 
-    async def query(self, partition_id: PartitionId, query: str, arguments: dict[str, Any]) -> Any:
-        answer = await self.to_partition(partition_id, QueryRequest(partition_id, query, arguments))
+    async def query(
+        self,
+        partition_id: PartitionId,
+        query: str,
+        arguments: dict[str, Any],
+        timeout_s: float | None = None,
+    ) -> Any:
+        answer = await self.to_partition(
+            partition_id, QueryRequest(partition_id, query, arguments), timeout_s
+        )
         assert isinstance(answer, QueryResponse), answer
         return answer.result

@@ -1,6 +1,9 @@
-"""The gateway process: a broker client and the two HTTP apps (management and REST)."""
+"""The gateway process: a broker client, the two HTTP apps (management and REST) and the gRPC
+API."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import attrs
 from aiohttp import web
@@ -17,6 +20,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     management_port: int = 9600
     rest_port: int = 8080
+    grpc_port: int = 26500
     request_timeout_s: float = 15.0
     backup_fanout_jitter_s: float = 0.0
 
@@ -29,6 +33,8 @@ class Gateway:
         self._runners: list[web.AppRunner] = []
         self.management_port = 0
         self.rest_port = 0
+        self.grpc_port = 0
+        self._grpc_server: Any = None  # grpc.aio.Server, imported only when serving
 
     async def start(self) -> None:
         await self.client.start()
@@ -37,6 +43,11 @@ class Gateway:
             self.config.management_port,
         )
         self.rest_port = await self._serve(rest_app(self.client), self.config.rest_port)
+        from gateway.grpc.servicer import start_grpc_server
+
+        self._grpc_server, self.grpc_port = await start_grpc_server(
+            self.client, self.config.host, self.config.grpc_port
+        )
 
     async def _serve(self, app: web.Application, port: int) -> int:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -51,6 +62,9 @@ class Gateway:
         return int(sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        if self._grpc_server is not None:
+            # Streams and long polls in flight end with UNAVAILABLE after the grace period.
+            await self._grpc_server.stop(grace=1.0)
         for runner in self._runners:
             await runner.cleanup()
         await self.client.stop()

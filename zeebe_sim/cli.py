@@ -45,6 +45,7 @@ GATEWAY_SETTINGS = [
     "host",
     "management-port",
     "rest-port",
+    "grpc-port",
     "request-timeout",
     "backup-fanout-jitter",
     "log-level",
@@ -211,6 +212,7 @@ def up(**kwargs: Any) -> None:
         broker_port=values["broker-port"],
         management_port=values["management-port"],
         rest_port=values["rest-port"],
+        grpc_port=values["grpc-port"],
         broker_args=broker_flags(values),
         gateway_args=[
             "--request-timeout",
@@ -240,6 +242,7 @@ def up(**kwargs: Any) -> None:
                     f"zeebe-sim is up: {spec.brokers} brokers, {spec.partitions} partitions\n"
                     f"  management (actuator): {cluster.management_url}/actuator/health\n"
                     f"  REST API:              {cluster.rest_url}/v2/topology\n"
+                    f"  gRPC API:              {cluster.grpc_address}\n"
                     + "".join(
                         f"  broker {n}:              {cluster.broker_address(n)}"
                         f" (pid {cluster.brokers[n].pid})\n"
@@ -348,7 +351,7 @@ def broker(
 @options(*GATEWAY_SETTINGS, "contact-point")
 @PARENT_PID_OPTION
 def gateway(parent_pid: int | None, **kwargs: Any) -> None:
-    """Run the gateway process (actuator on the management port, REST API)."""
+    """Run the gateway process (actuator on the management port, REST API, gRPC API)."""
     try:
         values = resolve([*GATEWAY_SETTINGS, "contact-point"], kwargs)
     except ConfigError as exc:
@@ -365,6 +368,7 @@ def gateway(parent_pid: int | None, **kwargs: Any) -> None:
         host=values["host"],
         management_port=values["management-port"],
         rest_port=values["rest-port"],
+        grpc_port=values["grpc-port"],
         request_timeout_s=values["request-timeout"],
         backup_fanout_jitter_s=values["backup-fanout-jitter"],
     )
@@ -374,7 +378,11 @@ def gateway(parent_pid: int | None, **kwargs: Any) -> None:
         await _serve(
             node,
             parent_pid,
-            lambda: announce_ready(management_port=node.management_port, rest_port=node.rest_port),
+            lambda: announce_ready(
+                management_port=node.management_port,
+                rest_port=node.rest_port,
+                grpc_port=node.grpc_port,
+            ),
         )
 
     _run(run())

@@ -165,6 +165,7 @@ class ClusterSpec:
     broker_port: int = 26501
     management_port: int = 9600
     rest_port: int = 8080
+    grpc_port: int = 26500
     # further flags passed to every broker / to the gateway, e.g. ["--snapshot-period", "1s"]
     broker_args: list[str] = attrs.Factory(list)
     gateway_args: list[str] = attrs.Factory(list)
@@ -197,6 +198,12 @@ class LocalCluster:
     def rest_url(self) -> str:
         assert self.gateway is not None
         return f"http://{self.spec.host}:{self.gateway.ready['rest_port']}"
+
+    @property
+    def grpc_address(self) -> str:
+        """host:port of the gateway's gRPC API (what pyzeebe and zbctl connect to)."""
+        assert self.gateway is not None
+        return f"{self.spec.host}:{self.gateway.ready['grpc_port']}"
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -252,6 +259,8 @@ class LocalCluster:
                 str(spec.management_port),
                 "--rest-port",
                 str(spec.rest_port),
+                "--grpc-port",
+                str(spec.grpc_port),
                 *contact_points,
                 *spec.gateway_args,
             ],

@@ -201,6 +201,13 @@ SETTINGS: dict[str, Setting] = {
             "gateway REST API port (0: any free port)",
         ),
         Setting(
+            "grpc-port",
+            _port,
+            26500,
+            ("ZEEBE_GATEWAY_NETWORK_PORT",),
+            "gateway gRPC API port, Zeebe's gateway protocol (0: any free port)",
+        ),
+        Setting(
             "contact-point",
             _addresses,
             (),

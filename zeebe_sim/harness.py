@@ -211,6 +211,7 @@ async def running_cluster(
         broker_port=0,
         management_port=0,
         rest_port=0,
+        grpc_port=0,
         broker_args=broker_args or [],
         gateway_args=gateway_args or [],
         env=env or {},

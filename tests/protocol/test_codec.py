@@ -164,3 +164,12 @@ def test_decode_body_returns_request_id() -> None:
     """The request id travels with the message for correlation."""
     frame = encode(ErrorResponse("NOT_FOUND", "gone"), 42)
     assert decode_body(frame[4:]) == (42, ErrorResponse("NOT_FOUND", "gone"))
+
+
+@pytest.mark.parametrize("result", [True, False, None, [True, 1], {"a": False}])
+def test_an_any_field_takes_booleans(result: Any) -> None:
+    """A field typed Any (a query's result) carries a bool like any other value; only a bool
+    where an int is declared is malformed."""
+    frame = protocol.encode(protocol.QueryResponse(result), 7)
+    [(request_id, message)] = protocol.FrameDecoder().feed(frame)
+    assert request_id == 7 and message == protocol.QueryResponse(result)
