@@ -18,7 +18,7 @@ from pyzeebe import ZeebeClient, ZeebeWorker, create_insecure_channel
 from pyzeebe.proto import gateway_pb2 as pb
 from pyzeebe.proto.gateway_pb2_grpc import GatewayStub
 
-from tests.clients.conftest import service_task_bpmn
+from tests.clients.bpmn import service_task_bpmn
 from tests.scenarios.bpmn_samples import process_xml
 from zeebe_sim.ground.ids import partition_of_key
 from zeebe_sim.ground.protocol import QueryRequest, QueryResponse
