@@ -45,6 +45,9 @@ TENANT = "<default>"
 # Jobs a stream asks a partition for in one go.
 STREAM_BATCH_JOBS = 32
 
+# A broker's role for a partition -> the topology's role (anything else: INACTIVE, unhealthy).
+ROLES = {"LEADER": pb.Partition.LEADER, "FOLLOWER": pb.Partition.FOLLOWER}
+
 # Rejection types written by the engine -> gRPC status (GrpcErrorMapper).
 STATUS_BY_REJECTION = {
     "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
@@ -235,8 +238,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             partitions = [
                 pb.Partition(
                     partitionId=p,
-                    role=pb.Partition.LEADER if role == "LEADER" else pb.Partition.INACTIVE,
-                    health=pb.Partition.HEALTHY if role == "LEADER" else pb.Partition.UNHEALTHY,
+                    role=ROLES.get(role, pb.Partition.INACTIVE),
+                    health=pb.Partition.HEALTHY if role in ROLES else pb.Partition.UNHEALTHY,
                 )
                 for p, role in sorted(answer.partitions.items())
             ]

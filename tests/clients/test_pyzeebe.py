@@ -242,6 +242,9 @@ async def test_status_codes_and_messages_follow_zeebes_gateway(
         )
     )
     assert code == grpc.StatusCode.ALREADY_EXISTS and "id-1" in message
+    unknown = channel.unary_unary("/gateway_protocol.Gateway/EvaluateConditional")
+    code, message = await status(unknown(b""))
+    assert code == grpc.StatusCode.UNIMPLEMENTED and "EvaluateConditional" in message
     health = health_pb2_grpc.HealthStub(channel)
     answer = await health.Check(health_pb2.HealthCheckRequest(service="gateway_protocol.Gateway"))
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
@@ -309,3 +312,30 @@ async def _parked_request_seen(cluster: RunningCluster) -> bool:
         if any(answer.result.values()):
             return True
     return False
+
+
+async def test_job_stream_pushes_jobs_as_they_become_activatable(
+    cluster: RunningCluster, tmp_path: Path
+) -> None:
+    """StreamActivatedJobs stays open and pushes each job, activated for the stream's worker,
+    as instances create them on any partition."""
+    channel = create_insecure_channel(grpc_address=cluster.grpc_address)
+    client = ZeebeClient(channel)
+    stub = GatewayStub(channel)
+    await client.deploy_resource(write(tmp_path, "s.bpmn", service_task_bpmn("streamed", "s")))
+    stream = stub.StreamActivatedJobs(
+        pb.StreamActivatedJobsRequest(type="s", worker="streamer", timeout=60_000), timeout=120
+    )
+    created = [
+        (await client.run_process("streamed", {"n": n})).process_instance_key for n in range(3)
+    ]
+    received = []
+    async for job in stream:
+        received.append(job)
+        if len(received) == 3:
+            break
+    stream.cancel()
+    assert sorted(j.processInstanceKey for j in received) == sorted(created)
+    assert {j.worker for j in received} == {"streamer"}
+    assert {partition_of_key(j.key) for j in received} == {1, 2, 3}
+    await channel.close()
