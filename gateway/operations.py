@@ -34,6 +34,7 @@ from zeebe_sim.ground.errors import (
     ResourceExhausted,
     ZeebeSimError,
 )
+from zeebe_sim.ground.ids import PartitionId
 from zeebe_sim.ground.protocol import ExecuteCommandResponse
 from zeebe_sim.ground.records import ValueType
 
@@ -116,7 +117,9 @@ async def activation_round(
         }
         try:
             response = check(
-                await client.execute(partition, ValueType.JOB_BATCH, "ACTIVATE", -1, value)
+                await client.execute(
+                    PartitionId(partition), ValueType.JOB_BATCH, "ACTIVATE", -1, value
+                )
             )
         except ResourceExhausted:
             exhausted = True
@@ -175,7 +178,9 @@ async def wait_for_jobs(client: BrokerClient, job_type: str, timeout_ms: int) ->
 
     async def ask(partition: int) -> bool:
         try:
-            return bool(await client.query(partition, "await-jobs", arguments, answer_s))
+            return bool(
+                await client.query(PartitionId(partition), "await-jobs", arguments, answer_s)
+            )
         except ZeebeSimError:
             return False
 
@@ -205,7 +210,7 @@ async def await_instance_result(
     """
     arguments = {"key": instance_key, "timeoutMs": timeout_ms}
     answer_s = timeout_ms / 1000 + AWAIT_ANSWER_SLACK_S
-    instance = await client.query(partition, "await-instance", arguments, answer_s)
+    instance = await client.query(PartitionId(partition), "await-instance", arguments, answer_s)
     state = instance["state"] if instance else None
     if state == "COMPLETED":
         result: dict[str, Any] = instance

@@ -35,7 +35,7 @@ from gateway.operations import (
     stream_jobs,
 )
 from zeebe_sim.ground import VERSION, errors
-from zeebe_sim.ground.ids import partition_of_key
+from zeebe_sim.ground.ids import PartitionId, partition_of_key
 from zeebe_sim.ground.records import ValueType
 from zeebe_sim.ground.routing import subscription_partition_id
 
@@ -222,7 +222,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def _execute(
         self, partition: int, value_type: str, intent: str, key: int, value: dict[str, Any]
     ) -> Any:
-        response = await self.client.execute(partition, value_type, intent, key, value)
+        response = await self.client.execute(PartitionId(partition), value_type, intent, key, value)
         if response.rejection_type is not None:
             raise _Rejected(intent, response.rejection_type, response.rejection_reason or "")
         return response

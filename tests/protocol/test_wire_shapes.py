@@ -126,6 +126,21 @@ VALID_VALUES: dict[tuple[str, str], dict[str, Any]] = {
         "messagePartitionId": 3,
     },
     (ValueType.CHECKPOINT, "CREATE"): {"checkpointId": 7},
+    (ValueType.PROCESS_INSTANCE_CREATION, "CREATE_WITH_AWAITING_RESULT"): {
+        "bpmnProcessId": "p",
+        "version": -1,
+        "variables": {},
+    },
+    (ValueType.PROCESS_INSTANCE, "CANCEL"): {},
+    (ValueType.VARIABLE_DOCUMENT, "UPDATE"): {"scopeKey": 5, "variables": {"a": 1}, "local": True},
+    (ValueType.JOB, "FAIL"): {"retries": 1, "errorMessage": "e", "retryBackOff": 10},
+    (ValueType.JOB, "RECUR_AFTER_BACKOFF"): {},
+    (ValueType.JOB, "THROW_ERROR"): {"errorCode": "E", "errorMessage": "m"},
+    (ValueType.JOB, "UPDATE_RETRIES"): {"retries": 2},
+    (ValueType.JOB, "UPDATE_TIMEOUT"): {"timeout": 1000},
+    (ValueType.INCIDENT, "RESOLVE"): {},
+    (ValueType.SIGNAL, "BROADCAST"): {"signalName": "s"},
+    (ValueType.MESSAGE_SUBSCRIPTION, "DELETE"): {"elementInstanceKey": 5, "messageName": "m"},
 }
 
 

@@ -77,6 +77,43 @@ class CheckpointCreate(TypedDict):
     checkpointId: NewBackupId
 
 
+class JobFail(TypedDict):
+    retries: int
+    errorMessage: NotRequired[str]
+    retryBackOff: NotRequired[int]
+    variables: NotRequired[Variables]
+
+
+class JobThrowError(TypedDict):
+    errorCode: str
+    errorMessage: NotRequired[str]
+    variables: NotRequired[Variables]
+
+
+class JobUpdateRetries(TypedDict):
+    retries: int  # the engine rejects < 1 with Zeebe's reason
+
+
+class JobUpdateTimeout(TypedDict):
+    timeout: int
+
+
+class VariableDocumentUpdate(TypedDict):
+    scopeKey: int
+    variables: Variables
+    local: NotRequired[bool]
+
+
+class SignalBroadcast(TypedDict):
+    signalName: str
+    variables: NotRequired[Variables]
+
+
+class MessageSubscriptionDelete(TypedDict):
+    elementInstanceKey: ExistingKey
+    messageName: str
+
+
 class NoValue(TypedDict):
     """Commands whose key says everything (job time-out, message expiry)."""
 
@@ -172,6 +209,17 @@ COMMAND_VALUES: dict[tuple[str, str], Any] = {
     (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CREATE"): ProcessMessageSubscriptionCreate,
     (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CORRELATE"): ProcessMessageSubscriptionCorrelate,
     (ValueType.CHECKPOINT, "CREATE"): CheckpointCreate,
+    (ValueType.PROCESS_INSTANCE_CREATION, "CREATE_WITH_AWAITING_RESULT"): ProcessInstanceCreate,
+    (ValueType.PROCESS_INSTANCE, "CANCEL"): NoValue,
+    (ValueType.VARIABLE_DOCUMENT, "UPDATE"): VariableDocumentUpdate,
+    (ValueType.JOB, "FAIL"): JobFail,
+    (ValueType.JOB, "RECUR_AFTER_BACKOFF"): NoValue,
+    (ValueType.JOB, "THROW_ERROR"): JobThrowError,
+    (ValueType.JOB, "UPDATE_RETRIES"): JobUpdateRetries,
+    (ValueType.JOB, "UPDATE_TIMEOUT"): JobUpdateTimeout,
+    (ValueType.INCIDENT, "RESOLVE"): NoValue,
+    (ValueType.SIGNAL, "BROADCAST"): SignalBroadcast,
+    (ValueType.MESSAGE_SUBSCRIPTION, "DELETE"): MessageSubscriptionDelete,
 }
 
 
