@@ -108,7 +108,7 @@ async def activation_round(
     for offset in range(count):
         if found >= wanted:
             break
-        partition = PartitionId((first - 1 + offset) % count + 1)
+        partition = (first - 1 + offset) % count + 1
         value = {
             "type": activation.job_type,
             "worker": activation.worker,
@@ -117,7 +117,9 @@ async def activation_round(
         }
         try:
             response = check(
-                await client.execute(partition, ValueType.JOB_BATCH, "ACTIVATE", -1, value)
+                await client.execute(
+                    PartitionId(partition), ValueType.JOB_BATCH, "ACTIVATE", -1, value
+                )
             )
         except ResourceExhausted:
             exhausted = True
@@ -174,9 +176,11 @@ async def wait_for_jobs(client: BrokerClient, job_type: str, timeout_ms: int) ->
     arguments = {"type": job_type, "timeoutMs": timeout_ms}
     answer_s = timeout_ms / 1000 + AWAIT_ANSWER_SLACK_S
 
-    async def ask(partition: PartitionId) -> bool:
+    async def ask(partition: int) -> bool:
         try:
-            return bool(await client.query(partition, "await-jobs", arguments, answer_s))
+            return bool(
+                await client.query(PartitionId(partition), "await-jobs", arguments, answer_s)
+            )
         except ZeebeSimError:
             return False
 
@@ -196,7 +200,7 @@ async def wait_for_jobs(client: BrokerClient, job_type: str, timeout_ms: int) ->
 
 
 async def await_instance_result(
-    client: BrokerClient, partition: PartitionId, instance_key: int, timeout_ms: int
+    client: BrokerClient, partition: int, instance_key: int, timeout_ms: int
 ) -> dict[str, Any]:
     """The ended instance (its variables), once it has completed.
 
@@ -206,7 +210,7 @@ async def await_instance_result(
     """
     arguments = {"key": instance_key, "timeoutMs": timeout_ms}
     answer_s = timeout_ms / 1000 + AWAIT_ANSWER_SLACK_S
-    instance = await client.query(partition, "await-instance", arguments, answer_s)
+    instance = await client.query(PartitionId(partition), "await-instance", arguments, answer_s)
     state = instance["state"] if instance else None
     if state == "COMPLETED":
         result: dict[str, Any] = instance

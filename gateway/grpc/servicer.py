@@ -39,9 +39,6 @@ from zeebe_sim.ground.ids import PartitionId, partition_of_key
 from zeebe_sim.ground.records import ValueType
 from zeebe_sim.ground.routing import subscription_partition_id
 
-# Deployments (and, in Zeebe, signal broadcasts) go to partition 1, which distributes them.
-DEPLOYMENT_PARTITION = PartitionId(1)
-
 log = logging.getLogger(__name__)
 
 TENANT = "<default>"
@@ -215,17 +212,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _partition_of(self, key: int, what: str) -> PartitionId:
+    def _partition_of(self, key: int, what: str) -> int:
         """The partition a key was made on; NOT_FOUND for a key of no partition here."""
-        partition = partition_of_key(key) if key > 0 else PartitionId(0)
+        partition = partition_of_key(key) if key > 0 else 0
         if not 1 <= partition <= max(self.client.partition_count, 1):
             raise errors.NotFound(f"Expected to find {what} with key '{key}', but none found")
         return partition
 
     async def _execute(
-        self, partition: PartitionId, value_type: str, intent: str, key: int, value: dict[str, Any]
+        self, partition: int, value_type: str, intent: str, key: int, value: dict[str, Any]
     ) -> Any:
-        response = await self.client.execute(partition, value_type, intent, key, value)
+        response = await self.client.execute(PartitionId(partition), value_type, intent, key, value)
         if response.rejection_type is not None:
             raise _Rejected(intent, response.rejection_type, response.rejection_reason or "")
         return response
@@ -272,7 +269,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise errors.InvalidArgument("Expected to deploy at least one resource, but none given")
         resources = [{"resourceName": r.name, "resource": r.content} for r in request.resources]
         response = await self._execute(
-            DEPLOYMENT_PARTITION, ValueType.DEPLOYMENT, "CREATE", -1, {"resources": resources}
+            1, ValueType.DEPLOYMENT, "CREATE", -1, {"resources": resources}
         )
         value = response.value
         return pb.DeployResourceResponse(
@@ -509,9 +506,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise errors.InvalidArgument("Expected a signal name, but none given")
         value = {"signalName": request.signalName, "variables": _document(request.variables)}
         # Zeebe broadcasts from the deployment partition.
-        response = await self._execute(
-            DEPLOYMENT_PARTITION, ValueType.SIGNAL, "BROADCAST", -1, value
-        )
+        response = await self._execute(1, ValueType.SIGNAL, "BROADCAST", -1, value)
         return pb.BroadcastSignalResponse(key=response.key, tenantId=TENANT)
 
     # -- not served ---------------------------------------------------------------------------

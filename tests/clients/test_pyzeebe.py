@@ -305,7 +305,7 @@ async def _parked_request_seen(cluster: RunningCluster) -> bool:
     for node in range(cluster.spec.brokers):
         connection = await Connection.open(cluster.broker_address(node))
         try:
-            answer = await connection.request(QueryRequest(0, "parked-requests", {}), 10.0)
+            answer = await connection.request(QueryRequest(1, "parked-requests", {}), 10.0)
         finally:
             await connection.close()
         assert isinstance(answer, QueryResponse)

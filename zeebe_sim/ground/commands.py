@@ -78,40 +78,44 @@ class CheckpointCreate(TypedDict):
 
 
 class JobFail(TypedDict):
-    retries: NotRequired[Annotated[int, IntRange(0, INT32_MAX)]]
-    retryBackOff: NotRequired[DurationMs]
+    retries: int
     errorMessage: NotRequired[str]
+    retryBackOff: NotRequired[int]
     variables: NotRequired[Variables]
 
 
 class JobThrowError(TypedDict):
-    errorCode: NotRequired[str]
+    errorCode: str
     errorMessage: NotRequired[str]
     variables: NotRequired[Variables]
 
 
 class JobUpdateRetries(TypedDict):
-    retries: NotRequired[Annotated[int, IntRange(0, INT32_MAX)]]
+    retries: int  # the engine rejects < 1 with Zeebe's reason
 
 
 class JobUpdateTimeout(TypedDict):
-    timeout: NotRequired[DurationMs]
+    timeout: int
 
 
 class VariableDocumentUpdate(TypedDict):
-    scopeKey: NotRequired[Key]
+    scopeKey: int
+    variables: Variables
     local: NotRequired[bool]
-    variables: NotRequired[Variables]
 
 
 class SignalBroadcast(TypedDict):
-    signalName: NotRequired[str]
+    signalName: str
     variables: NotRequired[Variables]
 
 
+class MessageSubscriptionDelete(TypedDict):
+    elementInstanceKey: ExistingKey
+    messageName: str
+
+
 class NoValue(TypedDict):
-    """Commands whose key says everything (job time-out and recurrence, message expiry,
-    instance cancellation, incident resolution)."""
+    """Commands whose key says everything (job time-out, message expiry)."""
 
 
 # -- between partitions -----------------------------------------------------------------------
@@ -172,13 +176,6 @@ class MessageSubscriptionAnswer(TypedDict):
     bpmnProcessId: str
 
 
-class MessageSubscriptionDelete(TypedDict):
-    """The process partition closing a subscription (its instance was cancelled)."""
-
-    elementInstanceKey: ExistingKey
-    messageName: str
-
-
 class ProcessMessageSubscriptionCreate(TypedDict):
     """The message partition's acknowledgement that the subscription is open."""
 
@@ -201,17 +198,6 @@ COMMAND_VALUES: dict[tuple[str, str], Any] = {
     (ValueType.DEPLOYMENT, "CREATE"): DeploymentCreate | DeploymentDistribute,
     (ValueType.COMMAND_DISTRIBUTION, "ACKNOWLEDGE"): DistributionAcknowledge,
     (ValueType.PROCESS_INSTANCE_CREATION, "CREATE"): ProcessInstanceCreate,
-    (ValueType.PROCESS_INSTANCE_CREATION, "CREATE_WITH_AWAITING_RESULT"): ProcessInstanceCreate,
-    (ValueType.PROCESS_INSTANCE, "CANCEL"): NoValue,
-    (ValueType.JOB, "FAIL"): JobFail,
-    (ValueType.JOB, "THROW_ERROR"): JobThrowError,
-    (ValueType.JOB, "UPDATE_RETRIES"): JobUpdateRetries,
-    (ValueType.JOB, "UPDATE_TIMEOUT"): JobUpdateTimeout,
-    (ValueType.JOB, "RECUR_AFTER_BACKOFF"): NoValue,
-    (ValueType.INCIDENT, "RESOLVE"): NoValue,
-    (ValueType.VARIABLE_DOCUMENT, "UPDATE"): VariableDocumentUpdate,
-    (ValueType.SIGNAL, "BROADCAST"): SignalBroadcast,
-    (ValueType.MESSAGE_SUBSCRIPTION, "DELETE"): MessageSubscriptionDelete,
     (ValueType.JOB_BATCH, "ACTIVATE"): JobBatchActivate,
     (ValueType.JOB, "COMPLETE"): JobComplete,
     (ValueType.JOB, "TIME_OUT"): NoValue,
@@ -223,6 +209,17 @@ COMMAND_VALUES: dict[tuple[str, str], Any] = {
     (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CREATE"): ProcessMessageSubscriptionCreate,
     (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CORRELATE"): ProcessMessageSubscriptionCorrelate,
     (ValueType.CHECKPOINT, "CREATE"): CheckpointCreate,
+    (ValueType.PROCESS_INSTANCE_CREATION, "CREATE_WITH_AWAITING_RESULT"): ProcessInstanceCreate,
+    (ValueType.PROCESS_INSTANCE, "CANCEL"): NoValue,
+    (ValueType.VARIABLE_DOCUMENT, "UPDATE"): VariableDocumentUpdate,
+    (ValueType.JOB, "FAIL"): JobFail,
+    (ValueType.JOB, "RECUR_AFTER_BACKOFF"): NoValue,
+    (ValueType.JOB, "THROW_ERROR"): JobThrowError,
+    (ValueType.JOB, "UPDATE_RETRIES"): JobUpdateRetries,
+    (ValueType.JOB, "UPDATE_TIMEOUT"): JobUpdateTimeout,
+    (ValueType.INCIDENT, "RESOLVE"): NoValue,
+    (ValueType.SIGNAL, "BROADCAST"): SignalBroadcast,
+    (ValueType.MESSAGE_SUBSCRIPTION, "DELETE"): MessageSubscriptionDelete,
 }
 
 
