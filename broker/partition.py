@@ -405,11 +405,14 @@ class Partition:
         )
         log.error("%s; %d command(s) refused", reason, len(taken), exc_info=exc)
         self._reopening = reason
-        try:
-            error = ResourceExhausted(reason)
+        error = ResourceExhausted(reason)
+
+        def refuse() -> None:
             for queued in taken:
                 if queued.reply is not None and not queued.reply.done():
                     queued.reply.set_exception(error)
+
+        try:
             if self._disk is not None:
                 self._disk.write_failed(reason)
             self.log.close()
@@ -421,6 +424,7 @@ class Partition:
                     log.error(
                         "cannot reopen the log of partition %s: %s", self.partition_id, reopen_error
                     )
+                    refuse()  # no one waits for a log that cannot be reopened
                     await asyncio.sleep(REOPEN_RETRY_S)
             # Every flushed group holds its commands' follow-ups: nothing is left unprocessed.
             unprocessed = self._recover()
@@ -428,6 +432,9 @@ class Partition:
             self.core.engine = self.engine
             self.core.reset_retries(_monotonic_ms())
         finally:
+            # Refused once the state no longer holds what they did: a client that is told "no"
+            # never finds the effects of its command afterwards.
+            refuse()
             self._reopening = None
 
     def _reopen_log(self, durable_position: int) -> SegmentedLog:

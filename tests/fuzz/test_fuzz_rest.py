@@ -159,7 +159,8 @@ ENCODINGS = st.sampled_from(
     encoding=ENCODINGS,
     process_id=TEXT,
     tail=st.binary(max_size=200),
-    filename=TEXT,
+    # aiohttp (the client) refuses control characters in a header, so the name has none
+    filename=st.text(st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp")), max_size=40),
 )
 async def test_generated_deployments_never_get_a_5xx(
     cluster: RunningCluster, encoding: str, process_id: str, tail: bytes, filename: str
