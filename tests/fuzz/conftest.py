@@ -26,7 +26,7 @@ from zeebe_sim.harness import RunningCluster, running_cluster
 
 PARTITIONS = 3
 # Generated cases per fuzz test; FUZZ_EXAMPLES=2000 for a long local run.
-FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 # No shrinking: once a case has broken the cluster, every later case fails too (slowly, at the
 # request timeout), so shrinking would take minutes and find nothing smaller. The failing case
 # is printed as generated.
