@@ -114,6 +114,17 @@ BAD_REST_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/v2/jobs/2251799813685249/completion", {"json": {}}),
     ("POST", "/v2/messages/publication", {"json": {"correlationKey": "k"}}),
     ("POST", "/v2/messages/publication", {"json": {"name": "m", "timeToLive": -5}}),
+    ("POST", "/v2/messages/publication", {"json": {"name": "m", "timeToLive": 2**63 - 1}}),
+    (
+        "POST",
+        "/v2/jobs/activation",
+        {"json": {"type": "t", "maxJobsToActivate": 1, "timeout": 2**63 - 1}},
+    ),
+    (
+        "POST",
+        "/v2/process-instances",
+        {"json": {"processDefinitionId": "x", "variables": {"n": 2**64}}},
+    ),
     ("POST", "/v2/deployments", {"json": {"resources": "x"}}),
     ("POST", "/v2/deployments", {"form": b"<not-bpmn/>"}),
     (
