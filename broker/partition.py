@@ -131,6 +131,8 @@ class Partition:
         self._disk = disk
         # set while the log is being reopened after a failed write: why commands are refused
         self._reopening: str | None = None
+        # why the last group could not be written, until one is written again
+        self._write_failure: str | None = None
         if disk is not None:
             disk.listen(self._disk_changed)
         self.ready = False
@@ -284,6 +286,7 @@ class Partition:
                 group.append((queued.reply, self._process(queued.command)))
             if group:
                 await asyncio.to_thread(self.log.flush)
+                self._write_failure = None
         except (ResourceExhausted, OSError) as exc:
             await self._write_failed(taken, durable_position, exc)
             return
@@ -405,6 +408,8 @@ class Partition:
         )
         log.error("%s; %d command(s) refused", reason, len(taken), exc_info=exc)
         self._reopening = reason
+        # shown in health until a group is written again
+        self._write_failure = reason
         error = ResourceExhausted(reason)
 
         def refuse() -> None:
@@ -554,7 +559,7 @@ class Partition:
         if self.failure is not None:
             return "DEAD", [self.failure]
         issues = [f"{name}: {reason}" for name, reason in self._tasks.failing().items()]
-        disk = self._disk_refusal()
+        disk = self._disk_refusal() or self._write_failure
         if disk is not None:
             issues.append(disk)
         return ("UNHEALTHY", issues) if issues else ("HEALTHY", [])
