@@ -1,8 +1,7 @@
 """Backing up a partition with ~100 MB of log: how long the backup takes next to `cp -r` of the
 same files, and processing throughput while the backup runs next to without.
 
-With ``--store s3`` the S3-compatible server (moto) runs in this same process, so it competes
-with the partition for the interpreter: the S3 figures are a floor, not what a real S3 gives.
+With ``--store s3`` the S3-compatible server (moto) runs in a process of its own on loopback.
 
 A script, not a test: it prints what it measured.
 
@@ -13,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,28 +54,42 @@ def log_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in (directory / "log").iterdir())
 
 
-async def open_store(kind: str, directory: Path) -> tuple[BackupStore, object]:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def open_store(kind: str, directory: Path) -> tuple[BackupStore, subprocess.Popen[bytes] | None]:
     if kind == "filesystem":
         return FilesystemBackupStore(directory / "backups"), None
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
-
     from storage.backup.config import S3StoreConfig
     from storage.backup.s3 import S3BackupStore
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    # The S3 server in a process of its own, as a real one would be: it must not compete with
+    # the partition for this interpreter.
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
     import boto3  # type: ignore[import-untyped]
 
-    endpoint = f"http://{host}:{port}"
-    boto3.client(
+    client = boto3.client(
         "s3", endpoint_url=endpoint, region_name="us-east-1",
         aws_access_key_id="x", aws_secret_access_key="x",
-    ).create_bucket(Bucket="bench")  # fmt: skip
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.create_bucket(Bucket="bench")
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # polling the server's start, with a deadline
     config = S3StoreConfig(
         bucket_name="bench", endpoint=endpoint, region="us-east-1", access_key="x",
         secret_key="x", force_path_style_access=True,
@@ -85,7 +100,7 @@ async def open_store(kind: str, directory: Path) -> tuple[BackupStore, object]:
 async def main(log_mb: int, kind: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        store, server = await open_store(kind, directory)
+        store, server = open_store(kind, directory)
         backups = BackupService(store, node_id=0, partition_count=1)
         partition = Partition(
             1, 1, directory / "p1", PartitionConfig(snapshot_period_s=3600), lambda s, c: None,
@@ -134,7 +149,8 @@ async def main(log_mb: int, kind: str) -> None:
         await partition.stop()
         await backups.close()
         if server is not None:
-            server.stop()  # type: ignore[attr-defined]
+            server.terminate()
+            server.wait()
 
 
 if __name__ == "__main__":
