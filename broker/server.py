@@ -29,6 +29,7 @@ from broker.backup import BackupService
 from broker.disk import DiskConfig, DiskMonitor, free_bytes_of
 from broker.engine.processor import Send
 from broker.partition import Partition, PartitionConfig
+from broker.raft.core import RaftConfig
 from broker.waiters import AWAIT_QUERIES, answer_await
 from storage.backup.api import BackupStore
 from storage.backup.config import FilesystemStoreConfig, S3StoreConfig
@@ -45,6 +46,7 @@ from zeebe_sim.ground.errors import (
 )
 from zeebe_sim.ground.ids import BackupId, Key, NodeId, PartitionId
 from zeebe_sim.ground.protocol import (
+    RAFT_MESSAGES,
     BackupStatusRequest,
     BackupStatusResponse,
     DeleteBackupRequest,
@@ -96,6 +98,7 @@ class BrokerConfig:
     port: int = 26501
     contact_points: tuple[str, ...] = ()
     replication_factor: int = 1
+    raft: RaftConfig = attrs.Factory(RaftConfig)
     partition: PartitionConfig = attrs.Factory(PartitionConfig)
     # None: no backup store (backup requests answer BACKUP_NOT_CONFIGURED)
     backup_store: FilesystemStoreConfig | S3StoreConfig | None = None
@@ -137,7 +140,7 @@ class Broker:
         self.members: dict[NodeId, str] = {}
         self._peers: dict[int, Connection] = {}
         self._connecting: set[int] = set()
-        self._waiting: dict[int, list[InterPartitionCommandSent]] = {}
+        self._waiting: dict[int, list[Message]] = {}
         self._server: Listener | None = None
         self._tasks = OwnedTasks(f"broker {config.node_id}")
         self.address = ""
@@ -215,15 +218,10 @@ class Broker:
                 rejection_reason=response.rejection_reason,
             )
         if isinstance(message, InterPartitionCommandSent):
-            partition_ = self.partitions.get(message.receiver_partition_id)
-            if partition_ is not None:
-                partition_.receive(
-                    message.value_type,
-                    message.intent,
-                    message.key,
-                    message.value,
-                    message.checkpoint_id,
-                )
+            self.receive_from_peer(message.sender_node_id, message)
+            return None
+        if isinstance(message, RAFT_MESSAGES):
+            self.receive_from_peer(message.sender, message)
             return None
         if isinstance(message, TopologyRequest):
             if message.node_id is not None and message.address:
@@ -360,8 +358,28 @@ class Broker:
             intent=send.intent,
             key=Key(send.key),
             value=send.value,
+            sender_node_id=self.node_id,
         )
-        node = broker_of_partition(target, self.config.cluster_size)
+        self.send_to_peer(broker_of_partition(target, self.config.cluster_size), message)
+
+    def receive_from_peer(self, node: NodeId | None, message: Message) -> None:
+        """The one place where what other brokers send (inter-partition commands, Raft
+        messages) is dispatched; ``node`` is the sender (None: an older sender that does not
+        say)."""
+        if isinstance(message, InterPartitionCommandSent):
+            partition = self.partitions.get(message.receiver_partition_id)
+            if partition is not None:
+                partition.receive(
+                    message.value_type,
+                    message.intent,
+                    message.key,
+                    message.value,
+                    message.checkpoint_id,
+                )
+
+    def send_to_peer(self, node: NodeId, message: Message) -> None:
+        """The one function through which this broker sends to another (fire and forget:
+        inter-partition commands are retried by their senders, Raft resends on its own)."""
         peer = self._peers.get(node)
         if peer is not None and not peer.closed:
             peer.notify(message)

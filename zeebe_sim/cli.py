@@ -29,6 +29,8 @@ CLUSTER_SETTINGS = [
     "brokers",
     "partitions",
     "replication-factor",
+    "election-timeout",
+    "heartbeat-interval",
     "data-dir",
     "host",
     "broker-port",
@@ -152,6 +154,12 @@ PARENT_PID_OPTION = click.option(
 def broker_flags(values: dict[str, Any]) -> list[str]:
     """The flags that carry cluster settings from ``up`` to each broker process."""
     flags = [
+        "--replication-factor",
+        str(values["replication-factor"]),
+        "--election-timeout",
+        f"{values['election-timeout']}s",
+        "--heartbeat-interval",
+        f"{values['heartbeat-interval']}s",
         "--snapshot-period",
         f"{values['snapshot-period']}s",
         "--segment-size",
@@ -288,6 +296,7 @@ def broker(
     if values["node-id"] >= values["brokers"]:
         fail(f"--node-id: {values['node-id']} is not below the cluster size {values['brokers']}")
     from broker.partition import PartitionConfig
+    from broker.raft.core import RaftConfig
     from broker.server import Broker, BrokerConfig
     from zeebe_sim.cluster import announce_ready
     from zeebe_sim.restore import unfinished_restore
@@ -322,6 +331,11 @@ def broker(
         node_id=values["node-id"],
         cluster_size=values["brokers"],
         partition_count=values["partitions"],
+        replication_factor=values["replication-factor"],
+        raft=RaftConfig(
+            election_timeout_ms=round(values["election-timeout"] * 1000),
+            heartbeat_interval_ms=round(values["heartbeat-interval"] * 1000),
+        ),
         data_dir=values["data-dir"],
         host=values["host"],
         port=port,

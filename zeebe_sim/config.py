@@ -170,6 +170,20 @@ SETTINGS: dict[str, Setting] = {
             ("ZEEBE_BROKER_CLUSTER_REPLICATIONFACTOR",),
             "replication factor (only 1 is supported)",
         ),
+        Setting(
+            "election-timeout",
+            _duration,
+            2.5,
+            ("ZEEBE_BROKER_CLUSTER_ELECTIONTIMEOUT",),
+            "Raft election timeout: a follower that hears no leader this long elects a new one",
+        ),
+        Setting(
+            "heartbeat-interval",
+            _duration,
+            0.25,
+            ("ZEEBE_BROKER_CLUSTER_HEARTBEATINTERVAL",),
+            "Raft heartbeat interval of a leader (below half the election timeout)",
+        ),
         Setting("node-id", _int(0, 63), 0, ("ZEEBE_BROKER_CLUSTER_NODEID",), "this broker's id"),
         Setting(
             "data-dir",
@@ -437,6 +451,12 @@ def resolve(
             disk_config(values)
         except ValueError as exc:
             raise ConfigError(f"disk-free-space-processing: {exc}") from exc
+    if "election-timeout" in values and "heartbeat-interval" in values:
+        if not values["election-timeout"] > 2 * values["heartbeat-interval"]:
+            raise ConfigError(
+                "election-timeout: must be more than twice the heartbeat-interval "
+                f"({values['heartbeat-interval']:g}s)"
+            )
     if values.get("replication-factor", 1) != 1:
         raise ConfigError(
             "replication-factor: only 1 is supported (replication and leader election are not "

@@ -205,11 +205,22 @@ async def running_cluster(
     *,
     brokers: int = 3,
     partitions: int = 3,
+    replication_factor: int = 1,
+    election_timeout_ms: int | None = None,
+    heartbeat_interval_ms: int | None = None,
     broker_args: list[str] | None = None,
     gateway_args: list[str] | None = None,
     env: dict[str, str] | None = None,
 ) -> AsyncIterator[RunningCluster]:
-    """Start brokers and a gateway as real processes on OS-chosen ports; stop them after."""
+    """Start brokers and a gateway as real processes on OS-chosen ports; stop them after.
+
+    Replication factor 1 unless asked (the CLI's default is 3); Raft timings as configured
+    (Zeebe's defaults unless given; tests pass short ones)."""
+    raft_args = ["--replication-factor", str(replication_factor)]
+    if election_timeout_ms is not None:
+        raft_args += ["--election-timeout", f"{election_timeout_ms}ms"]
+    if heartbeat_interval_ms is not None:
+        raft_args += ["--heartbeat-interval", f"{heartbeat_interval_ms}ms"]
     spec = ClusterSpec(
         brokers=brokers,
         partitions=partitions,
@@ -218,7 +229,7 @@ async def running_cluster(
         management_port=0,
         rest_port=0,
         grpc_port=0,
-        broker_args=broker_args or [],
+        broker_args=[*raft_args, *(broker_args or [])],
         gateway_args=gateway_args or [],
         env=env or {},
     )

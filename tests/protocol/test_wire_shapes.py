@@ -62,6 +62,18 @@ VALID: dict[type[protocol.Message], protocol.Message] = {
     protocol.ListBackupsResponse: protocol.ListBackupsResponse([STATUS]),
     protocol.DeleteBackupRequest: protocol.DeleteBackupRequest(1, 7),
     protocol.DeleteBackupResponse: protocol.DeleteBackupResponse(),
+    protocol.RaftPollRequest: protocol.RaftPollRequest(1, 0, 3, 10, 2),
+    protocol.RaftPollResponse: protocol.RaftPollResponse(1, 2, 3, True),
+    protocol.RaftVoteRequest: protocol.RaftVoteRequest(1, 0, 4, 10, 2),
+    protocol.RaftVoteResponse: protocol.RaftVoteResponse(1, 2, 4, False),
+    protocol.RaftAppendRequest: protocol.RaftAppendRequest(
+        1, 0, 4, 9, 2, [protocol.RaftEntry(10, 4, b"batch"), protocol.RaftEntry(11, 4, None)], 9
+    ),
+    protocol.RaftAppendResponse: protocol.RaftAppendResponse(1, 2, 4, True, 11),
+    protocol.RaftInstallRequest: protocol.RaftInstallRequest(
+        1, 0, 4, protocol.RaftSnapshot(8, 3, 100), 0, b"chunk", False
+    ),
+    protocol.RaftInstallResponse: protocol.RaftInstallResponse(1, 2, 4, 8, 5, False),
 }
 
 K = 2**52  # shapes need any key > 0 within int64

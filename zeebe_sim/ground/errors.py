@@ -31,6 +31,11 @@ class PartitionLeaderMismatch(ZeebeSimError):
     code = "PARTITION_LEADER_MISMATCH"
     retriable = True
 
+    def __init__(self, message: str, leader: int | None = None) -> None:
+        super().__init__(message)
+        # the leader the answering replica knows of, if any (a hint for the gateway)
+        self.leader = leader
+
 
 class UnsupportedMessage(ZeebeSimError):
     code = "UNSUPPORTED_MESSAGE"
@@ -143,5 +148,8 @@ for _cls in (
     BY_CODE.setdefault(_cls.code, _cls)
 
 
-def from_code(code: str, message: str) -> ZeebeSimError:
+def from_code(code: str, message: str, leader: int | None = None) -> ZeebeSimError:
+    """The error an ErrorResponse stands for; ``leader`` is its hint (leader mismatch only)."""
+    if code == PartitionLeaderMismatch.code:
+        return PartitionLeaderMismatch(message, leader)
     return BY_CODE.get(code, InternalError)(message)

@@ -80,12 +80,17 @@ class TopologyResponse(Message):
     # node id -> "host:port" of every broker this broker knows of (itself included). A receiver
     # checks each address with parse_member_address and drops bad entries one by one.
     members: dict[NodeId, str]
-    # partition id -> "LEADER" (processing) or "INACTIVE" (still starting up)
+    # partition id -> the role of this broker's replica: "LEADER", "FOLLOWER", "CANDIDATE" or
+    # "INACTIVE" (starting up, or restoring)
     partitions: dict[PartitionId, str]
     version: str
     # partition id -> "HEALTHY", "UNHEALTHY" (a background loop fails) or "DEAD" (processing
     # stopped); a partition not named here is HEALTHY
     health: dict[PartitionId, str] = attrs.field(factory=dict)
+    # partition id -> the replica's current Raft term (a newer term's leader wins)
+    terms: dict[PartitionId, Annotated[int, shapes.IntRange(0, INT64_MAX)]] = attrs.field(
+        factory=dict
+    )
 
 
 def parse_member_address(address: str) -> tuple[str, int]:
@@ -153,6 +158,8 @@ class ErrorResponse(Message):
 
     code: str
     message: str
+    # PARTITION_LEADER_MISMATCH: the leader the answering replica knows of, if any
+    leader: NodeId | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +184,142 @@ class InterPartitionCommandSent(Message):
     intent: str
     key: Key
     value: CommandValue
+    sender_node_id: NodeId | None = None  # the broker that sent it (for the fault filter)
+
+
+# ---------------------------------------------------------------------------------------------
+# Raft, between the replicas of a partition (one-way; see broker/raft/messages.py)
+# ---------------------------------------------------------------------------------------------
+
+RaftNumber = Annotated[int, shapes.IntRange(0, INT64_MAX)]  # a term, log index or byte offset
+
+
+@attrs.frozen
+class RaftEntry:
+    index: RaftNumber
+    term: RaftNumber
+    data: bytes | None  # None: the no-op a new leader appends
+
+
+@attrs.frozen
+class RaftSnapshot:
+    index: RaftNumber
+    term: RaftNumber
+    size_bytes: RaftNumber
+
+
+@attrs.frozen
+class RaftPollRequest(Message):
+    expects_response: ClassVar[bool] = False
+
+    partition_id: PartitionId
+    sender: NodeId
+    term: RaftNumber
+    last_index: RaftNumber
+    last_term: RaftNumber
+
+
+@attrs.frozen
+class RaftPollResponse(Message):
+    expects_response: ClassVar[bool] = False
+
+    partition_id: PartitionId
+    sender: NodeId
+    term: RaftNumber
+    granted: bool
+
+
+@attrs.frozen
+class RaftVoteRequest(Message):
+    expects_response: ClassVar[bool] = False
+
+    partition_id: PartitionId
+    sender: NodeId
+    term: RaftNumber
+    last_index: RaftNumber
+    last_term: RaftNumber
+
+
+@attrs.frozen
+class RaftVoteResponse(Message):
+    expects_response: ClassVar[bool] = False
+
+    partition_id: PartitionId
+    sender: NodeId
+    term: RaftNumber
+    granted: bool
+
+
+@attrs.frozen
+class RaftAppendRequest(Message):
+    expects_response: ClassVar[bool] = False
+
+    partition_id: PartitionId
+    sender: NodeId
+    term: RaftNumber
+    prev_index: RaftNumber
+    prev_term: RaftNumber
+    entries: list[RaftEntry]
+    commit_index: RaftNumber
+
+
+@attrs.frozen
+class RaftAppendResponse(Message):
+    expects_response: ClassVar[bool] = False
+
+    partition_id: PartitionId
+    sender: NodeId
+    term: RaftNumber
+    success: bool
+    last_index: RaftNumber
+
+
+@attrs.frozen
+class RaftInstallRequest(Message):
+    expects_response: ClassVar[bool] = False
+
+    partition_id: PartitionId
+    sender: NodeId
+    term: RaftNumber
+    snapshot: RaftSnapshot
+    offset: RaftNumber
+    data: bytes
+    done: bool
+
+
+@attrs.frozen
+class RaftInstallResponse(Message):
+    expects_response: ClassVar[bool] = False
+
+    partition_id: PartitionId
+    sender: NodeId
+    term: RaftNumber
+    snapshot_index: RaftNumber
+    next_offset: RaftNumber
+    complete: bool
+
+
+# Every Raft message names its partition (partition_id), its sender and the sender's term.
+RaftMessage = (
+    RaftPollRequest
+    | RaftPollResponse
+    | RaftVoteRequest
+    | RaftVoteResponse
+    | RaftAppendRequest
+    | RaftAppendResponse
+    | RaftInstallRequest
+    | RaftInstallResponse
+)
+RAFT_MESSAGES = (
+    RaftPollRequest,
+    RaftPollResponse,
+    RaftVoteRequest,
+    RaftVoteResponse,
+    RaftAppendRequest,
+    RaftAppendResponse,
+    RaftInstallRequest,
+    RaftInstallResponse,
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -534,7 +534,7 @@ class Connection:
         finally:
             self._pending.pop(request_id, None)
         if isinstance(response, ErrorResponse):
-            raise from_code(response.code, response.message)
+            raise from_code(response.code, response.message, response.leader)
         return response
 
     def notify(self, message: Message) -> bool:
@@ -611,7 +611,7 @@ async def serve_connection(
         try:
             response = await handle(message)
         except ZeebeSimError as exc:
-            response = ErrorResponse(exc.code, exc.message)
+            response = ErrorResponse(exc.code, exc.message, getattr(exc, "leader", None))
         except Exception as exc:  # a bug in a handler must not take the connection down
             log.exception("request failed")
             response = ErrorResponse("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
