@@ -16,6 +16,10 @@ testkit rules and are checked by one contract suite (``tests/backup_store/test_c
 - ``mark_failed`` creates a FAILED manifest for an absent backup, fails an IN_PROGRESS one and
   leaves a COMPLETED one alone.
 - ``restore`` only restores COMPLETED backups, and verifies size and checksum of every file.
+- ``write_metadata`` / ``read_metadata`` keep one :class:`RuntimeMetadata` per partition (the
+  partition's checkpoints and backup ranges, which restore reads) in two alternating slots, so
+  that a write interrupted half-way never destroys the previous one; a reader takes the valid
+  slot with the higher sequence number.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Protocol
 
 import attrs
 
-from zeebe_sim.ground.backups import COPY_RANK, BackupState
+from zeebe_sim.ground.backups import COPY_RANK, BackupState, CheckpointInfo, CheckpointType
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
 
@@ -80,6 +84,10 @@ class BackupDescriptor:
     checkpoint_position: int
     number_of_partitions: int
     broker_version: str
+    # The first log position the backup's segments hold (None: unknown, an older manifest).
+    first_log_position: int | None = None
+    # Manifests written before checkpoint types existed are MANUAL_BACKUP (reference A.3).
+    checkpoint_type: CheckpointType = CheckpointType.MANUAL_BACKUP
 
 
 @attrs.frozen
@@ -153,6 +161,21 @@ class RestoredBackup:
     segment_files: list[Path]
 
 
+@attrs.frozen
+class RuntimeMetadata:
+    """A partition's backup runtime state as kept in the store (reference A.4 "Metadata in the
+    store"): every checkpoint it still remembers (markers included, which restore counts as
+    restore points) and its backup ranges as (start id, end id), oldest first.
+
+    ``sequence_number`` only grows: the store writes ``max(sequence_number, stored + 1)``."""
+
+    partition_id: PartitionId
+    sequence_number: int
+    timestamp_ms: int
+    checkpoints: list[CheckpointInfo]
+    ranges: list[tuple[int, int]]
+
+
 class BackupStore(Protocol):
     """Where partition backups are kept. See the module docstring for the shared semantics."""
 
@@ -191,6 +214,16 @@ class BackupStore(Protocol):
     async def mark_failed(self, id: BackupIdentifier, reason: str) -> BackupState:
         """Mark the backup FAILED (creating a FAILED manifest if absent); a COMPLETED backup is
         left alone. Returns the resulting status code. Raises BackupStoreError on I/O."""
+        ...
+
+    async def write_metadata(self, metadata: RuntimeMetadata) -> None:
+        """Write the partition's metadata into the slot not holding the newest valid copy,
+        with a sequence number above it. Raises BackupStoreError on I/O."""
+        ...
+
+    async def read_metadata(self, partition_id: PartitionId) -> RuntimeMetadata | None:
+        """The valid metadata slot with the higher sequence number; None if neither slot holds
+        a valid copy. Raises BackupStoreError on I/O."""
         ...
 
     async def check(self) -> None:

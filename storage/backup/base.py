@@ -46,6 +46,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Final, Literal, NewType, Protocol, TypeVar
 
+import attrs
+
 from storage.backup.api import (
     Backup,
     BackupIdentifier,
@@ -53,6 +55,7 @@ from storage.backup.api import (
     BackupStatus,
     FileRef,
     RestoredBackup,
+    RuntimeMetadata,
 )
 from storage.backup.manifest import (
     COMPRESSIONS,
@@ -63,7 +66,9 @@ from storage.backup.manifest import (
     Manifest,
     check_file_name,
     decode_manifest,
+    decode_metadata,
     encode_manifest,
+    encode_metadata,
 )
 from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import (
@@ -79,6 +84,8 @@ from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 log = logging.getLogger(__name__)
 
 Version = NewType("Version", str)
+Slot = Literal["a", "b"]
+METADATA_SLOTS: Final[tuple[Slot, ...]] = ("a", "b")
 Kind = Literal["snapshot", "segments"]
 KINDS: Final[tuple[Kind, ...]] = ("snapshot", "segments")
 Clock = Callable[[], datetime]
@@ -119,6 +126,12 @@ def manifest_key(id: BackupIdentifier) -> str:
 
 def content_key(id: BackupIdentifier, kind: Kind, name: str) -> str:
     return f"{backup_prefix(id)}/{kind}/{name}"
+
+
+def metadata_key(partition_id: PartitionId, slot: Slot) -> str:
+    """``metadata/<p>/<slot>.json``: never mistaken for a manifest (its first part is not a
+    number)."""
+    return f"metadata/{partition_id}/{slot}.json"
 
 
 def parse_manifest_key(key: str) -> BackupIdentifier | None:
@@ -294,6 +307,14 @@ class ObjectBackend(Protocol):
 
     async def delete_contents(self, id: BackupIdentifier) -> None:
         """Remove every content file of the backup (not the manifest); absent is fine."""
+        ...
+
+    async def read_metadata_slot(self, partition_id: PartitionId, slot: Slot) -> bytes | None:
+        """The bytes of one runtime-metadata slot; None if it was never written."""
+        ...
+
+    async def write_metadata_slot(self, partition_id: PartitionId, slot: Slot, data: bytes) -> None:
+        """Replace one runtime-metadata slot (durably, where the medium allows)."""
         ...
 
     async def check(self) -> None: ...
@@ -623,6 +644,46 @@ class ManifestBackupStore:
             snapshot_dir=dirs["snapshot"] if descriptor.snapshot_id is not None else None,
             segment_files=[dirs["segments"] / e.name for e in manifest.segment_files],
         )
+
+    # -- runtime metadata ------------------------------------------------------------------------
+
+    async def write_metadata(self, metadata: RuntimeMetadata) -> None:
+        """Write into the slot that does not hold the newest valid copy, numbered above it, so
+        that a write torn by a crash leaves the previous copy readable."""
+        self._check_open()
+        slots = await self._metadata_slots(metadata.partition_id)
+        newest = max(slots.values(), key=lambda m: m.sequence_number, default=None)
+        target: Slot = "a"
+        if newest is not None:
+            target = next(s for s in METADATA_SLOTS if slots.get(s) is not newest)
+            sequence_number = max(metadata.sequence_number, newest.sequence_number + 1)
+            metadata = attrs.evolve(metadata, sequence_number=sequence_number)
+        await self._backend.write_metadata_slot(
+            metadata.partition_id, target, encode_metadata(metadata)
+        )
+
+    async def read_metadata(self, partition_id: PartitionId) -> RuntimeMetadata | None:
+        """The valid slot with the higher sequence number; None if neither is valid."""
+        self._check_open()
+        slots = await self._metadata_slots(partition_id)
+        return max(slots.values(), key=lambda m: m.sequence_number, default=None)
+
+    async def _metadata_slots(self, partition_id: PartitionId) -> dict[Slot, RuntimeMetadata]:
+        """The slots that hold valid metadata of this partition (a torn one is skipped)."""
+        found: dict[Slot, RuntimeMetadata] = {}
+        for slot in METADATA_SLOTS:
+            raw = await self._backend.read_metadata_slot(partition_id, slot)
+            if raw is None:
+                continue
+            where = f"{self._backend.description}, {metadata_key(partition_id, slot)}"
+            try:
+                metadata = decode_metadata(raw, where)
+            except StorageCorruption as exc:
+                log.warning("ignoring a torn metadata slot: %s", exc)
+                continue
+            if metadata.partition_id == partition_id:
+                found[slot] = metadata
+        return found
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ Layout (REFERENCE §4)::
     <base>/manifests/<p>/<c>/<n>/manifest.json
     <base>/contents/<p>/<c>/<n>/snapshot/<file>
     <base>/contents/<p>/<c>/<n>/segments/<file>
+    <base>/metadata/<p>/<slot>.json          (runtime metadata, slots a and b)
 
 Durability and atomicity, since several broker processes may share one base path and any of
 them may be killed at any instant:
@@ -51,7 +52,9 @@ from storage.backup.base import (
     Kind,
     ManifestBackupStore,
     ManifestConflict,
+    Slot,
     Version,
+    metadata_key,
     utc_now,
 )
 from storage.backup.manifest import ZSTD
@@ -265,6 +268,34 @@ class _FilesystemBackend:
         await self._io(f"Deleting the files of {id}", delete)
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    # -- runtime metadata ------------------------------------------------------------------------
+
+    async def read_metadata_slot(self, partition_id: PartitionId, slot: Slot) -> bytes | None:
+        path = self.base / metadata_key(partition_id, slot)
+
+        def read() -> bytes | None:
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                return None
+
+        return await self._io(f"Reading the backup metadata of partition {partition_id}", read)
+
+    async def write_metadata_slot(self, partition_id: PartitionId, slot: Slot, data: bytes) -> None:
+        path = self.base / metadata_key(partition_id, slot)
+
+        def write() -> None:
+            _make_dirs_durable(path.parent)
+            temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}")
+            try:
+                _write_durable(temp, data)
+                os.replace(temp, path)
+            finally:
+                _unlink_quietly(temp)
+            fsync_directory(path.parent)
+
+        await self._io(f"Writing the backup metadata of partition {partition_id}", write)
 
     async def check(self) -> None:
         def probe() -> None:

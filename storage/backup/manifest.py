@@ -19,7 +19,8 @@ or not they are stored compressed: restore verifies what it hands back, not what
 JSON shape (camelCase, as Zeebe's manifests; timestamps ISO-8601 UTC with ``Z``)::
 
     {"id": {"nodeId", "partitionId", "checkpointId"},
-     "descriptor": {"snapshotId"?, "checkpointPosition", "numberOfPartitions", "brokerVersion"}?,
+     "descriptor": {"snapshotId"?, "checkpointPosition", "numberOfPartitions", "brokerVersion",
+                    "firstLogPosition"?, "checkpointType"?}?,
      "statusCode": "IN_PROGRESS" | "COMPLETED" | "FAILED",
      "snapshot": {"files": [{"name", "size", "crc32c", "compression"?}]},
      "segments": {"files": [...]},
@@ -40,8 +41,9 @@ from storage.backup.api import (
     BackupDescriptor,
     BackupIdentifier,
     BackupStatus,
+    RuntimeMetadata,
 )
-from zeebe_sim.ground.backups import BackupState
+from zeebe_sim.ground.backups import BackupState, CheckpointInfo, CheckpointType
 from zeebe_sim.ground.errors import StorageCorruption
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
@@ -178,6 +180,9 @@ def encode_manifest(manifest: Manifest) -> bytes:
         descriptor["checkpointPosition"] = d.checkpoint_position
         descriptor["numberOfPartitions"] = d.number_of_partitions
         descriptor["brokerVersion"] = d.broker_version
+        if d.first_log_position is not None:
+            descriptor["firstLogPosition"] = d.first_log_position
+        descriptor["checkpointType"] = d.checkpoint_type.value
         doc["descriptor"] = descriptor
     doc["statusCode"] = manifest.status_code.name
     doc["snapshot"] = {"files": [_encode_file(f) for f in manifest.snapshot_files]}
@@ -226,6 +231,11 @@ def _decode(doc: dict[str, Any]) -> Manifest:
             checkpoint_position=_int(d["checkpointPosition"], "descriptor.checkpointPosition"),
             number_of_partitions=_int(d["numberOfPartitions"], "descriptor.numberOfPartitions"),
             broker_version=_str(d["brokerVersion"], "descriptor.brokerVersion"),
+            first_log_position=_optional_int(d, "firstLogPosition", "descriptor"),
+            checkpoint_type=_checkpoint_type(
+                d.get("checkpointType", CheckpointType.MANUAL_BACKUP.value),
+                "descriptor.checkpointType",
+            ),
         )
     code_text = _str(doc["statusCode"], "statusCode")
     if code_text not in _STORED_CODES:
@@ -265,6 +275,84 @@ def _decode_files(doc: dict[str, Any], key: str) -> tuple[FileEntry, ...]:
             raise ValueError(f"{key}.files[{i}] has unknown compression {compression!r}")
         entries.append(FileEntry(name, size, crc, compression))
     return tuple(entries)
+
+
+def _optional_int(doc: dict[str, Any], key: str, where: str) -> int | None:
+    value = doc.get(key)
+    return None if value is None else _int(value, f"{where}.{key}")
+
+
+def _checkpoint_type(value: Any, what: str) -> CheckpointType:
+    text = _str(value, what)
+    if text not in CheckpointType.__members__:
+        raise ValueError(f"{what} is not a checkpoint type: {text!r}")
+    return CheckpointType(text)
+
+
+# -- runtime metadata (one per partition, two slots) --------------------------------------------
+
+
+def encode_metadata(metadata: RuntimeMetadata) -> bytes:
+    """The partition's runtime metadata as UTF-8 JSON (reference A.4
+    ``BackupMetadataManifest``)."""
+    doc = {
+        "partitionId": metadata.partition_id,
+        "sequenceNumber": metadata.sequence_number,
+        "timestamp": metadata.timestamp_ms,
+        "checkpoints": [
+            {
+                "checkpointId": c.checkpoint_id,
+                "checkpointPosition": c.checkpoint_position,
+                "checkpointTimestamp": c.checkpoint_timestamp_ms,
+                "checkpointType": c.checkpoint_type.value,
+                "firstLogPosition": c.first_log_position,
+            }
+            for c in metadata.checkpoints
+        ],
+        "ranges": [{"start": start, "end": end} for start, end in metadata.ranges],
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_metadata(raw: bytes, where: str) -> RuntimeMetadata:
+    """Parse metadata bytes read from ``where``.
+
+    Raises StorageCorruption naming ``where`` if the bytes are not valid metadata (a slot
+    torn by a crash is one).
+    """
+    try:
+        doc = _obj(json.loads(raw), "metadata")
+        checkpoints = []
+        for i, item in enumerate(_list(doc["checkpoints"], "checkpoints")):
+            c = _obj(item, f"checkpoints[{i}]")
+            checkpoints.append(
+                CheckpointInfo(
+                    checkpoint_id=_int(c["checkpointId"], "checkpointId"),
+                    checkpoint_type=_checkpoint_type(c["checkpointType"], "checkpointType"),
+                    checkpoint_position=_int(c["checkpointPosition"], "checkpointPosition"),
+                    checkpoint_timestamp_ms=_int(c["checkpointTimestamp"], "checkpointTimestamp"),
+                    first_log_position=_optional_int(c, "firstLogPosition", f"checkpoints[{i}]"),
+                )
+            )
+        ranges = [
+            (_int(r["start"], "ranges.start"), _int(r["end"], "ranges.end"))
+            for r in (_obj(item, "range") for item in _list(doc["ranges"], "ranges"))
+        ]
+        return RuntimeMetadata(
+            partition_id=PartitionId(_int(doc["partitionId"], "partitionId")),
+            sequence_number=_int(doc["sequenceNumber"], "sequenceNumber"),
+            timestamp_ms=_int(doc["timestamp"], "timestamp"),
+            checkpoints=checkpoints,
+            ranges=ranges,
+        )
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        raise StorageCorruption(f"The backup metadata at {where} is malformed: {exc}") from exc
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what} is not a list")
+    return value
 
 
 def _obj(value: Any, what: str) -> dict[str, Any]:

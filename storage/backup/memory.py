@@ -24,14 +24,17 @@ from storage.backup.base import (
     Kind,
     ManifestBackupStore,
     ManifestConflict,
+    Slot,
     Version,
     backup_prefix,
     content_key,
     manifest_key,
+    metadata_key,
     parse_manifest_key,
     utc_now,
 )
 from storage.backup.manifest import ZSTD
+from zeebe_sim.ground.ids import PartitionId
 
 
 @attrs.define
@@ -112,6 +115,12 @@ class _MemoryBackend:
         for key in [k for k in self.medium.objects if k.startswith(prefix)]:
             if key != manifest_key(id):
                 del self.medium.objects[key]
+
+    async def read_metadata_slot(self, partition_id: PartitionId, slot: Slot) -> bytes | None:
+        return self.medium.objects.get(metadata_key(partition_id, slot))
+
+    async def write_metadata_slot(self, partition_id: PartitionId, slot: Slot, data: bytes) -> None:
+        self.medium.objects[metadata_key(partition_id, slot)] = data
 
     async def check(self) -> None:
         pass

@@ -57,16 +57,19 @@ from storage.backup.base import (
     Kind,
     ManifestBackupStore,
     ManifestConflict,
+    Slot,
     Version,
     backup_prefix,
     content_key,
     gather_bounded,
     manifest_key,
+    metadata_key,
     parse_manifest_key,
     utc_now,
 )
 from storage.backup.config import S3StoreConfig
 from zeebe_sim.ground.errors import BackupStoreError, ConfigError
+from zeebe_sim.ground.ids import PartitionId
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta
@@ -421,6 +424,29 @@ class _S3Backend:
         raise BackupStoreError(f"{what} failed in the {self.description}: objects keep appearing")
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    # -- runtime metadata ------------------------------------------------------------------------
+
+    async def read_metadata_slot(self, partition_id: PartitionId, slot: Slot) -> bytes | None:
+        key = metadata_key(partition_id, slot)
+
+        async def op() -> bytes | None:
+            try:
+                result = await obstore.get_async(self.store, key)
+            except FileNotFoundError as exc:
+                self._not_a_missing_bucket(exc)
+                return None
+            return bytes(await result.bytes_async())
+
+        return await self._call(f"Reading the backup metadata of partition {partition_id}", op)
+
+    async def write_metadata_slot(self, partition_id: PartitionId, slot: Slot, data: bytes) -> None:
+        key = metadata_key(partition_id, slot)
+
+        async def op() -> None:
+            await obstore.put_async(self.store, key, data, use_multipart=False)
+
+        await self._call(f"Writing the backup metadata of partition {partition_id}", op)
 
     async def check(self) -> None:
         async with aclosing(self._pages("Listing the bucket", None)) as pages:

@@ -16,8 +16,9 @@ from storage.backup.api import (
     BackupIdentifier,
     BackupIdentifierWildcard,
     FileRef,
+    RuntimeMetadata,
 )
-from zeebe_sim.ground.backups import BackupState
+from zeebe_sim.ground.backups import BackupState, CheckpointInfo, CheckpointType
 from zeebe_sim.ground.errors import AlreadyExists, BackupStoreError, InvalidState, StorageCorruption
 from zeebe_sim.ground.ids import NodeId, PartitionId
 
@@ -518,6 +519,7 @@ async def test_manifest_records_checksums_sizes_and_compression(
         "checkpointPosition": 42,
         "numberOfPartitions": 3,
         "brokerVersion": "8.6.0-sim",
+        "checkpointType": "MANUAL_BACKUP",
     }
     assert doc["snapshot"]["files"] == [
         {"name": "tiny", "size": 3, "crc32c": google_crc32c.value(b"abc")}
@@ -558,3 +560,73 @@ async def test_closed_store_refuses_calls(kit: StoreKit) -> None:
     await store.close()
     with pytest.raises(BackupStoreError, match="closed"):
         await store.get_status(bid())
+
+
+# -- runtime metadata (two alternating slots) -----------------------------------------------------
+
+
+def _metadata(
+    partition: int = 1, sequence: int = 0, ids: tuple[int, ...] = (5,)
+) -> RuntimeMetadata:
+    checkpoints = [
+        CheckpointInfo(i, CheckpointType.SCHEDULED_BACKUP, 10 * i, 1000 + i, 10 * i - 5)
+        for i in ids
+    ]
+    ranges = [(ids[0], ids[-1])] if ids else []
+    return RuntimeMetadata(PartitionId(partition), sequence, 1234, checkpoints, ranges)
+
+
+async def test_metadata_of_a_partition_never_written_is_none(kit: StoreKit) -> None:
+    """Reading metadata nobody wrote is an answer (None), not an error."""
+    store = kit.open()
+    assert await store.read_metadata(PartitionId(1)) is None
+
+
+async def test_metadata_round_trips_and_the_newest_write_wins(kit: StoreKit) -> None:
+    """What was written last is read back whole; the sequence number grows with every write
+    even when the writer passes a stale one; partitions are kept apart."""
+    store = kit.open()
+    await store.write_metadata(_metadata(ids=(5,)))
+    await store.write_metadata(_metadata(ids=(5, 7)))
+    await store.write_metadata(_metadata(ids=(5, 7, 9)))
+    await store.write_metadata(_metadata(partition=2, ids=()))
+
+    newest = await store.read_metadata(PartitionId(1))
+    assert newest is not None
+    assert [c.checkpoint_id for c in newest.checkpoints] == [5, 7, 9]
+    assert newest.checkpoints[0] == _metadata(ids=(5,)).checkpoints[0]
+    assert newest.ranges == [(5, 9)]
+    assert newest.sequence_number == 2
+    other = await store.read_metadata(PartitionId(2))
+    assert other is not None and other.checkpoints == [] and other.ranges == []
+
+
+async def test_metadata_alternates_slots_so_a_torn_write_keeps_the_previous(
+    kit: StoreKit,
+) -> None:
+    """Consecutive writes go to slots a and b in turn; if the newest slot is torn (a crash
+    mid-write), the reader falls back to the other, valid one."""
+    store = kit.open()
+    await store.write_metadata(_metadata(ids=(5,)))
+    await store.write_metadata(_metadata(ids=(5, 7)))
+    paths = {p for p in await kit.stored_paths() if p.startswith("metadata/")}
+    assert paths == {"metadata/1/a.json", "metadata/1/b.json"}
+
+    await kit.write_raw("metadata/1/b.json", b'{"partitionId": 1, "sequ')
+    survivor = await store.read_metadata(PartitionId(1))
+    assert survivor is not None and [c.checkpoint_id for c in survivor.checkpoints] == [5]
+
+    # The next write replaces the torn slot, not the survivor.
+    await store.write_metadata(_metadata(ids=(5, 7, 9)))
+    newest = await store.read_metadata(PartitionId(1))
+    assert newest is not None and newest.sequence_number == 1
+    assert [c.checkpoint_id for c in newest.checkpoints] == [5, 7, 9]
+
+
+async def test_metadata_does_not_show_up_as_a_backup(kit: StoreKit, tmp_path: Path) -> None:
+    """The metadata objects are not manifests: listing backups does not see them."""
+    store = kit.open()
+    await store.save(small_backup(tmp_path, bid(partition=1, checkpoint=5)))
+    await store.write_metadata(_metadata(ids=(5,)))
+    listed = await store.list(BackupIdentifierWildcard())
+    assert [s.id.checkpoint_id for s in listed] == [5]

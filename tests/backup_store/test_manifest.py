@@ -21,7 +21,7 @@ from storage.backup.manifest import (
     format_timestamp,
     parse_timestamp,
 )
-from zeebe_sim.ground.backups import BackupState
+from zeebe_sim.ground.backups import BackupState, CheckpointType
 from zeebe_sim.ground.errors import StorageCorruption
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
@@ -37,6 +37,8 @@ descriptors = st.builds(
     st.integers(-1, 2**63 - 1),
     st.integers(1, 8192),
     st.text(max_size=20),
+    st.none() | st.integers(0, 2**63 - 1),
+    st.sampled_from(CheckpointType),
 )
 file_names = st.text(
     st.characters(exclude_characters="/\\\0", exclude_categories=["Cs"]), min_size=1
@@ -82,13 +84,36 @@ def test_manifest_json_has_zeebes_shape() -> None:
     )
     assert json.loads(encode_manifest(manifest)) == {
         "id": {"nodeId": 0, "partitionId": 1, "checkpointId": 100},
-        "descriptor": {"checkpointPosition": 5, "numberOfPartitions": 3, "brokerVersion": "8.2.0"},
+        "descriptor": {
+            "checkpointPosition": 5,
+            "numberOfPartitions": 3,
+            "brokerVersion": "8.2.0",
+            "checkpointType": "MANUAL_BACKUP",
+        },
         "statusCode": "IN_PROGRESS",
         "snapshot": {"files": []},
         "segments": {"files": []},
         "createdAt": "2022-12-08T13:00:55.344276Z",
         "modifiedAt": "2022-12-08T13:00:55.344276Z",
     }
+
+
+def test_a_manifest_without_a_checkpoint_type_is_a_manual_backup() -> None:
+    """Manifests written before checkpoint types existed (and without firstLogPosition) read as
+    MANUAL_BACKUP with an unknown first log position; a written type and position come back."""
+    at = datetime(2022, 12, 8, 13, 0, 55, tzinfo=UTC)
+    id = BackupIdentifier(NodeId(0), PartitionId(1), BackupId(100))
+    typed = Manifest.in_progress(
+        id, BackupDescriptor(None, 5, 3, "8.9.0", 2, CheckpointType.SCHEDULED_BACKUP), at
+    )
+    doc = json.loads(encode_manifest(typed))
+    assert doc["descriptor"]["checkpointType"] == "SCHEDULED_BACKUP"
+    assert doc["descriptor"]["firstLogPosition"] == 2
+    del doc["descriptor"]["checkpointType"], doc["descriptor"]["firstLogPosition"]
+    old = decode_manifest(json.dumps(doc).encode(), "here").descriptor
+    assert old is not None
+    assert old.checkpoint_type is CheckpointType.MANUAL_BACKUP
+    assert old.first_log_position is None
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zeebe_sim.ground import protocol
-from zeebe_sim.ground.backups import BackupState
+from zeebe_sim.ground.backups import BackupState, CheckpointInfo, CheckpointType
 from zeebe_sim.ground.errors import ProtocolError
 from zeebe_sim.ground.protocol import (
+    BackupRuntimeStateResponse,
     ErrorResponse,
     ExecuteCommandRequest,
     FrameDecoder,
@@ -33,6 +34,15 @@ json_values = st.recursive(
     max_leaves=10,
 )
 values = st.dictionaries(st.text(max_size=10), json_values, max_size=5)
+
+checkpoints = st.builds(
+    CheckpointInfo,
+    checkpoint_id=st.integers(1, 2**63 - 1),
+    checkpoint_type=st.sampled_from(CheckpointType),
+    checkpoint_position=st.integers(0, 2**63 - 1),
+    checkpoint_timestamp_ms=st.integers(0, 2**50),
+    first_log_position=st.none() | st.integers(0, 2**63 - 1),
+)
 
 messages = st.one_of(
     st.builds(
@@ -63,6 +73,7 @@ messages = st.one_of(
         members=st.dictionaries(st.integers(0, 10), st.text(max_size=20), max_size=3),
         partitions=st.dictionaries(st.integers(1, 10), st.sampled_from(["LEADER", "INACTIVE"])),
         version=st.text(max_size=10),
+        backup_id_offset=st.none() | st.integers(0, 2**40),
     ),
     st.builds(
         ListBackupsResponse,
@@ -75,9 +86,18 @@ messages = st.one_of(
                 failure_reason=st.none() | st.text(max_size=20),
                 checkpoint_position=st.none() | st.integers(0, 2**63 - 1),
                 broker_id=st.none() | st.integers(0, 10),
+                first_log_position=st.none() | st.integers(0, 2**63 - 1),
+                checkpoint_type=st.none() | st.sampled_from(CheckpointType),
             ),
             max_size=2,
         ),
+    ),
+    st.builds(
+        BackupRuntimeStateResponse,
+        partition_id=st.integers(1, 100),
+        checkpoint=st.none() | checkpoints,
+        backup=st.none() | checkpoints,
+        ranges=st.lists(st.tuples(checkpoints, checkpoints), max_size=3),
     ),
 )
 
@@ -173,3 +193,19 @@ def test_an_any_field_takes_booleans(result: Any) -> None:
     frame = protocol.encode(protocol.QueryResponse(result), 7)
     [(request_id, message)] = protocol.FrameDecoder().feed(frame)
     assert request_id == 7 and message == protocol.QueryResponse(result)
+
+
+def test_a_range_must_be_a_pair() -> None:
+    """A backup range on the wire is exactly two checkpoints; one or three is malformed."""
+    info = {
+        "checkpoint_id": 5,
+        "checkpoint_type": "MARKER",
+        "checkpoint_position": 9,
+        "checkpoint_timestamp_ms": 1,
+        "first_log_position": None,
+    }
+    for pair in ([info], [info, info, info]):
+        fields = {"partition_id": 1, "checkpoint": None, "backup": None, "ranges": [pair]}
+        body = msgpack.packb([1, "BackupRuntimeStateResponse", 0, fields])
+        with pytest.raises(ProtocolError, match="a list of 2"):
+            decode_body(body)

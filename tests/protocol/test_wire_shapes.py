@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zeebe_sim.ground import protocol
-from zeebe_sim.ground.backups import BackupState
+from zeebe_sim.ground.backups import BackupState, CheckpointInfo, CheckpointType
 from zeebe_sim.ground.commands import COMMAND_VALUES
 from zeebe_sim.ground.errors import ProtocolError
 from zeebe_sim.ground.ids import INT64_MAX, INT64_MIN
@@ -29,6 +29,7 @@ from zeebe_sim.ground.protocol import (
 from zeebe_sim.ground.records import ValueType
 from zeebe_sim.ground.shapes import NESTING_DEPTH_MAX
 
+CHECKPOINT = CheckpointInfo(7, CheckpointType.SCHEDULED_BACKUP, 9, 1_700_000_000_000, 3)
 STATUS = PartitionBackupStatus(7, 2, BackupState.COMPLETED, broker_id=1, checkpoint_position=9)
 
 # One valid example of every message class (the codec's registry must not hold others).
@@ -74,6 +75,10 @@ VALID: dict[type[protocol.Message], protocol.Message] = {
         1, 0, 4, protocol.RaftSnapshot(8, 3, 100), 0, b"chunk", False
     ),
     protocol.RaftInstallResponse: protocol.RaftInstallResponse(1, 2, 4, 8, 5, False),
+    protocol.BackupRuntimeStateRequest: protocol.BackupRuntimeStateRequest(1, "SYNC"),
+    protocol.BackupRuntimeStateResponse: protocol.BackupRuntimeStateResponse(
+        1, CHECKPOINT, CHECKPOINT, [(CHECKPOINT, CHECKPOINT)]
+    ),
 }
 
 K = 2**52  # shapes need any key > 0 within int64

@@ -22,6 +22,8 @@ from __future__ import annotations
 import enum
 import re
 
+import attrs
+
 from zeebe_sim.ground.errors import InvalidArgument
 from zeebe_sim.ground.ids import INT64_MAX, BackupId
 
@@ -62,6 +64,34 @@ def aggregate_states(states: set[BackupState]) -> BackupState:
         if state in states:
             return state
     return BackupState.COMPLETED if states else BackupState.DOES_NOT_EXIST
+
+
+class CheckpointType(enum.StrEnum):
+    """What a checkpoint is for (reference/backups-8.9-8.10.md A.3). A MARKER only advances the
+    checkpoint (a finer restore point); the two backup types also take a backup. A manifest
+    written before types existed is read as MANUAL_BACKUP."""
+
+    MARKER = "MARKER"
+    SCHEDULED_BACKUP = "SCHEDULED_BACKUP"
+    MANUAL_BACKUP = "MANUAL_BACKUP"
+
+    @property
+    def takes_backup(self) -> bool:
+        return self is not CheckpointType.MARKER
+
+
+@attrs.frozen
+class CheckpointInfo:
+    """One checkpoint of a partition as the runtime state and the store metadata keep it.
+
+    ``first_log_position`` is the first log position the backup's segments hold (None for a
+    marker, or when unknown)."""
+
+    checkpoint_id: int
+    checkpoint_type: CheckpointType
+    checkpoint_position: int
+    checkpoint_timestamp_ms: int
+    first_log_position: int | None = None
 
 
 BACKUP_ID_MAX = INT64_MAX

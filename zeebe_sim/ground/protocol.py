@@ -23,13 +23,13 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Iterator
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import attrs
 import msgpack
 
 from zeebe_sim.ground import shapes
-from zeebe_sim.ground.backups import BackupState
+from zeebe_sim.ground.backups import BackupState, CheckpointInfo, CheckpointType
 from zeebe_sim.ground.commands import check_command_value
 from zeebe_sim.ground.errors import ProtocolError
 from zeebe_sim.ground.ids import INT64_MAX, BackupId, Key, NodeId, PartitionId, Position
@@ -91,6 +91,9 @@ class TopologyResponse(Message):
     terms: dict[PartitionId, Annotated[int, shapes.IntRange(0, INT64_MAX)]] = attrs.field(
         factory=dict
     )
+    # None: backup ids are given by the client. An int: the cluster generates them (continuous
+    # backups, a schedule or a checkpoint interval is configured) as epoch ms + this offset.
+    backup_id_offset: int | None = None
 
 
 def parse_member_address(address: str) -> tuple[str, int]:
@@ -333,6 +336,7 @@ class TakeBackupRequest(Message):
 
     partition_id: PartitionId
     backup_id: NewBackupId
+    checkpoint_type: CheckpointType = CheckpointType.MANUAL_BACKUP
 
 
 @attrs.frozen
@@ -361,6 +365,10 @@ class PartitionBackupStatus:
     checkpoint_position: Position | None = None
     broker_id: NodeId | None = None
     broker_version: str | None = None
+    # The first log position the backup's segments hold, and what the checkpoint was taken for
+    # (both unknown for DOES_NOT_EXIST and a FAILED backup nobody started).
+    first_log_position: Position | None = None
+    checkpoint_type: CheckpointType | None = None
 
 
 @attrs.frozen
@@ -396,6 +404,26 @@ class DeleteBackupRequest(Message):
 @attrs.frozen
 class DeleteBackupResponse(Message):
     pass
+
+
+@attrs.frozen
+class BackupRuntimeStateRequest(Message):
+    """The partition's backup runtime state: read it (GET), clear it (RESET) or write it to the
+    store's metadata again (SYNC). RESET and SYNC go through the partition's log."""
+
+    partition_id: PartitionId
+    action: Literal["GET", "RESET", "SYNC"] = "GET"
+
+
+@attrs.frozen
+class BackupRuntimeStateResponse(Message):
+    """The latest checkpoint of any type, the latest confirmed backup, and each backup range
+    as (its oldest backup, its newest backup), oldest range first."""
+
+    partition_id: PartitionId
+    checkpoint: CheckpointInfo | None
+    backup: CheckpointInfo | None
+    ranges: list[tuple[CheckpointInfo, CheckpointInfo]]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 Theory of operation
 -------------------
 The wire vocabulary declares its fields with ordinary annotations: ``int``, ``str``, the typed
-ids of :mod:`zeebe_sim.ground.ids`, enums, ``list[...]``, ``dict[..., ...]``, unions, nested
-attrs classes and ``TypedDict`` schemas for engine values. :func:`checker` turns an annotation
-into a function once (cached) that takes what msgpack decoded and either returns the typed value
-(an enum member for its name, an attrs instance for its map) or raises :class:`ProtocolError`
+ids of :mod:`zeebe_sim.ground.ids`, enums, ``list[...]``, ``dict[..., ...]``, fixed-length
+tuples (lists on the wire), unions, nested attrs classes and ``TypedDict`` schemas for engine
+values. :func:`checker` turns an annotation into a function once (cached) that takes what
+msgpack decoded and either returns the typed value (an enum member for its name, an attrs
+instance for its map) or raises :class:`ProtocolError`
 naming the path of the bad part. Nothing malformed gets past it, so nothing behind it (the
 broker, the engine) has to guard against a wrong type, a missing or extra field, or an integer a
 Java long cannot hold.
@@ -132,6 +133,8 @@ def checker(hint: Any) -> Check:
         return _union(tuple(checker(a) for a in args), hint)
     if origin is list:
         return _list(checker(args[0]))
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return _tuple(tuple(checker(a) for a in args))
     if origin is dict:
         return _dict(checker(args[0]), checker(args[1]))
     raise TypeError(f"no wire shape for {hint!r}")  # our bug: an undeclarable field type
@@ -209,6 +212,19 @@ def _list(item: Check) -> Check:
         return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
 
     return check_list
+
+
+def _tuple(items: tuple[Check, ...]) -> Check:
+    expected = f"a list of {len(items)}"
+
+    def check_tuple(value: Any, path: str) -> Any:
+        if type(value) is not list or len(value) != len(items):
+            raise _fail(path, expected, value)
+        return tuple(
+            item(v, f"{path}[{i}]") for i, (item, v) in enumerate(zip(items, value, strict=True))
+        )
+
+    return check_tuple
 
 
 def _dict(key: Check, item: Check) -> Check:
