@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -405,22 +406,67 @@ def gateway(parent_pid: int | None, **kwargs: Any) -> None:
 CRASH_RESTORE_AT_STEP = "ZEEBE_SIM_TEST_CRASH_RESTORE_AT_STEP"
 
 
-@main.command()
-@click.option("--backup-id", type=int, required=True, help="the backup to restore")
-@options("node-id", *CLUSTER_SETTINGS, "management-port", "rest-port")
-def restore(backup_id: int, **kwargs: Any) -> None:
-    """Restore every broker's data directory (or one, with --node-id) from a backup.
-
-    Run it with the cluster stopped and the same cluster flags as `up`. It refuses a non-empty
-    data directory, a backup that is not COMPLETED on every partition, or a different partition
-    count, and leaves nothing half-restored: killed at any instant, it leaves either nothing or
-    a journal from which the next run with the same --backup-id finishes the restore.
-    """
+def _epoch_ms(flag: str, text: str) -> int:
+    """An ISO-8601 time as epoch milliseconds (UTC when it names no zone); exit 2 if not."""
     try:
-        backup_id_ = parse_backup_id(backup_id)
-    except InvalidArgument as exc:
-        fail(f"--backup-id: {exc.message}")
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        fail(f"{flag}: expected an ISO-8601 time such as 2026-11-29T20:15:00Z, got {text!r}")
         raise
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+@main.command()
+@click.option(
+    "--backup-id",
+    "backup_ids",
+    help="the backup to restore, or a chain of backups: ID[,ID...] (each partition is laid "
+    "out from the first one's snapshot and every backup's log in id order)",
+)
+@click.option(
+    "--from",
+    "from_",
+    envvar="ZEEBE_RESTORE_FROM_TIMESTAMP",
+    help="point in time: the earliest backup range start (ISO-8601)",
+)
+@click.option(
+    "--to",
+    envvar="ZEEBE_RESTORE_TO_TIMESTAMP",
+    help="point in time: restore the latest checkpoint common to all partitions at or "
+    "before this time (ISO-8601; markers count)",
+)
+@options("node-id", *CLUSTER_SETTINGS, "management-port", "rest-port")
+def restore(backup_ids: str | None, from_: str | None, to: str | None, **kwargs: Any) -> None:
+    """Restore every broker's data directory (or one, with --node-id) from backups.
+
+    Run it with the cluster stopped and the same cluster flags as `up`. Give either
+    --backup-id ID[,ID...] or a point in time (--to, with --from bounding where the backup
+    chain may start). It refuses a non-empty data directory, a backup that is not COMPLETED on
+    every partition, a different partition count or a gap in a chain, and leaves nothing
+    half-restored: killed at any instant, it leaves either nothing or a journal from which the
+    next run with the same flags finishes the restore.
+    """
+    from zeebe_sim.restore import RestoreRequest
+
+    if backup_ids is not None and (from_ is not None or to is not None):
+        fail("--backup-id cannot be combined with --from/--to: give backup ids or a time window")
+    if backup_ids is not None:
+        try:
+            ids = tuple(sorted({parse_backup_id(part) for part in backup_ids.split(",")}))
+        except InvalidArgument as exc:
+            fail(f"--backup-id: {exc.message}")
+            raise
+        request = RestoreRequest(backup_ids=ids)
+    elif to is None:
+        fail("restore needs --backup-id ID[,ID...] or --to TIME (with --from TIME)")
+        raise AssertionError
+    else:
+        request = RestoreRequest(
+            from_ms=None if from_ is None else _epoch_ms("--from", from_),
+            to_ms=_epoch_ms("--to", to),
+        )
     try:
         values = resolve(["node-id", *CLUSTER_SETTINGS, "management-port", "rest-port"], kwargs)
         store_config = config.backup_store_config(values)
@@ -446,7 +492,7 @@ def restore(backup_id: int, **kwargs: Any) -> None:
             await run_restore(
                 store,
                 data_dir=values["data-dir"],
-                backup_id=backup_id_,
+                request=request,
                 cluster_size=values["brokers"],
                 partition_count=values["partitions"],
                 node_ids=nodes,
@@ -456,7 +502,7 @@ def restore(backup_id: int, **kwargs: Any) -> None:
             )
         finally:
             await store.close()
-        click.echo(f"Restored backup {backup_id} into {values['data-dir']} (brokers {nodes}).")
+        click.echo(f"Restored {request.describe()} into {values['data-dir']} (brokers {nodes}).")
 
     _run(run())
 

@@ -36,85 +36,56 @@ from pathlib import Path
 
 import attrs
 
-from storage.backup.api import (
-    BackupIdentifierWildcard,
-    BackupStatus,
-    BackupStore,
-    best_copy,
+from storage.backup.api import BackupStore
+from storage.durable import ensure_directory, fsync_directory
+from storage.restore import (
+    PartitionChain,
+    Progress,
+    RestoreError,
+    RestoreRequest,
+    chains_of_ids,
+    find_backup,
+    fsync_tree,
+    restore_partition,
 )
-from storage.durable import ensure_directory, fsync_directory, fsync_file
-from storage.log import SegmentedLog
-from storage.snapshots import SnapshotStore
 from zeebe_sim.ground import layout
-from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import ZeebeSimError
-from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
-from zeebe_sim.ground.records import ValueType, decode_records
+from zeebe_sim.ground.ids import NodeId, PartitionId
 from zeebe_sim.ground.routing import partitions_of_broker
 
-Progress = Callable[[str], None]
+# Re-exported: the CLI and the tests use them from here.
+__all__ = ["Progress", "RestoreError", "RestoreRequest", "find_backup"]
 
 
-class RestoreError(ZeebeSimError):
-    """The restore was refused or failed; nothing was left behind."""
-
-    code = "INVALID_STATE"
-
-
-async def find_backup(
-    store: BackupStore, backup_id: BackupId, partition_count: int
-) -> dict[PartitionId, BackupStatus]:
-    """The COMPLETED copy of every partition's backup.
+async def resolve_chains(
+    store: BackupStore, request: RestoreRequest, partition_count: int, progress: Progress
+) -> dict[PartitionId, PartitionChain]:
+    """Each partition's chain of backups for ``request``.
 
     Raises:
-        RestoreError: a partition is not COMPLETED, or the backup was taken with another
-            partition count.
+        RestoreError: a backup is not COMPLETED on every partition, or the partition count
+            differs.
     """
-    chosen: dict[PartitionId, BackupStatus] = {}
-    problems: list[str] = []
-    for partition_id in map(PartitionId, range(1, partition_count + 1)):
-        copies = [
-            s
-            for s in await store.list(
-                BackupIdentifierWildcard(
-                    partition_id=partition_id, checkpoint_prefix=str(backup_id)
-                )
-            )
-            if s.id.checkpoint_id == backup_id
-        ]
-        best = best_copy(copies)
-        if best is None or best.status_code != BackupState.COMPLETED:
-            state = best.status_code if best is not None else BackupState.DOES_NOT_EXIST
-            problems.append(f"partition {partition_id} is {state.value}")
-            continue
-        assert best.descriptor is not None
-        if best.descriptor.number_of_partitions != partition_count:
-            raise RestoreError(
-                f"Backup {backup_id} was taken from a cluster with "
-                f"{best.descriptor.number_of_partitions} partitions, but this cluster is "
-                f"configured with {partition_count}; refusing a partial restore"
-            )
-        chosen[partition_id] = best
-    if problems:
-        raise RestoreError(
-            f"Backup {backup_id} is not COMPLETED on every partition ({'; '.join(problems)}); "
-            "refusing to restore"
-        )
-    return chosen
+    chains = await chains_of_ids(store, request.backup_ids, partition_count)
+    verb = "are" if len(request.backup_ids) > 1 else "is"
+    progress(
+        f"{request.describe().capitalize()} {verb} COMPLETED on all {partition_count} partitions"
+    )
+    return chains
 
 
 async def restore(
     store: BackupStore,
     *,
     data_dir: Path,
-    backup_id: BackupId,
+    request: RestoreRequest,
     cluster_size: int,
     partition_count: int,
     node_ids: list[NodeId],
     progress: Progress,
     crash_point: CrashPoint = lambda step: None,
 ) -> None:
-    """Restore ``node_ids``' data directories from backup ``backup_id``, all or nothing (see
+    """Restore ``node_ids``' data directories as ``request`` says, all or nothing (see
     the module docstring); first finishes or cleans up what an interrupted run left.
 
     ``crash_point`` is called after every durable step with its name (fault injection: see
@@ -129,13 +100,13 @@ async def restore(
     staging = data_dir / STAGING_DIR
     journal = read_journal(data_dir)
     if journal is not None:
-        if journal.backup_id != backup_id:
+        if journal.request != request:
             raise RestoreError(
-                f"{unfinished_restore(data_dir)}; refusing to restore backup {backup_id} "
+                f"{unfinished_restore(data_dir)}; refusing to restore {request.describe()} "
                 "(nothing was changed)"
             )
         progress(
-            f"Finishing the interrupted restore of backup {backup_id} into {data_dir} "
+            f"Finishing the interrupted restore of {request.describe()} into {data_dir} "
             f"(brokers {list(journal.node_ids)})"
         )
         _place(data_dir, journal, progress, crash_point)
@@ -156,21 +127,20 @@ async def restore(
                 f"The data directory {target} is not empty; restore only writes into empty "
                 "ones (nothing was changed)"
             )
-    backups = await find_backup(store, backup_id, partition_count)
-    progress(f"Backup {backup_id} is COMPLETED on all {partition_count} partitions")
+    chains = await resolve_chains(store, request, partition_count, progress)
     try:
         ensure_directory(staging)
         for node in node_ids:
             layout.broker_dir(staging, node).mkdir()  # also for a broker without partitions
             for partition_id in partitions_of_broker(node, cluster_size, partition_count):
-                await _restore_partition(
+                await restore_partition(
                     store,
-                    backups[partition_id],
+                    chains[partition_id],
                     layout.partition_dir(layout.broker_dir(staging, node), partition_id),
                     progress,
                 )
                 crash_point(f"staged partition {partition_id}")
-        _fsync_tree(staging)
+        fsync_tree(staging)
         crash_point("staged everything durably")
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -181,7 +151,7 @@ async def restore(
         if isinstance(exc, OSError):
             raise RestoreError(f"Restore failed, nothing was restored: {exc}") from exc
         raise
-    journal = Journal(backup_id, tuple(node_ids))
+    journal = Journal(request, tuple(node_ids))
     _write_journal(data_dir, journal)
     crash_point("committed")
     _place(data_dir, journal, progress, crash_point)
@@ -214,7 +184,7 @@ def crash_at(step: int) -> CrashPoint:
 class Journal:
     """A committed restore: its data is staged, its brokers' directories may be placed."""
 
-    backup_id: int
+    request: RestoreRequest
     node_ids: tuple[int, ...]
 
 
@@ -228,7 +198,12 @@ def read_journal(data_dir: Path) -> Journal | None:
     path = data_dir / JOURNAL_FILE
     try:
         content = json.loads(path.read_bytes())
-        return Journal(int(content["backupId"]), tuple(int(n) for n in content["nodeIds"]))
+        request = RestoreRequest(
+            tuple(int(i) for i in content["backupIds"]),
+            None if content["from"] is None else int(content["from"]),
+            None if content["to"] is None else int(content["to"]),
+        )
+        return Journal(request, tuple(int(n) for n in content["nodeIds"]))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -240,9 +215,9 @@ def unfinished_restore(data_dir: Path) -> str | None:
     journal = read_journal(data_dir)
     if journal is not None:
         return (
-            f"A restore of backup {journal.backup_id} into {data_dir} (brokers "
-            f"{list(journal.node_ids)}) is unfinished: run `zeebe-sim restore --backup-id "
-            f"{journal.backup_id}` with the same flags to finish it"
+            f"A restore of {journal.request.describe()} into {data_dir} (brokers "
+            f"{list(journal.node_ids)}) is unfinished: run `zeebe-sim restore "
+            f"{journal.request.flags()}` with the same flags to finish it"
         )
     if (data_dir / STAGING_DIR).exists():
         return (
@@ -256,7 +231,13 @@ def _write_journal(data_dir: Path, journal: Journal) -> None:
     """The commit point: write temp + fsync + rename + fsync(dir). The temporary file is in
     the staging directory, so that a crash before the rename leaves nothing outside it."""
     temp = data_dir / STAGING_DIR / "journal.tmp"
-    content = {"backupId": journal.backup_id, "nodeIds": list(journal.node_ids)}
+    request = journal.request
+    content = {
+        "backupIds": list(request.backup_ids),
+        "from": request.from_ms,
+        "to": request.to_ms,
+        "nodeIds": list(journal.node_ids),
+    }
     with open(temp, "wb") as file:
         file.write(json.dumps(content).encode())
         file.flush()
@@ -292,7 +273,7 @@ def _place(data_dir: Path, journal: Journal, progress: Progress, crash_point: Cr
             crash_point(f"placed broker {node}")
         elif not target.is_dir():
             raise RestoreError(
-                f"The restore journal of backup {journal.backup_id} lists broker {node}, but "
+                f"The restore journal of {journal.request.describe()} lists broker {node}, but "
                 f"neither its staged data nor {target} exists; remove {data_dir} and restore "
                 "again"
             )
@@ -303,66 +284,3 @@ def _place(data_dir: Path, journal: Journal, progress: Progress, crash_point: Cr
         crash_point("removed the staging directory")
     (data_dir / JOURNAL_FILE).unlink()
     fsync_directory(data_dir)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Every file and directory under ``root`` (itself included) durable."""
-    for directory, _, files in os.walk(root, topdown=False):
-        for name in files:
-            fsync_file(Path(directory) / name)
-        fsync_directory(Path(directory))
-
-
-async def _restore_partition(
-    store: BackupStore, backup: BackupStatus, directory: Path, progress: Progress
-) -> None:
-    descriptor = backup.descriptor
-    assert descriptor is not None
-    partition_id = backup.id.partition_id
-    position = descriptor.checkpoint_position
-    download = directory / layout.RESTORE_DOWNLOAD_DIR
-    restored = await store.restore(backup.id, download)
-    size = sum(p.stat().st_size for p in download.rglob("*") if p.is_file())
-    progress(
-        f"Partition {partition_id}: downloaded {len(restored.segment_files)} segment(s)"
-        f"{' and snapshot ' + descriptor.snapshot_id if descriptor.snapshot_id else ''}"
-        f" ({size / 1e6:.1f} MB) taken by node {backup.id.node_id}"
-    )
-    processed = 0
-    if restored.snapshot_dir is not None and descriptor.snapshot_id is not None:
-        snapshots = SnapshotStore.open(directory / layout.SNAPSHOTS_DIR)
-        snapshot = snapshots.install(
-            restored.snapshot_dir, restored.snapshot_dir / f"{descriptor.snapshot_id}.checksum"
-        )
-        processed = snapshot.processed_position
-    log_dir = directory / layout.LOG_DIR
-    log_dir.mkdir(parents=True)
-    for segment in restored.segment_files:
-        os.replace(segment, log_dir / segment.name)
-    shutil.rmtree(download)
-    log = SegmentedLog.open(log_dir)
-    try:
-        entry = log.entry_at_position(position)
-        if entry is None:
-            raise RestoreError(
-                f"Partition {partition_id}: the backup's log has no entry at the checkpoint "
-                f"position {position}"
-            )
-        record = next(r for r in decode_records(entry.payload) if r.position == position)
-        if (record.value_type, record.intent) != (ValueType.CHECKPOINT, "CREATE") or (
-            record.value.get("checkpointId") != backup.id.checkpoint_id
-        ):
-            raise RestoreError(
-                f"Partition {partition_id}: the entry at the checkpoint position {position} is "
-                f"{record.value_type} {record.intent}, not CHECKPOINT CREATE "
-                f"{backup.id.checkpoint_id}"
-            )
-        if log.first_position > processed + 1:
-            raise RestoreError(
-                f"Partition {partition_id}: the backup's log starts at position "
-                f"{log.first_position}, after the snapshot's position {processed}"
-            )
-        log.truncate_after(position)
-    finally:
-        log.close()
-    progress(f"Partition {partition_id}: log truncated right after checkpoint position {position}")

@@ -1,6 +1,7 @@
 """A restore is all or nothing across the cluster, even when killed at any instant: the next
 `restore` finishes (after the commit) or cleans up (before it), and `verify` refuses what an
-interrupted restore left, as it refuses a data directory where a partition is missing."""
+interrupted restore left, as it refuses a data directory where a partition is missing. The same
+holds for a restore from a chain of backups (`--backup-id 7,8`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from zeebe_sim.restore import (
     JOURNAL_FILE,
     STAGING_DIR,
     CrashPoint,
+    RestoreRequest,
     crash_at,
     read_journal,
     restore,
@@ -29,13 +31,16 @@ from zeebe_sim.verify import check, layout_problems, load_data_dir
 pytestmark = pytest.mark.slow
 
 BACKUP_ID = 7
+# taken after BACKUP_ID with more instances: the chain 7, 8 ends at 8's checkpoint
+LATER_BACKUP_ID = 8
 BROKERS = 3
 PARTITIONS = 3
 
 
 @pytest.fixture(scope="module")
 def backup_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A filesystem store holding backup 7 of a 3-partition cluster with some instances.
+    """A filesystem store holding backups 7 and 8 of a 3-partition cluster with some instances
+    before each.
 
     One broker takes it (fast to start); restore lays the partitions out for the cluster size
     it is given, so restoring into three brokers exercises placing several directories."""
@@ -53,20 +58,27 @@ def backup_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             await cluster.api.take_backup(BACKUP_ID)
             info = await cluster.api.wait_for_backup(BACKUP_ID)
             assert info["state"] == "COMPLETED", info
+            for i in range(6, 9):
+                await cluster.api.create_instance("demo-process", {"correlationKey": f"k{i}"})
+            await cluster.api.take_backup(LATER_BACKUP_ID)
+            info = await cluster.api.wait_for_backup(LATER_BACKUP_ID)
+            assert info["state"] == "COMPLETED", info
 
     asyncio.run(take())
     return backups
 
 
-async def restore_into(data: Path, backups: Path, crash_point: CrashPoint) -> list[str]:
-    """Restore backup 7 into ``data`` for 3 brokers; the progress lines."""
+async def restore_into(
+    data: Path, backups: Path, crash_point: CrashPoint, ids: tuple[int, ...] = (BACKUP_ID,)
+) -> list[str]:
+    """Restore backups ``ids`` into ``data`` for 3 brokers; the progress lines."""
     lines: list[str] = []
     store = FilesystemBackupStore(backups)
     try:
         await restore(
             store,
             data_dir=data,
-            backup_id=BACKUP_ID,
+            request=RestoreRequest(ids),
             cluster_size=BROKERS,
             partition_count=PARTITIONS,
             node_ids=list(range(BROKERS)),
@@ -78,14 +90,14 @@ async def restore_into(data: Path, backups: Path, crash_point: CrashPoint) -> li
     return lines
 
 
-def restore_in_child(data: Path, backups: Path, step: int) -> int:
+def restore_in_child(data: Path, backups: Path, step: int, ids: tuple[int, ...]) -> int:
     """Run the restore in a forked process that ends with ``os._exit`` (no cleanup of any kind,
     as kill -9) at its ``step``-th durable step; its exit code."""
     pid = os.fork()
     if pid == 0:  # the child never returns into pytest
         code = 1
         try:
-            asyncio.run(restore_into(data, backups, crash_at(step)))
+            asyncio.run(restore_into(data, backups, crash_at(step), ids))
             code = 0
         finally:
             os._exit(code)
@@ -102,15 +114,16 @@ def tree(root: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("ids", [(BACKUP_ID,), (BACKUP_ID, LATER_BACKUP_ID)], ids=["one", "chain"])
 def test_a_restore_killed_at_every_step_is_cleaned_or_finished_by_the_next_run(
-    tmp_path: Path, backup_dir: Path
+    tmp_path: Path, backup_dir: Path, ids: tuple[int, ...]
 ) -> None:
     """Killed after each durable step k: before the commit no broker directory exists and the
     next run starts over; after it, verify refuses the unfinished restore and the next run
     finishes it. Either way the result is byte for byte an uninterrupted restore, and verify
-    passes it."""
+    passes it at the last backup's checkpoint. For one backup and for a chain of two."""
     reference = tmp_path / "reference"
-    asyncio.run(restore_into(reference, backup_dir, lambda step: None))
+    asyncio.run(restore_into(reference, backup_dir, lambda step: None, ids))
     expected = tree(reference)
     assert not layout_problems(reference, PARTITIONS)
     assert sorted(p.name for p in reference.iterdir()) == ["broker-0", "broker-1", "broker-2"]
@@ -120,7 +133,7 @@ def test_a_restore_killed_at_every_step_is_cleaned_or_finished_by_the_next_run(
     while True:
         step += 1
         data = tmp_path / f"crash-{step}"
-        code = restore_in_child(data, backup_dir, step)
+        code = restore_in_child(data, backup_dir, step, ids)
         if code == 0:
             break  # fewer durable steps than this: the restore ran to its end
         assert code == CRASH_EXIT_CODE, (step, code)
@@ -132,11 +145,11 @@ def test_a_restore_killed_at_every_step_is_cleaned_or_finished_by_the_next_run(
                 assert "staging directory" in problems[0], problems
         else:
             committed_steps += 1
-            assert journal.backup_id == BACKUP_ID
+            assert journal.request == RestoreRequest(ids)
             assert len(problems) == 1 and "is unfinished" in problems[0], problems
-        lines = asyncio.run(restore_into(data, backup_dir, lambda step: None))
+        lines = asyncio.run(restore_into(data, backup_dir, lambda step: None, ids))
         if journal is not None:
-            assert "Finishing the interrupted restore of backup 7" in lines[0], lines
+            assert "Finishing the interrupted restore of backup" in lines[0], lines
         elif (data / STAGING_DIR).exists():
             pytest.fail("the next run left the staging directory")
         assert tree(data) == expected, f"step {step}"
@@ -147,7 +160,7 @@ def test_a_restore_killed_at_every_step_is_cleaned_or_finished_by_the_next_run(
     assert step == 10, step
     assert committed_steps == 5, committed_steps
     report = check(load_data_dir(reference))
-    assert report.ok and report.checkpoint == BACKUP_ID, report.render()
+    assert report.ok and report.checkpoint == ids[-1], report.render()
 
 
 def test_verify_refuses_a_data_directory_where_a_partition_is_missing(

@@ -13,7 +13,7 @@ import pytest
 from storage.backup.memory import InMemoryBackupStore, MemoryObjects
 from zeebe_sim.harness import ApiError, eventually
 from zeebe_sim.inprocess import inprocess_cluster
-from zeebe_sim.restore import RestoreError, restore
+from zeebe_sim.restore import RestoreError, RestoreRequest, restore
 from zeebe_sim.verify import check, load_data_dir
 
 pytestmark = pytest.mark.inprocess
@@ -31,7 +31,7 @@ async def restore_into(
         await restore(
             store,
             data_dir=data_dir,
-            backup_id=backup_id,
+            request=RestoreRequest((backup_id,)),
             cluster_size=3,
             partition_count=partitions,
             node_ids=[0, 1, 2],
