@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import attrs
@@ -29,6 +28,7 @@ import attrs
 from storage.backup.api import BackupIdentifierWildcard, BackupStatus, BackupStore, best_copy
 from storage.durable import fsync_directory, fsync_file
 from storage.log import SegmentedLog, open_for_read
+from storage.restore_points import NoRestorePoint, RestorePoint, iso_ms, resolve
 from storage.snapshots import SnapshotStore
 from zeebe_sim.ground import layout
 from zeebe_sim.ground.backups import BackupState
@@ -66,13 +66,6 @@ class RestoreRequest:
         return " ".join(f"{flag} {iso_ms(ms)}" for flag, ms in bounds if ms is not None)
 
 
-def iso_ms(ms: int | None) -> str:
-    if ms is None:
-        return "(open)"
-    moment = datetime.fromtimestamp(ms / 1000, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @attrs.frozen
 class PartitionChain:
     """What one partition is restored from: COMPLETED backup copies sorted by id, and the
@@ -100,6 +93,35 @@ def whole_chain(backups: Sequence[BackupStatus]) -> PartitionChain:
     )
 
 
+async def completed_copy(
+    store: BackupStore, partition_id: PartitionId, backup_id: int, partition_count: int
+) -> BackupStatus | str:
+    """The best copy of one partition's backup if it is COMPLETED, else what it is instead.
+
+    Raises:
+        RestoreError: it was taken with another partition count.
+    """
+    copies = [
+        s
+        for s in await store.list(
+            BackupIdentifierWildcard(partition_id=partition_id, checkpoint_prefix=str(backup_id))
+        )
+        if s.id.checkpoint_id == backup_id
+    ]
+    best = best_copy(copies)
+    if best is None or best.status_code != BackupState.COMPLETED:
+        state = best.status_code if best is not None else BackupState.DOES_NOT_EXIST
+        return f"partition {partition_id} is {state.value}"
+    assert best.descriptor is not None
+    if best.descriptor.number_of_partitions != partition_count:
+        raise RestoreError(
+            f"Backup {backup_id} was taken from a cluster with "
+            f"{best.descriptor.number_of_partitions} partitions, but this cluster is "
+            f"configured with {partition_count}; refusing a partial restore"
+        )
+    return best
+
+
 async def find_backup(
     store: BackupStore, backup_id: BackupId, partition_count: int
 ) -> dict[PartitionId, BackupStatus]:
@@ -112,28 +134,11 @@ async def find_backup(
     chosen: dict[PartitionId, BackupStatus] = {}
     problems: list[str] = []
     for partition_id in map(PartitionId, range(1, partition_count + 1)):
-        copies = [
-            s
-            for s in await store.list(
-                BackupIdentifierWildcard(
-                    partition_id=partition_id, checkpoint_prefix=str(backup_id)
-                )
-            )
-            if s.id.checkpoint_id == backup_id
-        ]
-        best = best_copy(copies)
-        if best is None or best.status_code != BackupState.COMPLETED:
-            state = best.status_code if best is not None else BackupState.DOES_NOT_EXIST
-            problems.append(f"partition {partition_id} is {state.value}")
-            continue
-        assert best.descriptor is not None
-        if best.descriptor.number_of_partitions != partition_count:
-            raise RestoreError(
-                f"Backup {backup_id} was taken from a cluster with "
-                f"{best.descriptor.number_of_partitions} partitions, but this cluster is "
-                f"configured with {partition_count}; refusing a partial restore"
-            )
-        chosen[partition_id] = best
+        found = await completed_copy(store, partition_id, backup_id, partition_count)
+        if isinstance(found, str):
+            problems.append(found)
+        else:
+            chosen[partition_id] = found
     if problems:
         raise RestoreError(
             f"Backup {backup_id} is not COMPLETED on every partition ({'; '.join(problems)}); "
@@ -156,6 +161,39 @@ async def chains_of_ids(
         PartitionId(p): whole_chain([backups[PartitionId(p)] for backups in found])
         for p in range(1, partition_count + 1)
     }
+
+
+async def chains_of_window(
+    store: BackupStore, request: RestoreRequest, partition_count: int
+) -> tuple[RestorePoint, dict[PartitionId, PartitionChain]]:
+    """The restore point of the window ``request`` (see ``storage/restore_points.py``) and each
+    partition's chain to it, every backup of it COMPLETED.
+
+    Raises:
+        RestoreError: no restore point in the window, a gap, a backup of a chain that is not
+            COMPLETED, or another partition count.
+    """
+    partitions = list(map(PartitionId, range(1, partition_count + 1)))
+    metadata = {p: await store.read_metadata(p) for p in partitions}
+    try:
+        point = resolve(metadata, from_ms=request.from_ms, to_ms=request.to_ms)
+    except NoRestorePoint as exc:
+        raise RestoreError(exc.message) from exc
+    chains: dict[PartitionId, PartitionChain] = {}
+    for partition_id, part in point.partitions.items():
+        backups = []
+        for backup_id in part.backup_ids:
+            found = await completed_copy(store, partition_id, backup_id, partition_count)
+            if isinstance(found, str):
+                raise RestoreError(
+                    f"Backup {backup_id} of the chain to checkpoint {point.checkpoint_id}: "
+                    f"{found}; refusing to restore"
+                )
+            backups.append(found)
+        chains[partition_id] = PartitionChain(
+            tuple(backups), part.checkpoint_id, part.checkpoint_position
+        )
+    return point, chains
 
 
 async def restore_partition(

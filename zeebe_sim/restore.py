@@ -44,10 +44,12 @@ from storage.restore import (
     RestoreError,
     RestoreRequest,
     chains_of_ids,
+    chains_of_window,
     find_backup,
     fsync_tree,
     restore_partition,
 )
+from storage.restore_points import iso_ms
 from zeebe_sim.ground import layout
 from zeebe_sim.ground.errors import ZeebeSimError
 from zeebe_sim.ground.ids import NodeId, PartitionId
@@ -66,6 +68,15 @@ async def resolve_chains(
         RestoreError: a backup is not COMPLETED on every partition, or the partition count
             differs.
     """
+    if not request.backup_ids:
+        point, chains = await chains_of_window(store, request, partition_count)
+        progress(
+            f"Restore point: checkpoint {point.checkpoint_id} taken at "
+            f"{iso_ms(point.checkpoint_timestamp_ms)}, the latest common to all "
+            f"{partition_count} partitions in {request.describe()}; backups per partition: "
+            + "; ".join(f"{p}: {chains[p].backup_ids}" for p in sorted(chains))
+        )
+        return chains
     chains = await chains_of_ids(store, request.backup_ids, partition_count)
     verb = "are" if len(request.backup_ids) > 1 else "is"
     progress(
