@@ -68,7 +68,9 @@ async def partitions(request: web.Request) -> web.Response:
     for node in sorted(client.brokers):
         leads = [p for p, n in client.leaders.items() if n == node]
         if leads:
-            result.update(await client.query(leads[0], "partitions", {}))
+            # The broker reports every replica it hosts; each partition as its leader sees it.
+            statuses = await client.query(leads[0], "partitions", {})
+            result.update({p: s for p, s in statuses.items() if int(p) in leads})
     return web.json_response(dict(sorted(result.items(), key=lambda kv: int(kv[0]))))
 
 

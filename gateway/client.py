@@ -2,12 +2,21 @@
 
 Theory of operation
 -------------------
-The client polls the brokers it knows (starting from the contact points) for their topology and
-keeps, per partition, the broker that leads it. A request for a partition goes to that broker
-over one multiplexed connection per broker. While a partition has no reachable leader the
-client retries every ~10 ms until the request timeout (Zeebe's gateway does the same), then
-fails with BrokerUnavailable (HTTP 502) when it never reached a leader, or RequestTimeout (HTTP
-504) when a broker took the request and did not answer in time.
+The client asks every broker it knows (starting from the contact points) for its topology, every
+``TOPOLOGY_REFRESH_S`` and at once when a request learns that the leader it knew is gone. Each
+answer is merged as it arrives (a paused broker does not hold up the others' news); a partition's
+leader is the broker that claims it in the highest Raft term, so a deposed leader still claiming
+its old term loses to the new one (:func:`leaders_of`). A broker that stops answering is dropped
+at the end of the round.
+
+A request for a partition goes to its leader over one multiplexed connection per broker. A
+replica that is not the leader answers PARTITION_LEADER_MISMATCH with the leader it knows, and
+the request follows that hint at once; without a hint, or when the leader's connection fails, the
+client refreshes the topology (not waiting for the next round) and tries again every ~10 ms, as
+Zeebe's gateway does, until the request timeout. It then fails with :class:`NoLeader` when no
+leader is known (REST 503), or :class:`RequestTimeout` when one is known but did not answer in
+time (504). A command whose connection dropped after it was sent is not sent again (it may have
+been executed): ConnectionLost.
 """
 
 from __future__ import annotations
@@ -45,6 +54,27 @@ log = logging.getLogger(__name__)
 TOPOLOGY_REFRESH_S = 0.25
 LEADER_RETRY_S = 0.01
 TOPOLOGY_REQUEST_TIMEOUT_S = 1.0
+# The least time between two rounds a request starts because it knows no leader.
+ROUND_GAP_S = 0.02
+
+
+def leaders_of(answers: dict[NodeId, TopologyResponse]) -> dict[PartitionId, NodeId]:
+    """Each partition's leader in these brokers' answers: of the brokers claiming it, the one
+    in the highest term (an old leader cut off from the others still claims its old term);
+    on a tie, the lowest node id, so that the choice does not depend on answer order."""
+    best: dict[PartitionId, tuple[int, int]] = {}
+    for node, answer in answers.items():
+        for partition, role in answer.partitions.items():
+            if role != "LEADER":
+                continue
+            rank = (answer.terms.get(partition, 0), -node)
+            if partition not in best or rank > best[partition]:
+                best[partition] = rank
+    return {p: NodeId(-negated) for p, (_, negated) in best.items()}
+
+
+class NoLeader(BrokerUnavailable):
+    """No leader of the partition was known until the request timeout (REST 503)."""
 
 
 class BrokerClient:
@@ -66,16 +96,20 @@ class BrokerClient:
         self._connections: dict[NodeId, Connection] = {}
         self._round_robin = itertools.count()
         self._refreshing: asyncio.Task[None] | None = None
+        # The round in flight: requests that need news join it rather than start another.
+        self._round: asyncio.Task[None] | None = None
+        self._round_started_s = float("-inf")
         self._topology_known = asyncio.Event()
 
     async def start(self) -> None:
         self._refreshing = asyncio.get_running_loop().create_task(self._refresh_loop())
 
     async def stop(self) -> None:
-        if self._refreshing is not None:
-            self._refreshing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refreshing
+        for task in (self._refreshing, self._round):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for connection in self._connections.values():
             await connection.close()
 
@@ -109,27 +143,48 @@ class BrokerClient:
             await asyncio.sleep(TOPOLOGY_REFRESH_S)
 
     async def refresh_topology(self) -> None:
+        """Ask every known broker for its topology; joins the round in flight if there is one.
+        A cancelled caller does not cancel the round (others may be waiting for it)."""
+        if self._round is None or self._round.done():
+            self._round = asyncio.get_running_loop().create_task(self._refresh_round())
+        await asyncio.shield(self._round)
+
+    def _start_round(self) -> None:
+        """Start a round now unless one is in flight or one started less than
+        ``ROUND_GAP_S`` ago (a dead broker refuses connections at once: without the gap,
+        rounds would follow each other as fast as the CPU allows)."""
+        loop = asyncio.get_running_loop()
+        if (self._round is None or self._round.done()) and (
+            loop.time() - self._round_started_s >= ROUND_GAP_S
+        ):
+            self._round = loop.create_task(self._refresh_round())
+
+    async def _refresh_round(self) -> None:
+        self._round_started_s = asyncio.get_running_loop().time()
         targets: dict[str, NodeId | None] = {a: None for a in self.contact_points}
         for node, address in self.addresses.items():
             targets[address] = node
-        answers = await asyncio.gather(*(self._ask_topology(a, n) for a, n in targets.items()))
-        leaders: dict[PartitionId, NodeId] = {}
-        for answer in answers:
-            if answer is None:
-                continue
-            self.brokers[answer.node_id] = answer
-            self.addresses.update(answer.members)
-            self.partition_count = answer.partition_count
-            self.cluster_size = answer.cluster_size
-            self.replication_factor = answer.replication_factor
-            for partition, role in answer.partitions.items():
-                if role == "LEADER":
-                    leaders[partition] = answer.node_id
-        reached = {a.node_id for a in answers if a is not None}
+        reached: set[NodeId] = set()
+
+        async def ask(address: str, node: NodeId | None) -> None:
+            answer = await self._ask_topology(address, node)
+            if answer is not None:
+                reached.add(answer.node_id)
+                self._merge(answer)
+
+        await asyncio.gather(*(ask(a, n) for a, n in targets.items()))
         for node in list(self.brokers):
             if node not in reached:
                 del self.brokers[node]
-        self.leaders = leaders
+        self.leaders = leaders_of(self.brokers)
+
+    def _merge(self, answer: TopologyResponse) -> None:
+        self.brokers[answer.node_id] = answer
+        self.addresses.update(answer.members)
+        self.partition_count = answer.partition_count
+        self.cluster_size = answer.cluster_size
+        self.replication_factor = answer.replication_factor
+        self.leaders = leaders_of(self.brokers)
         if self.partition_count:
             self._topology_known.set()
 
@@ -159,6 +214,16 @@ class BrokerClient:
             self._connections[node] = connection
         return connection
 
+    def _forget_leader(self, partition_id: PartitionId, node: NodeId, hint: int | None) -> bool:
+        """``node`` does not lead ``partition_id`` (any more); take ``hint`` as the leader if
+        it is another broker we can reach. True when there is a new leader to try at once."""
+        if self.leaders.get(partition_id) == node:
+            del self.leaders[partition_id]
+        if hint is not None and hint != node and NodeId(hint) in self.addresses:
+            self.leaders[partition_id] = NodeId(hint)
+            return True
+        return False
+
     # -- requests -----------------------------------------------------------------------------
 
     async def to_partition(
@@ -169,50 +234,62 @@ class BrokerClient:
         *,
         idempotent: bool = True,
     ) -> Message:
-        """Send ``message`` to the leader of ``partition_id``, retrying while it has none.
+        """Send ``message`` to the leader of ``partition_id``, following it across leader
+        changes until the request timeout.
 
         A request that is not ``idempotent`` (a command) is not sent again once a broker may
         have received it: a lost connection then fails it instead of risking a duplicate.
 
         Raises:
-            BrokerUnavailable: no leader could be reached before the timeout (HTTP 502).
-            RequestTimeout: the leader did not answer in time (HTTP 504).
+            NoLeader: no leader was known when the timeout came (REST 503).
+            RequestTimeout: a leader was known, but no answer came in time (504).
+            ConnectionLost: a command's connection dropped after it was sent.
             ZeebeSimError: the broker's own error answer.
         """
         timeout = self.request_timeout_s if timeout_s is None else timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        last_error: ZeebeSimError = BrokerUnavailable(
-            f"Expected to route the request to partition {partition_id}, but the partition "
-            "has no leader"
-        )
+        reason = "the partition has no leader"
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise last_error
-            node = self.leaders.get(partition_id)
-            address = self.addresses.get(node) if node is not None else None
-            if node is not None and address is not None:
-                try:
-                    connection = await self._connection(node, address)
-                    return await connection.request(message, remaining)
-                except ConnectionLost:
-                    if not idempotent:
-                        raise
-                    self.leaders.pop(partition_id, None)
-                except (BrokerUnavailable, PartitionLeaderMismatch) as exc:
-                    # The leader went away: forget it until the topology says otherwise.
-                    self.leaders.pop(partition_id, None)
-                    last_error = BrokerUnavailable(
-                        f"Expected to send the request to partition {partition_id} on broker "
-                        f"{node}, but {exc.message}"
-                    )
-                except RequestTimeout as exc:
+                if partition_id in self.leaders:
                     raise RequestTimeout(
                         f"Expected a response from partition {partition_id} within "
-                        f"{timeout:g}s, but none arrived"
-                    ) from exc
-            await asyncio.sleep(min(LEADER_RETRY_S, max(remaining, 0)))
+                        f"{timeout:g}s, but none arrived ({reason})"
+                    )
+                raise NoLeader(
+                    f"Expected to route the request to partition {partition_id}, but {reason}"
+                )
+            node = self.leaders.get(partition_id)
+            address = self.addresses.get(node) if node is not None else None
+            if node is None or address is None:
+                # Ask the brokers now rather than wait for the next round; answers are merged
+                # as they come, so the new leader is seen without waiting for a silent broker.
+                self._start_round()
+                await asyncio.sleep(min(LEADER_RETRY_S, remaining))
+                continue
+            try:
+                connection = await self._connection(node, address)
+                return await connection.request(message, remaining)
+            except ConnectionLost:
+                if not idempotent:
+                    raise
+                self._forget_leader(partition_id, node, None)
+                reason = f"the connection to broker {node} was lost"
+            except BrokerUnavailable as exc:
+                self._forget_leader(partition_id, node, None)
+                reason = f"broker {node} is unreachable: {exc.message}"
+            except PartitionLeaderMismatch as exc:
+                reason = f"broker {node} is not its leader"
+                if self._forget_leader(partition_id, node, exc.leader):
+                    continue  # the hint: try the leader it names at once
+            except RequestTimeout as exc:
+                raise RequestTimeout(
+                    f"Expected a response from partition {partition_id} within "
+                    f"{timeout:g}s, but none arrived"
+                ) from exc
+            await asyncio.sleep(min(LEADER_RETRY_S, max(deadline - loop.time(), 0)))
 
     async def execute(
         self,

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from gateway.client import NoLeader
 from zeebe_sim.ground import errors
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,17 @@ STATUS_BY_ERROR: dict[type[errors.ZeebeSimError], int] = {
     errors.PartitionLeaderMismatch: 502,
     errors.RequestTimeout: 504,
     errors.BackupNotConfigured: 400,
+    # The Backup API waits for a leader until the request timeout and then answers 504
+    # (REFERENCE.md §1, Zeebe's BackupErrorResponseTest).
+    NoLeader: 504,
+}
+# The REST API answers 503 (Service Unavailable: try again) while a partition has no leader or
+# its broker cannot be reached, as Camunda's REST gateway does; never 500 for a failover.
+REST_STATUS_BY_ERROR = {
+    **STATUS_BY_ERROR,
+    errors.BrokerUnavailable: 503,
+    errors.PartitionLeaderMismatch: 503,
+    NoLeader: 503,
 }
 
 # Rejection types written by the engine -> the error they are reported as.
@@ -52,9 +64,12 @@ ERROR_BY_REJECTION: dict[str, type[errors.ZeebeSimError]] = {
 }
 
 
-def status_of(error: errors.ZeebeSimError) -> int:
+def status_of(
+    error: errors.ZeebeSimError,
+    statuses: dict[type[errors.ZeebeSimError], int] = STATUS_BY_ERROR,
+) -> int:
     for cls in type(error).__mro__:
-        status = STATUS_BY_ERROR.get(cls)
+        status = statuses.get(cls)
         if status is not None:
             return status
     return 500
@@ -64,14 +79,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Body = Callable[[web.Request, int, str, str], dict[str, object]]
 
 
-def _middleware(body: Body, content_type: str) -> Middleware:
+def _middleware(
+    body: Body, content_type: str, statuses: dict[type[errors.ZeebeSimError], int]
+) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         headers: dict[str, str] = {}
         try:
             return await handler(request)
         except errors.ZeebeSimError as exc:
-            status, title, detail = status_of(exc), exc.code, exc.message
+            status, title, detail = status_of(exc, statuses), exc.code, exc.message
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -98,7 +115,9 @@ def _middleware(body: Body, content_type: str) -> Middleware:
 
 
 actuator_errors = _middleware(
-    lambda request, status, title, detail: {"message": detail}, "application/json"
+    lambda request, status, title, detail: {"message": detail},
+    "application/json",
+    STATUS_BY_ERROR,
 )
 problem_details = _middleware(
     lambda request, status, title, detail: {
@@ -109,4 +128,5 @@ problem_details = _middleware(
         "instance": request.path,
     },
     "application/problem+json",
+    REST_STATUS_BY_ERROR,
 )

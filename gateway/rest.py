@@ -409,7 +409,8 @@ async def publish_message(request: web.Request) -> web.Response:
     return web.json_response({"messageKey": str(response.key), "tenantId": TENANT})
 
 
-_ROLES = {"LEADER": "leader", "FOLLOWER": "follower"}
+# A candidate is a follower to clients (Zeebe shows only leader, follower and inactive).
+_ROLES = {"LEADER": "leader", "FOLLOWER": "follower", "CANDIDATE": "follower"}
 
 
 async def topology(request: web.Request) -> web.Response:

@@ -46,7 +46,17 @@ TENANT = "<default>"
 STREAM_BATCH_JOBS = 32
 
 # A broker's role for a partition -> the topology's role (anything else: INACTIVE, unhealthy).
-ROLES = {"LEADER": pb.Partition.LEADER, "FOLLOWER": pb.Partition.FOLLOWER}
+# A candidate is a follower to clients (Zeebe shows only leader, follower and inactive).
+ROLES = {
+    "LEADER": pb.Partition.LEADER,
+    "FOLLOWER": pb.Partition.FOLLOWER,
+    "CANDIDATE": pb.Partition.FOLLOWER,
+}
+HEALTHS = {
+    "HEALTHY": pb.Partition.HEALTHY,
+    "UNHEALTHY": pb.Partition.UNHEALTHY,
+    "DEAD": pb.Partition.DEAD,
+}
 
 # Rejection types written by the engine -> gRPC status (GrpcErrorMapper).
 STATUS_BY_REJECTION = {
@@ -239,7 +249,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 pb.Partition(
                     partitionId=p,
                     role=ROLES.get(role, pb.Partition.INACTIVE),
-                    health=pb.Partition.HEALTHY if role in ROLES else pb.Partition.UNHEALTHY,
+                    health=(
+                        HEALTHS.get(answer.health.get(p, "HEALTHY"), pb.Partition.UNHEALTHY)
+                        if role in ROLES
+                        else pb.Partition.UNHEALTHY
+                    ),
                 )
                 for p, role in sorted(answer.partitions.items())
             ]

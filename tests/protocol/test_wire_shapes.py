@@ -79,6 +79,8 @@ VALID: dict[type[protocol.Message], protocol.Message] = {
     protocol.BackupRuntimeStateResponse: protocol.BackupRuntimeStateResponse(
         1, CHECKPOINT, CHECKPOINT, [(CHECKPOINT, CHECKPOINT)]
     ),
+    protocol.SetFaultsRequest: protocol.SetFaultsRequest([1, 2], 250),
+    protocol.FaultsResponse: protocol.FaultsResponse([1], 0),
 }
 
 K = 2**52  # shapes need any key > 0 within int64

@@ -427,6 +427,29 @@ class BackupRuntimeStateResponse(Message):
 
 
 # ---------------------------------------------------------------------------------------------
+# Faults on purpose (zeebe-sim chaos, the harness -> one broker)
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SetFaultsRequest(Message):
+    """Set the faults a broker applies to its broker-to-broker traffic (broker/faults.py):
+    the peers it is cut from, and the delay of what it sends. ``None`` keeps that part as it
+    is, so a request with neither reads the current faults."""
+
+    cut: list[NodeId] | None = None
+    delay_ms: int | None = None
+
+
+@attrs.frozen
+class FaultsResponse(Message):
+    """The faults in force after the request."""
+
+    cut: list[NodeId]
+    delay_ms: int
+
+
+# ---------------------------------------------------------------------------------------------
 # Codec
 # ---------------------------------------------------------------------------------------------
 
