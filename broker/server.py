@@ -28,6 +28,7 @@ import attrs
 from broker.backup import BackupService
 from broker.disk import DiskConfig, DiskMonitor, free_bytes_of
 from broker.engine.processor import Send
+from broker.faults import NO_FAULTS, faults_from_request
 from broker.partition import Partition, PartitionConfig
 from broker.raft.core import RaftConfig
 from broker.waiters import AWAIT_QUERIES, answer_await
@@ -53,12 +54,14 @@ from zeebe_sim.ground.protocol import (
     DeleteBackupResponse,
     ExecuteCommandRequest,
     ExecuteCommandResponse,
+    FaultsResponse,
     InterPartitionCommandSent,
     ListBackupsRequest,
     ListBackupsResponse,
     Message,
     QueryRequest,
     QueryResponse,
+    SetFaultsRequest,
     TakeBackupRequest,
     TakeBackupResponse,
     TopologyRequest,
@@ -144,6 +147,8 @@ class Broker:
         self._server: Listener | None = None
         self._tasks = OwnedTasks(f"broker {config.node_id}")
         self.address = ""
+        # Faults on purpose (zeebe-sim chaos): applied where peers' messages leave and arrive.
+        self.faults = NO_FAULTS
 
     @property
     def directory(self) -> Path:
@@ -223,6 +228,16 @@ class Broker:
         if isinstance(message, RAFT_MESSAGES):
             self.receive_from_peer(message.sender, message)
             return None
+        if isinstance(message, SetFaultsRequest):
+            self.faults = faults_from_request(
+                self.faults,
+                self.node_id,
+                self.config.cluster_size,
+                message.cut,
+                message.delay_ms,
+            )
+            log.warning("faults set on purpose: %s", self.faults)
+            return FaultsResponse(sorted(self.faults.cut), self.faults.delay_ms)
         if isinstance(message, TopologyRequest):
             if message.node_id is not None and message.address:
                 self._merge_member(message.node_id, message.address, "a topology request")
@@ -366,6 +381,8 @@ class Broker:
         """The one place where what other brokers send (inter-partition commands, Raft
         messages) is dispatched; ``node`` is the sender (None: an older sender that does not
         say)."""
+        if node is not None and not self.faults.accepts_from(node):
+            return
         if isinstance(message, InterPartitionCommandSent):
             partition = self.partitions.get(message.receiver_partition_id)
             if partition is not None:
@@ -380,6 +397,20 @@ class Broker:
     def send_to_peer(self, node: NodeId, message: Message) -> None:
         """The one function through which this broker sends to another (fire and forget:
         inter-partition commands are retried by their senders, Raft resends on its own)."""
+        delay_ms = self.faults.send_delay_ms(node)
+        if delay_ms is None:
+            return
+        if delay_ms:
+            # An owned task per delayed message: a stopping broker cancels what is in flight.
+            self._tasks.spawn(self._deliver_later(delay_ms, node, message))
+            return
+        self._deliver(node, message)
+
+    async def _deliver_later(self, delay_ms: int, node: NodeId, message: Message) -> None:
+        await asyncio.sleep(delay_ms / 1000)
+        self._deliver(node, message)
+
+    def _deliver(self, node: NodeId, message: Message) -> None:
         peer = self._peers.get(node)
         if peer is not None and not peer.closed:
             peer.notify(message)

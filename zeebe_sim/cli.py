@@ -548,10 +548,12 @@ def verify(data_dir: Path, **kwargs: Any) -> None:
 
 
 def _register_tools() -> None:
+    from zeebe_sim.chaos import chaos
     from zeebe_sim.tools_cli import backup, load
 
     main.add_command(load)
     main.add_command(backup)
+    main.add_command(chaos)
 
 
 _register_tools()

@@ -27,6 +27,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from typing import Any
 
 import aiohttp
 import attrs
+
+from zeebe_sim.ground import layout
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +272,11 @@ class LocalCluster:
             spec.env,
         )
         self._watch(self.gateway)
+        self._note_process(
+            "gateway",
+            self.gateway.pid,
+            {"managementUrl": self.management_url, "restUrl": self.rest_url},
+        )
         await self.wait_ready()
 
     async def start_broker(self, node: int) -> ManagedProcess:
@@ -279,7 +287,17 @@ class LocalCluster:
         managed = await spawn(f"broker {node}", self._broker_args(node, port), self.spec.env)
         self.brokers[node] = managed
         self._watch(managed)
+        self._note_process(f"broker-{node}", managed.pid, {"address": self.broker_address(node)})
         return managed
+
+    def _note_process(self, name: str, pid: int, fields: dict[str, Any]) -> None:
+        """Note a running process in the data directory, for ``zeebe-sim chaos`` (a separate
+        process) to find its pid and addresses; replaced whole (write, then rename)."""
+        path = layout.process_file(self.spec.data_dir, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(".tmp")
+        temp.write_text(json.dumps({"pid": pid, **fields}))
+        os.replace(temp, path)
 
     async def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         """Poll the gateway's readiness until every partition has a leader."""
@@ -320,6 +338,8 @@ class LocalCluster:
             managed.expected_exit = True
             if managed.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
+                    # A paused (SIGSTOP) process would handle SIGTERM only once continued.
+                    managed.process.send_signal(signal.SIGCONT)
                     managed.process.terminate()
         for managed in processes:
             try:
@@ -331,3 +351,4 @@ class LocalCluster:
                 await managed.process.wait()
         for task in list(self._watchers):
             task.cancel()
+        shutil.rmtree(self.spec.data_dir / layout.PROCESSES_DIR, ignore_errors=True)

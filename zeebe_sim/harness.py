@@ -16,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 
+from zeebe_sim import chaos
 from zeebe_sim.cluster import ClusterSpec, LocalCluster
+from zeebe_sim.ground.ids import NodeId, PartitionId
 
 T = TypeVar("T")
 
@@ -196,7 +199,60 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
 
 
 class RunningCluster(LocalCluster):
+    """A cluster of real processes, with the chaos API (``zeebe_sim/chaos.py``): faults by
+    broker id or on the current leader of a partition."""
+
     api: ClusterApi
+
+    async def leaders(self) -> dict[PartitionId, NodeId]:
+        """Each partition's leader, as the gateway sees it (leaderless ones left out)."""
+        return await chaos.leaders(self.api.session, self.management_url)
+
+    async def leader_of(self, partition_id: int, timeout_s: float = 30.0) -> NodeId:
+        """The leader of ``partition_id``, waiting up to ``timeout_s`` for there to be one."""
+
+        async def found() -> NodeId | None:
+            return (await self.leaders()).get(PartitionId(partition_id))
+
+        return await eventually(found, timeout_s=timeout_s, interval_s=0.01)
+
+    async def kill_leader(self, partition_id: int, sig: int = signal.SIGKILL) -> NodeId:
+        """kill -9 (or ``sig``) the leader of ``partition_id``; its node id."""
+        node = await self.leader_of(partition_id)
+        self.kill_broker(node, sig)
+        return node
+
+    async def pause_leader(self, partition_id: int) -> NodeId:
+        """SIGSTOP the leader of ``partition_id`` (:meth:`resume_broker` continues it)."""
+        node = await self.leader_of(partition_id)
+        self.pause_broker(node)
+        return node
+
+    def pause_broker(self, node: int) -> None:
+        self.brokers[node].process.send_signal(signal.SIGSTOP)
+
+    def resume_broker(self, node: int) -> None:
+        self.brokers[node].process.send_signal(signal.SIGCONT)
+
+    @property
+    def broker_addresses(self) -> dict[int, str]:
+        return {n: self.broker_address(n) for n in self.brokers}
+
+    async def cut(self, side_a: Iterable[int], side_b: Iterable[int]) -> None:
+        """Cut brokers ``side_a`` from brokers ``side_b``, both ways."""
+        await chaos.cut(self.broker_addresses, side_a, side_b)
+
+    async def isolate(self, node: int) -> None:
+        """Cut broker ``node`` from every other broker."""
+        await self.cut([node], [n for n in self.brokers if n != node])
+
+    async def slow(self, node: int, delay_ms: int) -> None:
+        """Delay everything broker ``node`` sends to other brokers by ``delay_ms``."""
+        await chaos.slow(self.broker_addresses, node, delay_ms)
+
+    async def heal(self) -> list[int]:
+        """Clear every cut and delay; the brokers reached."""
+        return await chaos.heal(self.broker_addresses)
 
 
 @contextlib.asynccontextmanager

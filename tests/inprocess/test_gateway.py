@@ -1,5 +1,6 @@
 """The gateway's broker client and its HTTP apps over the in-process cluster: topology,
-routing, retries until the request timeout (502), a leader that never answers (504), a
+routing, retries until the request timeout (REST 503, Backup API 504), a leader that never
+answers (504), a
 command never sent twice, and health as partitions lose and regain their leader.
 
 Misbehaving brokers are small servers on the memory network (the real server loop with a
@@ -67,12 +68,13 @@ async def _true(value: bool) -> bool | None:
     return value or None
 
 
-async def test_a_partition_without_leader_is_retried_until_the_timeout_then_502(
+async def test_a_partition_without_leader_is_retried_until_the_timeout_then_503(
     tmp_path: Path,
 ) -> None:
     """With partition 2's broker gone, requests for it are retried for the whole request
-    timeout and then fail 502 (REST Problem Details, actuator message); the other partitions
-    keep answering; readiness goes 503 and health names the partition DOWN."""
+    timeout and then fail: REST 503 Problem Details (no leader: try again), the Backup API 504
+    with its message (REFERENCE.md §1); the other partitions keep answering; readiness goes
+    503 and health names the partition DOWN."""
     timeout_s = 0.5
     async with inprocess_cluster(tmp_path, request_timeout_s=timeout_s) as cluster:
         await cluster.api.deploy(DEMO)
@@ -83,13 +85,13 @@ async def test_a_partition_without_leader_is_retried_until_the_timeout_then_502(
         with pytest.raises(ApiError) as unavailable:
             await cluster.api.get_instance(on_two)
         assert loop.time() - started >= timeout_s
-        assert unavailable.value.status == 502
+        assert unavailable.value.status == 503
         assert unavailable.value.body["title"] == "UNAVAILABLE"
         assert "partition 2" in unavailable.value.body["detail"]
         assert (await cluster.api.get_instance(on_one))["state"] == "ACTIVE"
         with pytest.raises(ApiError) as backup:
             await cluster.api.take_backup(1)
-        assert backup.value.status == 502 and set(backup.value.body) == {"message"}
+        assert backup.value.status == 504 and set(backup.value.body) == {"message"}
 
         async def readiness_down() -> bool:
             status = await cluster.api.call(
@@ -203,16 +205,16 @@ async def test_a_command_whose_connection_drops_is_not_sent_again(
     gateway_to: StartGateway,
 ) -> None:
     """The broker hangs up after receiving a command: it may have executed it, so the gateway
-    fails it (502) instead of sending it again; a query in the same situation is retried."""
+    fails it (503) instead of sending it again; a query in the same situation is retried."""
     broker, http = await gateway_to("hang-up", 1.0)
     response = await http.post(
         "/v2/process-instances", json={"processDefinitionId": "p", "variables": {}}
     )
-    assert response.status == 502
+    assert response.status == 503
     assert [type(m).__name__ for m in broker.received] == ["ExecuteCommandRequest"]
 
     response = await http.get(f"/v2/process-instances/{encode_key(PartitionId(1), 5)}")
-    assert response.status in (502, 504)
+    assert response.status in (503, 504)
     queries = [m for m in broker.received if type(m).__name__ == "QueryRequest"]
     assert len(queries) >= 2  # retried on a new connection until the timeout
 

@@ -12,6 +12,9 @@
     <data-dir>/.restore/broker-<n>/partitions/<p>/download/        a backup's files, downloaded
                                                                    before they are laid out
     <data-dir>/.restore-journal.json                               the committed restore's journal
+    <data-dir>/.processes/broker-<n>.json, gateway.json            the running processes (pid,
+                                                                   addresses), written by their
+                                                                   launcher for `zeebe-sim chaos`
 
 The broker writes it, ``zeebe-sim restore`` lays it out, ``zeebe-sim verify`` reads it.
 """
@@ -34,6 +37,8 @@ BACKUP_RECORDED_FILE = "backup-recorded"
 RESTORE_STAGING_DIR = ".restore"
 RESTORE_JOURNAL_FILE = ".restore-journal.json"
 RESTORE_DOWNLOAD_DIR = "download"
+# The launcher (`up`, the test harness) notes each process it runs here.
+PROCESSES_DIR = ".processes"
 
 
 def broker_dir(data_dir: Path, node_id: NodeId) -> Path:
@@ -48,3 +53,8 @@ def partition_dir(broker: Path, partition_id: PartitionId) -> Path:
 def partition_dirs(data_dir: Path) -> list[Path]:
     """Every partition directory of every broker under ``data_dir``, sorted."""
     return sorted(data_dir.glob(f"{BROKER_PREFIX}*/{PARTITIONS_DIR}/*"))
+
+
+def process_file(data_dir: Path, name: str) -> Path:
+    """The launcher's note of a running process: ``broker-<n>`` or ``gateway``."""
+    return data_dir / PROCESSES_DIR / f"{name}.json"
