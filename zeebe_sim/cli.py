@@ -496,6 +496,7 @@ def restore(backup_ids: str | None, from_: str | None, to: str | None, **kwargs:
                 cluster_size=values["brokers"],
                 partition_count=values["partitions"],
                 node_ids=nodes,
+                replication_factor=values["replication-factor"],
                 progress=lambda line: click.echo(line, err=True),
                 # Fault injection for the tests: end the process at the k-th durable step.
                 crash_point=crash_at(int(os.environ.get(CRASH_RESTORE_AT_STEP, "0"))),

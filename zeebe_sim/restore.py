@@ -7,7 +7,9 @@ and the backup must be COMPLETED on **every** partition (Zeebe checks only the p
 hosts; a partial restore is how users lost data, REFERENCE §8) with the configured partition
 count. Then the restore is all or nothing across the cluster, even when killed at any instant:
 
-1. *Stage*: every broker is laid out under ``<data-dir>/.restore/broker-<n>``: each partition's
+1. *Stage*: every broker is laid out under ``<data-dir>/.restore/broker-<n>``: each partition it
+   hosts a replica of (round-robin placement with the replication factor, as Zeebe's restore
+   places them: every replica from the same backup, REFERENCE replication.md B.6) has its
    snapshot installed (checksums verified), its segments placed and its log truncated right
    after the ``CHECKPOINT CREATE`` entry at the checkpoint position; then every staged file and
    directory is fsynced.
@@ -53,7 +55,7 @@ from storage.restore_points import iso_ms
 from zeebe_sim.ground import layout
 from zeebe_sim.ground.errors import ZeebeSimError
 from zeebe_sim.ground.ids import NodeId, PartitionId
-from zeebe_sim.ground.routing import partitions_of_broker
+from zeebe_sim.ground.routing import replicated_partitions_of_broker
 
 # Re-exported: the CLI and the tests use them from here.
 __all__ = ["Progress", "RestoreError", "RestoreRequest", "find_backup"]
@@ -95,9 +97,11 @@ async def restore(
     node_ids: list[NodeId],
     progress: Progress,
     crash_point: CrashPoint = lambda step: None,
+    replication_factor: int = 1,
 ) -> None:
     """Restore ``node_ids``' data directories as ``request`` says, all or nothing (see
-    the module docstring); first finishes or cleans up what an interrupted run left.
+    the module docstring); first finishes or cleans up what an interrupted run left. Each
+    broker gets every replica it hosts with ``replication_factor``.
 
     ``crash_point`` is called after every durable step with its name (fault injection: see
     :func:`crash_at`).
@@ -143,7 +147,9 @@ async def restore(
         ensure_directory(staging)
         for node in node_ids:
             layout.broker_dir(staging, node).mkdir()  # also for a broker without partitions
-            for partition_id in partitions_of_broker(node, cluster_size, partition_count):
+            for partition_id in replicated_partitions_of_broker(
+                node, cluster_size, partition_count, replication_factor
+            ):
                 await restore_partition(
                     store,
                     chains[partition_id],

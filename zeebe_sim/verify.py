@@ -13,12 +13,25 @@ When the sender's log no longer starts at position 1 and its snapshot does not s
 the cause may simply have been compacted away; such a case is counted as *unverifiable*, not
 reported as a violation.
 
+With replication, a partition has a replica on several brokers. :func:`check` first checks that
+the replicas agree (:func:`_check_replicas`), then runs the cross-partition checks on one replica
+of each partition (the one with the longest log):
+
+- *Same log*: over the entries every replica still holds, the entries at one index are the same
+  (term, positions, bytes). Where they differ, the entries of a strict majority win if every
+  dissenting entry from there on has a lower term: that is a deposed leader's uncommitted tail,
+  which Raft truncates when that replica rejoins, and it is reported as a note. Anything else
+  is a violation naming the first index where the replicas disagree.
+- *Same state*: the state each replica rebuilds (its snapshot, then its log's events) at one
+  position every replica can reach is the same.
+
 The pure part (:func:`check`) takes :class:`PartitionData`; :func:`load_data_dir` reads a
 stopped cluster's data directory without changing a byte of it.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,7 +39,18 @@ from typing import Any
 import attrs
 
 from zeebe_sim.ground import layout
-from zeebe_sim.ground.records import Record, RecordType, ValueType
+from zeebe_sim.ground.records import Record, RecordType, ValueType, decode_records
+
+
+@attrs.frozen
+class EntrySummary:
+    """One log entry, as replicas are compared: its place, term and a checksum of its bytes."""
+
+    index: int
+    term: int
+    first_position: int
+    record_count: int
+    crc32: int
 
 
 @attrs.frozen
@@ -35,6 +59,15 @@ class PartitionData:
     records: list[Record]
     snapshot_state: dict[str, Any] | None = None
     first_position: int = 1  # of the log on disk; > 1 when compacted
+    node_id: int | None = None  # the broker holding this replica
+    entries: list[EntrySummary] = attrs.Factory(list)
+    # the snapshot's processed position and last follow-up event position (0: no snapshot)
+    snapshot_position: int = 0
+    snapshot_followup_position: int = 0
+
+    @property
+    def replica(self) -> str:
+        return f"broker {self.node_id}" if self.node_id is not None else "a replica"
 
     @property
     def log_complete(self) -> bool:
@@ -51,6 +84,7 @@ class Violation:
 @attrs.define
 class Report:
     partitions: int = 0
+    replicas: int = 0
     records: int = 0
     checks: int = 0
     unverifiable: int = 0
@@ -63,8 +97,9 @@ class Report:
         return not self.violations
 
     def render(self) -> str:
+        replicas = f" ({self.replicas} replicas)" if self.replicas > self.partitions else ""
         lines = [
-            f"Checked {self.partitions} partitions, {self.records} records, "
+            f"Checked {self.partitions} partitions{replicas}, {self.records} records, "
             f"{self.checks} cross-partition effects"
             + (f", cut at checkpoint {self.checkpoint}" if self.checkpoint is not None else "")
             + "."
@@ -192,9 +227,20 @@ def _effects(data: PartitionData) -> Iterable[tuple[str, int, Any, str]]:
             )
 
 
-def check(partitions: list[PartitionData]) -> Report:
-    """Check every invariant that can be checked on these partitions."""
-    report = Report(partitions=len(partitions))
+def check(replicas: list[PartitionData]) -> Report:
+    """Check every invariant that can be checked on these partitions' replicas."""
+    groups: dict[int, list[PartitionData]] = {}
+    for data in replicas:
+        groups.setdefault(data.partition_id, []).append(data)
+    report = Report(partitions=len(groups), replicas=len(replicas))
+    for group in groups.values():
+        if len(group) > 1:
+            _check_replicas(group, report)
+    # The cross-partition checks on the most complete replica of each partition.
+    partitions = [
+        max(group, key=lambda d: (d.records[-1].position if d.records else 0, -(d.node_id or 0)))
+        for group in groups.values()
+    ]
     by_id = {p.partition_id: p for p in partitions}
     facts = {p.partition_id: _facts(p) for p in partitions}
     report.records = sum(len(p.records) for p in partitions)
@@ -320,7 +366,7 @@ def load_data_dir(data_dir: Path) -> list[PartitionData]:
     Raises:
         FileNotFoundError: no partition directory was found.
     """
-    from broker.partition import read_records, read_snapshot_state
+    from broker.partition import read_snapshot_state
     from storage.log import SegmentedLog
     from storage.snapshots import SnapshotStore
 
@@ -336,12 +382,134 @@ def load_data_dir(data_dir: Path) -> list[PartitionData]:
                 snapshot = SnapshotStore.open(snapshots, read_only=True).latest()
             state = read_snapshot_state(snapshot) if snapshot is not None else None
             # All the log there is: events before the snapshot are facts too.
-            records = list(read_records(log, 1))
+            records: list[Record] = []
+            entries: list[EntrySummary] = []
+            for entry in log.entries_from(1):
+                records.extend(decode_records(entry.payload))
+                entries.append(
+                    EntrySummary(
+                        entry.index,
+                        getattr(entry, "term", 0),
+                        entry.first_position,
+                        entry.record_count,
+                        zlib.crc32(entry.payload),
+                    )
+                )
+            node = directory.parent.parent.name.removeprefix(layout.BROKER_PREFIX)
             found.append(
-                PartitionData(int(directory.name), records, state, log.first_position or 1)
+                PartitionData(
+                    int(directory.name),
+                    records,
+                    state,
+                    log.first_position or 1,
+                    node_id=int(node) if node.isdigit() else None,
+                    entries=entries,
+                    snapshot_position=snapshot.processed_position if snapshot else 0,
+                    snapshot_followup_position=(
+                        snapshot.last_followup_event_position if snapshot else 0
+                    ),
+                )
             )
         finally:
             log.close()
     if not found:
         raise FileNotFoundError(f"no partitions under {data_dir}/broker-*/partitions/")
-    return sorted(found, key=lambda p: p.partition_id)
+    return sorted(found, key=lambda p: (p.partition_id, p.node_id or 0))
+
+
+def _check_replicas(group: list[PartitionData], report: Report) -> None:
+    """The replicas of one partition hold the same log and rebuild the same state."""
+    partition_id = group[0].partition_id
+    by_index = [{e.index: e for e in data.entries} for data in group]
+    common = set.intersection(*(set(entries) for entries in by_index))
+    for index in sorted(common):
+        entries = [entries[index] for entries in by_index]
+        if len(set(entries)) == 1:
+            continue
+        majority = max(set(entries), key=entries.count)
+        dissenters = [d for d, e in zip(group, entries, strict=True) if e != majority]
+        if entries.count(majority) * 2 > len(entries) and all(
+            e.term < majority.term for d in dissenters for e in d.entries if e.index >= index
+        ):
+            names = ", ".join(d.replica for d in dissenters)
+            report.notes.append(
+                f"partition {partition_id}: {names} hold(s) an uncommitted tail from index "
+                f"{index} (older terms than term {majority.term} of the others); Raft "
+                "truncates it when the replica rejoins"
+            )
+            break
+        detail = "; ".join(
+            f"{d.replica} has term {e.term}, positions {e.first_position}.."
+            f"{e.first_position + e.record_count - 1}, crc {e.crc32:08x}"
+            for d, e in zip(group, entries, strict=True)
+        )
+        report.violations.append(
+            Violation(
+                "replicas agree",
+                partition_id,
+                f"the replicas disagree first at log index {index}: {detail}",
+            )
+        )
+        return
+    _check_replica_states(group, report)
+
+
+def _check_replica_states(group: list[PartitionData], report: Report) -> None:
+    """Each replica's state at one position all of them can rebuild is the same."""
+    partition_id = group[0].partition_id
+    ends = [d.records[-1].position if d.records else d.snapshot_position for d in group]
+    # Every replica must be able to stop there: past its snapshot (and the snapshot's
+    # follow-up events, already in its state), and not beyond its log.
+    position = min(ends)
+    floor = max(max(d.snapshot_position, d.snapshot_followup_position) for d in group)
+    if position < floor:
+        report.notes.append(
+            f"partition {partition_id}: the replicas' states were not compared (no position "
+            "every replica can rebuild: one's snapshot is past another's log)"
+        )
+        return
+    states = [(d, _state_at(d, position)) for d in group]
+    first, expected = states[0]
+    for data, state in states[1:]:
+        if state != expected:
+            families = sorted(
+                name for name in set(state) | set(expected) if state.get(name) != expected.get(name)
+            )
+            report.violations.append(
+                Violation(
+                    "replicas agree",
+                    partition_id,
+                    f"at position {position}, {data.replica}'s state differs from "
+                    f"{first.replica}'s in {families}",
+                )
+            )
+            return
+
+
+def _state_at(data: PartitionData, position: int) -> dict[str, Any]:
+    """The state a replica rebuilds up to ``position``: its snapshot, then its events."""
+    from broker.engine.processor import Engine
+    from broker.engine.state import State
+
+    if data.snapshot_state is not None:
+        state = State.from_snapshot(data.partition_id, data.snapshot_state)
+    else:
+        state = State(data.partition_id)
+    # The partition count only matters for processing; replay applies events.
+    Engine(state, 1).replay(
+        (r for r in data.records if r.position <= position),
+        data.snapshot_followup_position,
+        data.snapshot_position,
+    )
+    plain: dict[str, Any] = _plain(state.copy_for_snapshot())
+    return plain
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists: a state loaded from a snapshot holds lists where one built by the
+    appliers may hold tuples, and the two are the same state."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
