@@ -133,6 +133,8 @@ class Partition:
         self._reopening: str | None = None
         # why the last group could not be written, until one is written again
         self._write_failure: str | None = None
+        # why the broker paused processing (its RECOVERING mode, broker/recovery.py), or None
+        self.paused: str | None = None
         if disk is not None:
             disk.listen(self._disk_changed)
         self.ready = False
@@ -182,6 +184,22 @@ class Partition:
         self.ready = False
         await self._tasks.stop()
         self.log.close()
+
+    async def restart(self) -> None:
+        """Start again from what the directory holds now (an in-place restore replaced it):
+        nothing queued for the old history survives."""
+        self._inbox.clear()
+        self._maintenance.clear()
+        self.failure = self._write_failure = None
+        await self.start()
+
+    def pause(self, reason: str | None) -> None:
+        """Stop processing commands for ``reason`` (queued client commands are answered
+        RESOURCE_EXHAUSTED), or resume with None."""
+        self.paused = reason
+        if reason is not None:
+            self._refuse_queued(ResourceExhausted(reason))
+        self._wakeup.set()
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -375,25 +393,30 @@ class Partition:
     # -- out of disk ----------------------------------------------------------------------------
 
     def _disk_refusal(self) -> str | None:
-        """Why processing is paused for lack of disk space, None while it is not."""
+        """Why processing is paused (for lack of disk space, or by the broker), None while it
+        is not."""
         if self._reopening is not None:
             return self._reopening
+        if self.paused is not None:
+            return self.paused
         return self._disk.verdict.processing_refusal if self._disk is not None else None
 
     def _receive_refused(self) -> bool:
-        if self._reopening is not None:
+        if self._reopening is not None or self.paused is not None:
             return True
         return self._disk is not None and self._disk.verdict.receive_refusal is not None
 
     def _disk_changed(self, verdict: DiskVerdict) -> None:
         if verdict.processing_refusal is not None:
             # Waiting would only turn into a gateway timeout (504): answer now (503).
-            error = ResourceExhausted(verdict.processing_refusal)
-            for queued in self._inbox:
-                if queued.reply is not None and not queued.reply.done():
-                    queued.reply.set_exception(error)
-            self._inbox = collections.deque(q for q in self._inbox if q.reply is None)
+            self._refuse_queued(ResourceExhausted(verdict.processing_refusal))
         self._wakeup.set()
+
+    def _refuse_queued(self, error: ResourceExhausted) -> None:
+        for queued in self._inbox:
+            if queued.reply is not None and not queued.reply.done():
+                queued.reply.set_exception(error)
+        self._inbox = collections.deque(q for q in self._inbox if q.reply is None)
 
     async def _write_failed(
         self, taken: list[_Queued], durable_position: int, exc: Exception

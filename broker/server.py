@@ -31,6 +31,7 @@ from broker.engine.processor import Send
 from broker.faults import NO_FAULTS, faults_from_request
 from broker.partition import Partition, PartitionConfig
 from broker.raft.core import RaftConfig
+from broker.recovery import RECOVERY_MESSAGES, Recovery, finish_interrupted_restore
 from broker.waiters import AWAIT_QUERIES, answer_await
 from storage.backup.api import BackupStore
 from storage.backup.config import FilesystemStoreConfig, S3StoreConfig
@@ -140,6 +141,13 @@ class Broker:
         # What its connections may hold in unfinished frames, accounted together.
         self.limits = ServerLimits(config.frame_limits)
         self.partitions: dict[PartitionId, Partition] = {}
+        self.recovery = Recovery(
+            self.node_id,
+            self.directory,
+            self.partitions,
+            self.backups,
+            config.partition_count,
+        )
         self.members: dict[NodeId, str] = {}
         self._peers: dict[int, Connection] = {}
         self._connecting: set[int] = set()
@@ -160,6 +168,7 @@ class Broker:
     async def start(self) -> None:
         await self.backups.check()
         self.directory.mkdir(parents=True, exist_ok=True)
+        finish_interrupted_restore(self.directory)
         # Before the first request: a broker started on a full disk refuses work from the start.
         self.disk.check()
         self._server = await self._network.listen(self.config.host, self.config.port, self._serve)
@@ -208,6 +217,8 @@ class Broker:
             return
 
     async def handle(self, message: Message) -> Message | None:
+        if isinstance(message, RECOVERY_MESSAGES):
+            return await self.recovery.handle(message)
         if isinstance(message, ExecuteCommandRequest):
             partition = self._partition(message.partition_id)
             response = await partition.submit(

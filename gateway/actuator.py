@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import backups
+from gateway import backups, recovery
 from gateway.client import BrokerClient
 from gateway.errors import actuator_errors
 
@@ -95,4 +95,5 @@ def management_app(client: BrokerClient, backup_fanout_jitter_s: float = 0.0) ->
     app.router.add_get("/actuator/health/liveness", liveness)
     app.router.add_get("/actuator/partitions", partitions)
     backups.add_routes(app, client, backup_fanout_jitter_s)
+    recovery.add_management_routes(app, client)
     return app

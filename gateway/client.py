@@ -330,3 +330,18 @@ class BrokerClient:
         )
         assert isinstance(answer, QueryResponse), answer
         return answer.result
+
+    async def to_broker(self, node: NodeId, message: Message, timeout_s: float) -> Message:
+        """Send ``message`` to broker ``node`` itself (a broker-wide request, not a
+        partition's).
+
+        Raises:
+            BrokerUnavailable: the broker is not known or not reachable.
+            RequestTimeout: no answer within ``timeout_s``.
+            ZeebeSimError: the broker's own error answer.
+        """
+        address = self.addresses.get(node)
+        if address is None:
+            raise BrokerUnavailable(f"Broker {node} is not known to the gateway")
+        connection = await self._connection(node, address)
+        return await connection.request(message, timeout_s)

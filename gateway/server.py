@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.actuator import management_app
 from gateway.client import BrokerClient
+from gateway.recovery import coordinator_of
 from gateway.rest import rest_app
 from zeebe_sim.ground.transport import TCP, NetworkBackend
 
@@ -67,4 +68,5 @@ class Gateway:
             await self._grpc_server.stop(grace=1.0)
         for runner in self._runners:
             await runner.cleanup()
+        await coordinator_of(self.client).close()  # a restore in flight ends with the gateway
         await self.client.stop()

@@ -43,6 +43,10 @@ class RestoreError(InvalidState):
     """The restore was refused or failed; nothing was left behind."""
 
 
+class BackupIncomplete(RestoreError):
+    """A backup to restore is not COMPLETED on every partition it is needed for."""
+
+
 @attrs.frozen
 class RestoreRequest:
     """What to restore: backups by id (every partition from the same chain), or a time window
@@ -140,7 +144,7 @@ async def find_backup(
         else:
             chosen[partition_id] = found
     if problems:
-        raise RestoreError(
+        raise BackupIncomplete(
             f"Backup {backup_id} is not COMPLETED on every partition ({'; '.join(problems)}); "
             "refusing to restore"
         )
@@ -185,7 +189,7 @@ async def chains_of_window(
         for backup_id in part.backup_ids:
             found = await completed_copy(store, partition_id, backup_id, partition_count)
             if isinstance(found, str):
-                raise RestoreError(
+                raise BackupIncomplete(
                     f"Backup {backup_id} of the chain to checkpoint {point.checkpoint_id}: "
                     f"{found}; refusing to restore"
                 )

@@ -157,6 +157,48 @@ class ClusterApi:
 
         return await eventually(settled, timeout_s=timeout_s)
 
+    async def cluster_change_done(self, change_id: str, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Wait until ``GET /actuator/cluster`` shows ``change_id`` as the last change and no
+        pending change (how the in-process restore docs say to wait); that last change."""
+
+        async def done() -> dict[str, Any] | None:
+            body = await self.call("GET", f"{self.management_url}/actuator/cluster")
+            last = body.get("lastChange")
+            if "pendingChange" in body or last is None or str(last["id"]) != change_id:
+                return None
+            return dict(last)
+
+        return await eventually(done, timeout_s=timeout_s, interval_s=0.05)
+
+    async def change_mode(self, mode: str) -> dict[str, Any]:
+        """``PATCH /v2/mode`` and wait until the change is done; the 200 body."""
+        body: dict[str, Any] = await self.call("PATCH", f"{self.rest_url}/v2/mode?mode={mode}")
+        last = await self.cluster_change_done(body["changeId"])
+        assert last["status"] == "COMPLETED", last
+        return body
+
+    async def restore_in_process(
+        self, request: dict[str, Any], timeout_s: float = 300.0
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """``POST /v2/restore`` and wait until the change is done; the 202 body and every
+        distinct ``GET /v2/restore`` answer seen meanwhile."""
+        body: dict[str, Any] = await self.call("POST", f"{self.rest_url}/v2/restore", json=request)
+        seen: list[dict[str, Any]] = []
+
+        async def done() -> dict[str, Any] | None:
+            status = await self.call("GET", f"{self.rest_url}/v2/restore", ok=(200, 404))
+            if "brokers" in status and (not seen or seen[-1] != status):
+                seen.append(status)
+            if status.get("status") == "FAILED":
+                return {"status": "FAILED", "restore": status}
+            if "brokers" in status:
+                return None
+            return await self.cluster_change_done(body["changeId"], timeout_s=1)
+
+        last = await eventually(done, timeout_s=timeout_s, interval_s=0.02)
+        assert last["status"] == "COMPLETED", (last, seen)
+        return body, seen
+
 
 async def eventually(
     probe: Callable[[], Awaitable[T | None]], timeout_s: float = 30.0, interval_s: float = 0.05

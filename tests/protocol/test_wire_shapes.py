@@ -56,6 +56,16 @@ VALID: dict[type[protocol.Message], protocol.Message] = {
         {"elementInstanceKey": 5, "messageName": "m"},
     ),
     protocol.TakeBackupRequest: protocol.TakeBackupRequest(1, 7),
+    protocol.ModeChangeRequest: protocol.ModeChangeRequest("RECOVERING"),
+    protocol.ModeChangeResponse: protocol.ModeChangeResponse(1, "PROCESSING"),
+    protocol.RestorePlanRequest: protocol.RestorePlanRequest([7, 9], None, None),
+    protocol.RestorePlanResponse: protocol.RestorePlanResponse(
+        9, {1: protocol.PartitionRestorePlan([7, 9], 8, 120)}
+    ),
+    protocol.RestorePartitionRequest: protocol.RestorePartitionRequest(
+        1, protocol.PartitionRestorePlan([7], 7, 100)
+    ),
+    protocol.RestorePartitionResponse: protocol.RestorePartitionResponse(1),
     protocol.TakeBackupResponse: protocol.TakeBackupResponse(True, 7),
     protocol.BackupStatusRequest: protocol.BackupStatusRequest(1, 7),
     protocol.BackupStatusResponse: protocol.BackupStatusResponse(STATUS),

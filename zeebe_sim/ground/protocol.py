@@ -450,6 +450,67 @@ class FaultsResponse(Message):
 
 
 # ---------------------------------------------------------------------------------------------
+# In-process restore (gateway -> brokers; broker/recovery.py)
+# ---------------------------------------------------------------------------------------------
+
+BrokerMode = Literal["PROCESSING", "RECOVERING"]
+
+
+@attrs.frozen
+class ModeChangeRequest(Message):
+    """Switch a broker's mode: RECOVERING deactivates every partition it hosts (commands
+    refused, queries and in-place restore allowed), PROCESSING starts them again; ``None``
+    only reads the mode."""
+
+    mode: BrokerMode | None
+
+
+@attrs.frozen
+class ModeChangeResponse(Message):
+    node_id: NodeId
+    mode: BrokerMode
+
+
+@attrs.frozen
+class RestorePlanRequest(Message):
+    """Resolve an in-process restore against the store (any broker with one): backups by id,
+    or a time window in epoch milliseconds. Nothing is changed."""
+
+    backup_ids: list[BackupId] = attrs.Factory(list)
+    from_ms: int | None = None
+    to_ms: int | None = None
+
+
+@attrs.frozen
+class PartitionRestorePlan:
+    """One partition's chain of backups, oldest first, and the checkpoint its log ends with."""
+
+    backup_ids: list[BackupId]
+    checkpoint_id: int
+    checkpoint_position: Position
+
+
+@attrs.frozen
+class RestorePlanResponse(Message):
+    checkpoint_id: int
+    partitions: dict[PartitionId, PartitionRestorePlan]
+
+
+@attrs.frozen
+class RestorePartitionRequest(Message):
+    """Restore one partition of a RECOVERING broker in place from ``plan``; answered once its
+    directory holds the restored partition (it starts again with the PROCESSING mode)."""
+
+    partition_id: PartitionId
+    plan: PartitionRestorePlan
+
+
+@attrs.frozen
+class RestorePartitionResponse(Message):
+    partition_id: PartitionId
+
+
+# ---------------------------------------------------------------------------------------------
 # Codec
 # ---------------------------------------------------------------------------------------------
 

@@ -1,0 +1,127 @@
+"""In-process restore (8.10) on the in-process cluster: `PATCH /v2/mode` deactivates and
+reactivates every partition, `POST /v2/restore` restores every partition in place from backups
+and `GET /v2/restore` shows its progress, all without stopping a broker; refusals (409, 404,
+400) change nothing. The same on real processes: tests/e2e/test_point_in_time.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEMO_BPMN
+from zeebe_sim.harness import ApiError, ClusterApi
+from zeebe_sim.inprocess import inprocess_cluster
+from zeebe_sim.verify import check, load_data_dir
+
+pytestmark = pytest.mark.inprocess
+
+
+async def instance_exists(api: ClusterApi, key: int) -> bool:
+    """Whether the gateway finds the instance (404 is "no")."""
+    try:
+        await api.get_instance(key)
+    except ApiError as exc:
+        assert exc.status == 404, exc.body
+        return False
+    return True
+
+
+async def test_an_in_process_restore_brings_back_the_backup_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Instances before backup 10 and 11 survive, those after 11 are gone, the brokers are the
+    same objects (not restarted), and the restored cluster takes commands again; the plan and
+    the progress name every broker's partitions with their chain of backups."""
+    async with inprocess_cluster(tmp_path / "data") as cluster:
+        api = cluster.api
+        rest, management = cluster.rest_url, cluster.management_url
+        await api.deploy(DEMO_BPMN)
+        first = [await api.create_instance("demo-process", {"correlationKey": "a"})]
+        await api.take_backup(10)
+        assert (await api.wait_for_backup(10))["state"] == "COMPLETED"
+        second = [
+            await api.create_instance("demo-process", {"correlationKey": f"b{i}"}) for i in range(3)
+        ]
+        await api.take_backup(11)
+        assert (await api.wait_for_backup(11))["state"] == "COMPLETED"
+        later = [
+            await api.create_instance("demo-process", {"correlationKey": f"c{i}"}) for i in range(3)
+        ]
+        brokers_before = [id(cluster.brokers[n]) for n in range(3)]
+
+        # Not recovering yet: 409, and nothing happens.
+        with pytest.raises(ApiError) as caught:
+            await api.call("POST", f"{rest}/v2/restore", json={"backupIds": [10, 11]})
+        assert caught.value.status == 409, caught.value.body
+        assert "every broker must be in RECOVERING mode" in caught.value.body["detail"]
+
+        body = await api.change_mode("RECOVERING")
+        assert body["plannedChanges"][0]["operations"][:2] == [
+            {"operation": "ModeChangeOperation", "brokerId": "0", "mode": "RECOVERING"},
+            {"operation": "AwaitModeChangeOperation", "brokerId": "0", "mode": "RECOVERING"},
+        ]
+        # Deactivated: commands are refused, reads still answered.
+        with pytest.raises(ApiError) as caught:
+            await api.create_instance("demo-process", {"correlationKey": "refused"})
+        assert caught.value.status == 503, caught.value.body
+        assert "RECOVERING" in caught.value.body["detail"]
+        assert await instance_exists(api, later[0])
+
+        for bad, status in [
+            ({"backupIds": [99]}, 404),
+            ({"backupIds": [10], "to": "2026-01-01T00:00:00Z"}, 400),
+            ({}, 400),
+            ({"backupIds": []}, 400),
+            ({"from": "yesterday", "to": "2026-01-01T00:00:00Z"}, 400),
+        ]:
+            with pytest.raises(ApiError) as caught:
+                await api.call("POST", f"{rest}/v2/restore", json=bad)
+            assert caught.value.status == status, (bad, caught.value.body)
+        with pytest.raises(ApiError) as caught:
+            await api.call("GET", f"{rest}/v2/restore")
+        assert caught.value.status == 404
+
+        dry = await api.call("POST", f"{rest}/v2/restore?dryRun=true", json={"backupIds": [11, 10]})
+        planned, progress = await api.restore_in_process({"backupIds": [10, 11]})
+        assert planned["changeId"] == dry["changeId"]  # a dry run used up no id
+        operations = planned["plannedChanges"][0]["operations"]
+        assert operations[:2] == [
+            {"operation": "PartitionPreRestoreOperation", "brokerId": "0", "partitionId": 1},
+            {
+                "operation": "PartitionRestoreOperation",
+                "brokerId": "0",
+                "partitionId": 1,
+                "backupIds": [10, 11],
+            },
+        ]
+        assert operations[-2:] == [
+            {"operation": "ModeChangeOperation", "brokerId": "2", "mode": "PROCESSING"},
+            {"operation": "AwaitModeChangeOperation", "brokerId": "2", "mode": "PROCESSING"},
+        ]
+        assert progress, "GET /v2/restore never showed the restore in flight"
+        assert progress[0]["status"] == "IN_PROGRESS"
+        assert [b["brokerId"] for b in progress[0]["brokers"]] == ["0", "1", "2"]
+        states = {
+            p["state"] for status in progress for b in status["brokers"] for p in b["partitions"]
+        }
+        assert states <= {"PENDING", "RESTORING", "RESTORED"} and "RESTORING" in states
+        assert all(
+            p["backupIds"] == [10, 11] for b in progress[0]["brokers"] for p in b["partitions"]
+        )
+        with pytest.raises(ApiError) as caught:
+            await api.call("GET", f"{rest}/v2/restore")
+        assert caught.value.status == 404  # done: not kept
+
+        assert [id(cluster.brokers[n]) for n in range(3)] == brokers_before
+        for key in first + second:
+            assert await instance_exists(api, key), key
+        for key in later:
+            assert not await instance_exists(api, key), key
+        created = await api.create_instance("demo-process", {"correlationKey": "after"})
+        assert await instance_exists(api, created)
+        cluster_view = await api.call("GET", f"{management}/actuator/cluster")
+        assert cluster_view["lastChange"]["id"] == int(planned["changeId"])
+        assert "pendingChange" not in cluster_view
+    report = check(load_data_dir(tmp_path / "data"))
+    assert report.ok, report.render()
