@@ -27,6 +27,8 @@ import itertools
 import logging
 from typing import Any
 
+import attrs
+
 from zeebe_sim.ground.commands import check_command_value
 from zeebe_sim.ground.errors import (
     BrokerUnavailable,
@@ -214,11 +216,20 @@ class BrokerClient:
             self._connections[node] = connection
         return connection
 
-    def _forget_leader(self, partition_id: PartitionId, node: NodeId, hint: int | None) -> bool:
-        """``node`` does not lead ``partition_id`` (any more); take ``hint`` as the leader if
-        it is another broker we can reach. True when there is a new leader to try at once."""
-        if self.leaders.get(partition_id) == node:
-            del self.leaders[partition_id]
+    def _forget_leader(
+        self, partition_id: PartitionId, node: NodeId, hint: int | None, *, unreachable: bool
+    ) -> bool:
+        """``node`` does not lead ``partition_id`` (any more): forget its claim, or all it said
+        if it is ``unreachable``, so that a later answer of another broker does not bring the
+        stale claim back. Take ``hint`` as the leader if it names another broker we know.
+        True when there is a new leader to try at once."""
+        answer = self.brokers.get(node)
+        if unreachable:
+            self.brokers.pop(node, None)
+        elif answer is not None and answer.partitions.get(partition_id) == "LEADER":
+            roles = {**answer.partitions, partition_id: "FOLLOWER"}
+            self.brokers[node] = attrs.evolve(answer, partitions=roles)
+        self.leaders = leaders_of(self.brokers)
         if hint is not None and hint != node and NodeId(hint) in self.addresses:
             self.leaders[partition_id] = NodeId(hint)
             return True
@@ -250,6 +261,7 @@ class BrokerClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         reason = "the partition has no leader"
+        hinted: set[int | None] = set()
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -273,17 +285,21 @@ class BrokerClient:
                 connection = await self._connection(node, address)
                 return await connection.request(message, remaining)
             except ConnectionLost:
+                self._forget_leader(partition_id, node, None, unreachable=True)
                 if not idempotent:
                     raise
-                self._forget_leader(partition_id, node, None)
                 reason = f"the connection to broker {node} was lost"
             except BrokerUnavailable as exc:
-                self._forget_leader(partition_id, node, None)
+                self._forget_leader(partition_id, node, None, unreachable=True)
                 reason = f"broker {node} is unreachable: {exc.message}"
             except PartitionLeaderMismatch as exc:
                 reason = f"broker {node} is not its leader"
-                if self._forget_leader(partition_id, node, exc.leader):
-                    continue  # the hint: try the leader it names at once
+                if self._forget_leader(partition_id, node, exc.leader, unreachable=False):
+                    # The hint: try the leader it names at once, but each broker only once
+                    # without a pause (two replicas may name each other during an election).
+                    if exc.leader not in hinted:
+                        hinted.add(exc.leader)
+                        continue
             except RequestTimeout as exc:
                 raise RequestTimeout(
                     f"Expected a response from partition {partition_id} within "

@@ -25,7 +25,7 @@ from gateway.grpc import gateway_pb2_grpc
 from gateway.grpc.servicer import start_grpc_server
 from gateway.rest import rest_app
 from zeebe_sim.ground import VERSION
-from zeebe_sim.ground.errors import PartitionLeaderMismatch
+from zeebe_sim.ground.errors import PartitionLeaderMismatch, RequestTimeout
 from zeebe_sim.ground.ids import NodeId, PartitionId
 from zeebe_sim.ground.protocol import (
     Message,
@@ -239,3 +239,18 @@ async def test_topology_shows_every_replica_with_its_role_and_health(replicas: A
         assert answer.replicationFactor == 2
     finally:
         await server.stop(grace=None)
+
+
+async def test_two_replicas_naming_each_other_are_not_asked_in_a_tight_loop(
+    replicas: Any,
+) -> None:
+    """During an election two replicas may each name the other as leader: the gateway follows
+    each hint once at once, then pauses ~10 ms between tries, and fails at the request timeout
+    (504: a leader was named but none answered) after a bounded number of requests."""
+    a, b, client = await replicas(("LEADER", "FOLLOWER"), (1, 1), 0.5)
+    a.answer = lambda: PartitionLeaderMismatch("not me", leader=1)
+    b.answer = lambda: PartitionLeaderMismatch("not me", leader=0)
+    with pytest.raises(RequestTimeout, match="partition 1"):
+        await client.query(P1, "q", {})
+    # 0.5 s at one pause per retry: about 2 x 50 requests at most, not thousands
+    assert 2 <= a.queries + b.queries <= 2 * 0.5 / client_module.LEADER_RETRY_S + 10
