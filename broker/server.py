@@ -240,14 +240,12 @@ class Broker:
             self.receive_from_peer(message.sender, message)
             return None
         if isinstance(message, SetFaultsRequest):
-            self.faults = faults_from_request(
-                self.faults,
-                self.node_id,
-                self.config.cluster_size,
-                message.cut,
-                message.delay_ms,
+            faults = faults_from_request(
+                self.faults, self.node_id, self.config.cluster_size, message.cut, message.delay_ms
             )
-            log.warning("faults set on purpose: %s", self.faults)
+            if faults != self.faults:
+                log.warning("faults set on purpose: %s", faults)
+                self.faults = faults
             return FaultsResponse(sorted(self.faults.cut), self.faults.delay_ms)
         if isinstance(message, TopologyRequest):
             if message.node_id is not None and message.address:

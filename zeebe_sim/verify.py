@@ -385,7 +385,8 @@ def load_data_dir(data_dir: Path) -> list[PartitionData]:
             records: list[Record] = []
             entries: list[EntrySummary] = []
             for entry in log.entries_from(1):
-                records.extend(decode_records(entry.payload))
+                if entry.record_count:  # a new Raft leader's no-op entry holds no record
+                    records.extend(decode_records(entry.payload))
                 entries.append(
                     EntrySummary(
                         entry.index,
