@@ -256,6 +256,11 @@ class RecoveryCoordinator:
 
         self._tasks.spawn(run())
 
+    def last_completed_id(self) -> str | None:
+        """The id of the last cluster change that completed (``/v2/topology`` shows it)."""
+        last = self.last
+        return str(last.id) if last is not None and last.status == "COMPLETED" else None
+
     def restore_status(self) -> dict[str, Any]:
         """The restore in flight (or the last one, if it FAILED). Raises NotFound if none."""
         change = self.pending if self.pending is not None else self.last

@@ -449,7 +449,8 @@ async def topology(request: web.Request) -> web.Response:
             "partitionsCount": client.partition_count,
             "replicationFactor": client.replication_factor,
             "gatewayVersion": VERSION,
-            "lastCompletedChangeId": NO_CHANGE_ID,
+            "lastCompletedChangeId": recovery.coordinator_of(client).last_completed_id()
+            or NO_CHANGE_ID,
         }
     )
 

@@ -123,5 +123,7 @@ async def test_an_in_process_restore_brings_back_the_backup_without_a_restart(
         cluster_view = await api.call("GET", f"{management}/actuator/cluster")
         assert cluster_view["lastChange"]["id"] == int(planned["changeId"])
         assert "pendingChange" not in cluster_view
+        topology = await api.call("GET", f"{rest}/v2/topology")
+        assert topology["lastCompletedChangeId"] == planned["changeId"]
     report = check(load_data_dir(tmp_path / "data"))
     assert report.ok, report.render()
