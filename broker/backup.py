@@ -41,8 +41,9 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
-from broker.core import BackupPlan, BackupSource, Release
+from broker.core import BackupJob, BackupPlan, BackupRemoval, BackupSource, MetadataSync, Release
 from storage.backup.api import (
     Backup,
     BackupDescriptor,
@@ -51,6 +52,7 @@ from storage.backup.api import (
     BackupStatus,
     BackupStore,
     FileRef,
+    RuntimeMetadata,
     best_copy,
 )
 from storage.backup.manifest import DELETING_REASON
@@ -101,6 +103,12 @@ def detail(
         checkpoint_position=Position(shown.checkpoint_position) if shown is not None else None,
         broker_id=status.id.node_id if shown is not None else None,
         broker_version=shown.broker_version if shown is not None else None,
+        first_log_position=(
+            Position(descriptor.first_log_position)
+            if descriptor is not None and descriptor.first_log_position is not None
+            else None
+        ),
+        checkpoint_type=descriptor.checkpoint_type if descriptor is not None else None,
     )
 
 
@@ -111,9 +119,12 @@ class BackupService:
         node_id: int,
         partition_count: int,
         partition_dir: Callable[[PartitionId], Path] | None = None,
+        on_completed: Callable[[BackupPlan], None] | None = None,
     ) -> None:
         """``partition_dir`` gives a partition's data directory, where the "recorded" note
-        lives; without it (tests of the service alone) nothing is noted."""
+        lives; without it (tests of the service alone) nothing is noted. ``on_completed`` is
+        called with the plan of every backup this service saved (the broker writes
+        CONFIRM_BACKUP to the partition)."""
         self.store = store
         self.node_id = NodeId(node_id)
         self.partition_count = partition_count
@@ -125,6 +136,11 @@ class BackupService:
         # Saves that failed while the store could not record it (unreachable): reported by
         # status from here, and written to the store once it answers again.
         self._unrecorded_failures: dict[BackupIdentifier, tuple[str, datetime]] = {}
+        self._on_completed = on_completed
+        # Per partition, metadata syncs and deletions run one at a time, in commit order.
+        self._metadata_locks: dict[int, asyncio.Lock] = {}
+        # (partition, backup id) -> DELETE requests waiting for the store's deletion
+        self._removals: dict[tuple[PartitionId, int], list[asyncio.Future[None]]] = {}
 
     def _require_store(self) -> BackupStore:
         if self.store is None:
@@ -152,6 +168,49 @@ class BackupService:
             await self.store.close()
 
     # -- taking backups -----------------------------------------------------------------------
+
+    def on_backup_job(self, job: BackupJob, source: BackupSource) -> None:
+        """Called in the partition's processing task once a command with backup work is
+        durable: take a backup, sync the store's metadata, or delete a backup."""
+        if isinstance(job, BackupPlan):
+            self.checkpoint_created(job, source)
+        elif self.store is not None:
+            self._tasks.spawn(self.run_metadata_job(job))
+
+    async def run_metadata_job(self, job: MetadataSync | BackupRemoval) -> None:
+        """Carry out a metadata sync or a deletion, after those of the same partition handed
+        over before it (in commit order). A failure is logged and swallowed, as Zeebe does: the
+        next sync writes the whole state again, a deletion can be repeated."""
+        lock = self._metadata_locks.setdefault(job.partition_id, asyncio.Lock())
+        partition_id = PartitionId(job.partition_id)
+        async with lock:  # asyncio locks are fair: first come, first served
+            try:
+                if isinstance(job, MetadataSync):
+                    await self._require_store().write_metadata(
+                        RuntimeMetadata(
+                            partition_id,
+                            0,  # the store numbers it above what it holds
+                            int(datetime.now(UTC).timestamp() * 1000),
+                            job.checkpoints,
+                            job.ranges,
+                        )
+                    )
+                else:
+                    await self.delete(partition_id, BackupId(job.checkpoint_id))
+            except ZeebeSimError as exc:
+                log.warning("partition %s: %s failed: %s", partition_id, job, exc.message)
+            except Exception:
+                log.exception("partition %s: %s failed", partition_id, job)
+            if isinstance(job, BackupRemoval):
+                for waiter in self._removals.pop((partition_id, job.checkpoint_id), []):
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    def removal_done(self, partition_id: PartitionId, backup_id: BackupId) -> asyncio.Future[None]:
+        """Resolves once the next deletion of this backup from the store has run."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._removals.setdefault((partition_id, backup_id), []).append(waiter)
+        return waiter
 
     def checkpoint_created(self, plan: BackupPlan, source: BackupSource) -> None:
         """Called in the partition's processing task, right after the checkpoint is durable."""
@@ -188,6 +247,8 @@ class BackupService:
                 checkpoint_position=plan.checkpoint_position,
                 number_of_partitions=self.partition_count,
                 broker_version=VERSION,
+                first_log_position=plan.first_log_position,
+                checkpoint_type=plan.checkpoint_type,
             ),
             snapshot_files,
             segments,
@@ -199,7 +260,7 @@ class BackupService:
             release_source()
             self._running[partition_id] -= 1
 
-        self._tasks.spawn(self._save(backup, release))
+        self._tasks.spawn(self._save(backup, plan, release))
 
     def running(self, partition_id: int) -> int:
         """Backups of this partition being taken right now."""
@@ -210,17 +271,23 @@ class BackupService:
         self._unrecorded_failures[identifier] = (reason, datetime.now(UTC))
         await self._record_failure(identifier)
 
-    async def _save(self, backup: Backup, release: Release) -> None:
+    async def _save(self, backup: Backup, plan: BackupPlan, release: Release) -> None:
         try:
             recorded = await self._store_backup(backup)
         finally:
             release()
         if recorded:
             await self._note_recorded(backup.id)
+        if recorded == "saved" and self._on_completed is not None:
+            try:
+                self._on_completed(plan)
+            except Exception:
+                log.exception("cannot confirm %s", backup.id)
 
-    async def _store_backup(self, backup: Backup) -> bool:
-        """Save the backup unless a copy exists; whether the store has its outcome (else the
-        failure is kept here and written later)."""
+    async def _store_backup(self, backup: Backup) -> Literal["saved", "recorded", ""]:
+        """Save the backup unless a copy exists: "saved" (by us, or a COMPLETED copy exists),
+        "recorded" (the store has its outcome, not a completed backup), "" (the failure is
+        kept here and written later)."""
         store = self._require_store()
         identifier = backup.id
         try:
@@ -228,15 +295,16 @@ class BackupService:
             best = best_copy(copies)
             if best is not None and best.status_code == BackupState.COMPLETED:
                 log.info("%s already completed (node %s)", identifier, best.id.node_id)
-                return True
+                return "saved"
             if best is not None and best.status_code != BackupState.DOES_NOT_EXIST:
                 # Do not overwrite: an IN_PROGRESS or FAILED copy exists (REFERENCE §4.1).
                 log.warning("%s exists as %s: not taken again", identifier, best.status_code.name)
-                return True
+                return "recorded"
             await store.save(backup)
             log.info("%s completed", identifier)
         except SaveOvertaken as exc:
             log.warning("%s: %s", identifier, exc.message)
+            return "recorded"
         except Exception as exc:
             message = (
                 exc.message if isinstance(exc, ZeebeSimError) else f"{type(exc).__name__}: {exc}"
@@ -249,8 +317,8 @@ class BackupService:
             # also kept here until the store has it for sure.
             self._unrecorded_failures[identifier] = (message, datetime.now(UTC))
             self._tasks.spawn(self._record_failure(identifier))
-            return False
-        return True
+            return ""
+        return "saved"
 
     async def _record_failure(self, identifier: BackupIdentifier) -> None:
         store = self._require_store()

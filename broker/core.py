@@ -25,9 +25,14 @@ The rules, one place each:
 - **Snapshots**: due every ``snapshot_period_s``; taken only when there is something new (a
   processed position and an id above the newest snapshot's), one at a time.
 - **Compaction**: below the newest snapshot's processed position, but never past a position a
-  running backup holds.
+  running backup holds; with continuous backups, never past the last backed-up position
+  either, so that every segment not yet in a backup is kept and ranges stay contiguous.
 - **Backups** (REFERENCE.md §4 step 2-3): :func:`plan_backup` picks the newest snapshot entirely
-  before the checkpoint and the log segments from it on. The backup service receives that plan
+  before the checkpoint and the log segments from it on (with continuous backups, from the
+  position after the last backup on, so that the new backup continues its range).
+  :meth:`PartitionCore.backup_jobs` turns the engine's backup work into what the backup service
+  does: take a backup (a plan), sync the store's metadata (the checkpoints and ranges now), or
+  delete a backup. The backup service receives that plan
   (data) and a :class:`BackupSource` that can only hold what the plan names and release it.
 """
 
@@ -38,9 +43,19 @@ from typing import Any, Protocol
 
 import attrs
 
-from broker.engine.processor import Engine, ProcessingResult, Response, RetryKey, Send
+from broker.engine.processor import (
+    BackupWork,
+    Engine,
+    ProcessingResult,
+    Response,
+    RetryKey,
+    Send,
+    SyncMetadata,
+    TakeBackup,
+)
 from storage.log import SegmentInfo
 from storage.snapshots import Snapshot, SnapshotId
+from zeebe_sim.ground.backups import CheckpointInfo, CheckpointType
 from zeebe_sim.ground.ids import NO_CHECKPOINT
 from zeebe_sim.ground.records import Record, RecordType, ValueType, encode_records
 
@@ -52,6 +67,9 @@ class PartitionConfig:
     retry_initial_s: float = 10.0
     retry_max_s: float = 300.0
     checkpoint_propagation: bool = True
+    # Continuous backups (reference backups-8.9-8.10.md A.2): compaction and backup plans keep
+    # the log from the last backed-up position on.
+    continuous_backups: bool = False
 
 
 @attrs.frozen
@@ -166,10 +184,11 @@ class PartitionCore:
             return None
         if command.checkpoint_id <= self.engine.state.checkpoint_id:
             return None
+        # A MARKER: the sender's request for this id (which says whether it takes a backup)
+        # may still be on its way; if it does, it turns this checkpoint into a backup.
         checkpoint_id = command.checkpoint_id
-        return Command(
-            ValueType.CHECKPOINT, "CREATE", checkpoint_id, {"checkpointId": checkpoint_id}
-        )
+        value = {"checkpointId": checkpoint_id, "checkpointType": CheckpointType.MARKER.value}
+        return Command(ValueType.CHECKPOINT, "CREATE", checkpoint_id, value)
 
     # -- after processing: sends and retries --------------------------------------------------
 
@@ -253,7 +272,50 @@ class PartitionCore:
         """The first position the log must keep (None: keep everything, no snapshot yet)."""
         if latest_snapshot is None:
             return None
-        return min([latest_snapshot.processed_position + 1, *self._log_holds.values()])
+        floors = [latest_snapshot.processed_position + 1, *self._log_holds.values()]
+        backed_up = self._backed_up_floor()
+        if backed_up is not None:
+            floors.append(backed_up)
+        return min(floors)
+
+    def _backed_up_floor(self) -> int | None:
+        """With continuous backups, the first position no backup holds yet (1 before the
+        first backup); None otherwise."""
+        if not self.config.continuous_backups:
+            return None
+        latest = self.engine.state.backup_info.get("backup")
+        return 1 if latest is None else latest["checkpointPosition"] + 1
+
+    # -- backups ------------------------------------------------------------------------------
+
+    def backup_jobs(
+        self,
+        partition_id: int,
+        work: Iterable[BackupWork],
+        snapshots: Sequence[Snapshot],
+        segments: Iterable[SegmentInfo],
+    ) -> list[BackupJob]:
+        """What the backup service does for the backup work of a durable command."""
+        jobs: list[BackupJob] = []
+        for item in work:
+            if isinstance(item, TakeBackup):
+                jobs.append(
+                    plan_backup(
+                        partition_id,
+                        item.checkpoint_id,
+                        item.checkpoint_position,
+                        snapshots,
+                        segments,
+                        checkpoint_type=item.checkpoint_type,
+                        keep_from_position=self._backed_up_floor(),
+                    )
+                )
+            elif isinstance(item, SyncMetadata):
+                _, _, ranges = self.engine.backup_runtime_state()
+                jobs.append(MetadataSync(partition_id, self.engine.known_checkpoints(), ranges))
+            else:
+                jobs.append(BackupRemoval(partition_id, item.checkpoint_id))
+        return jobs
 
 
 # -- backups ----------------------------------------------------------------------------------
@@ -272,6 +334,32 @@ class BackupPlan:
     log_from_position: int = 1
     segments: tuple[SegmentInfo, ...] = ()
     failure: str | None = None
+    checkpoint_type: CheckpointType = CheckpointType.MANUAL_BACKUP
+
+    @property
+    def first_log_position(self) -> int | None:
+        """The first log position the backup's segments hold."""
+        return self.segments[0].first_position if self.segments else None
+
+
+@attrs.frozen
+class MetadataSync:
+    """Write the partition's checkpoints and ranges (start, end ids) to the store."""
+
+    partition_id: int
+    checkpoints: list[CheckpointInfo]
+    ranges: list[tuple[int, int]]
+
+
+@attrs.frozen
+class BackupRemoval:
+    """Delete a backup of the partition from the store."""
+
+    partition_id: int
+    checkpoint_id: int
+
+
+BackupJob = BackupPlan | MetadataSync | BackupRemoval
 
 
 def plan_backup(
@@ -280,11 +368,16 @@ def plan_backup(
     checkpoint_position: int,
     snapshots: Sequence[Snapshot],
     segments: Iterable[SegmentInfo],
+    *,
+    checkpoint_type: CheckpointType = CheckpointType.MANUAL_BACKUP,
+    keep_from_position: int | None = None,
 ) -> BackupPlan:
     """Plan the backup of a checkpoint just created at ``checkpoint_position``.
 
     ``snapshots`` oldest first; ``segments`` as durable now (the checkpoint is durable, so
     every segment reaches it; later ones are included, restore truncates them).
+    ``keep_from_position`` (continuous backups): the log from there on is included too, so
+    that the backup continues the range of the previous one.
     """
     valid = [
         s
@@ -303,9 +396,12 @@ def plan_backup(
                 "processedPosition or lastFollowupEventPosition >= checkpointPosition "
                 f"{checkpoint_position}"
             ),
+            checkpoint_type=checkpoint_type,
         )
     snapshot = valid[-1] if valid else None
     floor = snapshot.processed_position + 1 if snapshot is not None else 1
+    if keep_from_position is not None:
+        floor = min(floor, keep_from_position)
     return BackupPlan(
         partition_id,
         checkpoint_id,
@@ -313,6 +409,7 @@ def plan_backup(
         snapshot,
         floor,
         tuple(s for s in segments if s.last_position >= floor),
+        checkpoint_type=checkpoint_type,
     )
 
 

@@ -53,13 +53,13 @@ import attrs
 import msgpack
 
 from broker.core import (
+    BackupJob,
     BackupPlan,
     Command,
     Outgoing,
     PartitionCore,
     PartitionView,
     Release,
-    plan_backup,
 )
 from broker.core import PartitionConfig as PartitionConfig  # re-exported: the partition's settings
 from broker.disk import DiskMonitor, DiskVerdict
@@ -94,9 +94,9 @@ class _Queued:
 
 
 SendFn = Callable[[Send, int], None]
-# Called in the processing task once a new checkpoint is durable, with the backup's plan and
-# what can hold its files (starts the backup).
-CheckpointFn = Callable[[BackupPlan, "Partition"], None]
+# Called in the processing task once a command with backup work is durable, with each job (a
+# backup's plan, a metadata sync, a deletion) and what can hold a backup's files.
+CheckpointFn = Callable[[BackupJob, "Partition"], None]
 
 
 def _monotonic_ms() -> int:
@@ -366,20 +366,16 @@ class Partition:
             reply.set_result(result.response)
         self._send_all(self.core.outgoing(result, now_ms))
         self.waiters.notify(result.wakeups)
-        if result.checkpoint_created is not None and self._on_checkpoint is not None:
-            checkpoint_id, position = result.checkpoint_created
+        if result.backup_work and self._on_checkpoint is not None:
             started = time.perf_counter()
-            plan = plan_backup(
-                self.partition_id,
-                checkpoint_id,
-                position,
-                self.snapshots.all(),
-                self.log.segments(),
+            jobs = self.core.backup_jobs(
+                self.partition_id, result.backup_work, self.snapshots.all(), self.log.segments()
             )
-            try:
-                self._on_checkpoint(plan, self)
-            except Exception:
-                log.exception("partition %s: cannot start backup %s", self.partition_id, plan)
+            for job in jobs:
+                try:
+                    self._on_checkpoint(job, self)
+                except Exception:
+                    log.exception("partition %s: cannot start %s", self.partition_id, job)
             self._note_pause(started)
 
     def _send_all(self, outgoing: list[Outgoing]) -> None:

@@ -26,12 +26,15 @@ from typing import Any
 import attrs
 
 from broker.backup import BackupService
+from broker.core import BackupPlan, MetadataSync
 from broker.disk import DiskConfig, DiskMonitor, free_bytes_of
 from broker.engine.processor import Send
 from broker.faults import NO_FAULTS, faults_from_request
 from broker.partition import Partition, PartitionConfig
 from broker.raft.core import RaftConfig
 from broker.recovery import RECOVERY_MESSAGES, Recovery, finish_interrupted_restore
+from broker.scheduler import SchedulerConfig
+from broker.scheduling import BrokerCluster, Singletons
 from broker.waiters import AWAIT_QUERIES, answer_await
 from storage.backup.api import BackupStore
 from storage.backup.config import FilesystemStoreConfig, S3StoreConfig
@@ -49,6 +52,8 @@ from zeebe_sim.ground.errors import (
 from zeebe_sim.ground.ids import BackupId, Key, NodeId, PartitionId
 from zeebe_sim.ground.protocol import (
     RAFT_MESSAGES,
+    BackupRuntimeStateRequest,
+    BackupRuntimeStateResponse,
     BackupStatusRequest,
     BackupStatusResponse,
     DeleteBackupRequest,
@@ -106,6 +111,8 @@ class BrokerConfig:
     partition: PartitionConfig = attrs.Factory(PartitionConfig)
     # None: no backup store (backup requests answer BACKUP_NOT_CONFIGURED)
     backup_store: FilesystemStoreConfig | S3StoreConfig | None = None
+    # continuous and scheduled backups, retention (broker/scheduler.py)
+    backup_schedule: SchedulerConfig = attrs.Factory(SchedulerConfig)
     disk: DiskConfig = attrs.Factory(DiskConfig)
     frame_limits: FrameLimits = attrs.Factory(FrameLimits)
 
@@ -136,6 +143,7 @@ class Broker:
             config.node_id,
             config.partition_count,
             partition_dir=self._partition_dir,
+            on_completed=self._confirm_backup,
         )
         self._network = network
         # What its connections may hold in unfinished frames, accounted together.
@@ -157,6 +165,16 @@ class Broker:
         self.address = ""
         # Faults on purpose (zeebe-sim chaos): applied where peers' messages leave and arrive.
         self.faults = NO_FAULTS
+        # node -> (its last topology, when it answered): who is live, who leads what
+        self.peer_topologies: dict[NodeId, tuple[TopologyResponse, float]] = {}
+        self.singletons = Singletons(
+            self.node_id,
+            config.backup_schedule,
+            BrokerCluster(
+                self.node_id, config.partition_count, self.handle, self._leader_of, network
+            ),
+            self._live_members,
+        )
 
     @property
     def directory(self) -> Path:
@@ -183,7 +201,7 @@ class Broker:
                 self._partition_dir(partition_id),
                 self.config.partition,
                 self._send,
-                on_checkpoint=self.backups.checkpoint_created,
+                on_checkpoint=self.backups.on_backup_job,
                 disk=self.disk,
             )
         # Before any partition can start a new backup: what was IN_PROGRESS died with us.
@@ -194,6 +212,9 @@ class Broker:
             self.backups.reconcile(partition.partition_id, partition.state.checkpoint_id)
         self._tasks.supervise("gossip", self._gossip)
         self._tasks.supervise("disk monitor", self.disk.run)
+        schedule = self.config.backup_schedule
+        if schedule.schedules_checkpoints or schedule.retains:
+            self._tasks.supervise("backup scheduler placement", self.singletons.supervise)
         log.info("broker started", extra={"node": self.node_id, "address": self.address})
 
     async def stop(self) -> None:
@@ -272,9 +293,10 @@ class Broker:
                 await self.backups.list_backups(message.partition_id, message.prefix)
             )
         if isinstance(message, DeleteBackupRequest):
-            self._partition(message.partition_id)
-            await self.backups.delete(message.partition_id, message.backup_id)
+            await self._delete_backup(message)
             return DeleteBackupResponse()
+        if isinstance(message, BackupRuntimeStateRequest):
+            return await self._backup_runtime_state(message)
         raise UnsupportedMessage(f"brokers do not handle {type(message).__name__}")
 
     async def _take_backup(self, request: TakeBackupRequest) -> TakeBackupResponse:
@@ -283,7 +305,7 @@ class Broker:
             ValueType.CHECKPOINT,
             "CREATE",
             request.backup_id,
-            {"checkpointId": request.backup_id},
+            {"checkpointId": request.backup_id, "checkpointType": request.checkpoint_type.value},
         )
         # Checkpoints advance even without a store (Zeebe); only the answer is an error then.
         if self.backups.store is None:
@@ -291,6 +313,92 @@ class Broker:
         return TakeBackupResponse(
             created=response.intent == "CREATED", checkpoint_id=response.value["checkpointId"]
         )
+
+    async def _delete_backup(self, request: DeleteBackupRequest) -> None:
+        """DELETE_BACKUP through the partition's log (so that ranges stay right); answered once
+        the store's copies are gone, as before."""
+        partition = self._partition(request.partition_id)
+        if self.backups.store is None:
+            raise BackupNotConfigured()
+        removed = self.backups.removal_done(request.partition_id, request.backup_id)
+        try:
+            await partition.submit(
+                ValueType.CHECKPOINT,
+                "DELETE_BACKUP",
+                request.backup_id,
+                {"checkpointId": request.backup_id},
+            )
+        except BaseException:
+            removed.cancel()
+            raise
+        await removed
+
+    async def _backup_runtime_state(
+        self, request: BackupRuntimeStateRequest
+    ) -> BackupRuntimeStateResponse:
+        """The partition's backup runtime state; RESET clears it through the log, SYNC writes
+        it to the store's metadata again."""
+        partition = self._partition(request.partition_id)
+        if request.action == "RESET":
+            await partition.submit(ValueType.CHECKPOINT, "RESET_STATE", -1, {})
+        elif request.action == "SYNC" and self.backups.store is None:
+            raise BackupNotConfigured()
+        engine = partition.engine
+        checkpoint, backup, ranges = engine.backup_runtime_state()
+        checkpoints = engine.known_checkpoints()
+        if request.action == "SYNC":
+            await self.backups.run_metadata_job(
+                MetadataSync(partition.partition_id, checkpoints, ranges)
+            )
+        known = {c.checkpoint_id: c for c in checkpoints}
+        return BackupRuntimeStateResponse(
+            request.partition_id,
+            checkpoint,
+            backup,
+            [
+                (known[start], known[end])
+                for start, end in ranges
+                if start in known and end in known
+            ],
+        )
+
+    def _confirm_backup(self, plan: BackupPlan) -> None:
+        """A backup is in the store: the partition records it (CONFIRM_BACKUP). Lost if the
+        partition cannot take it now (Zeebe logs and drops it too)."""
+        partition = self.partitions.get(PartitionId(plan.partition_id))
+        if partition is None:
+            return
+        first = plan.first_log_position
+        value = {
+            "checkpointId": plan.checkpoint_id,
+            "checkpointPosition": plan.checkpoint_position,
+            "checkpointType": plan.checkpoint_type.value,
+            "firstLogPosition": first if first is not None else -1,
+        }
+        partition.receive(ValueType.CHECKPOINT, "CONFIRM_BACKUP", plan.checkpoint_id, value, -1)
+
+    def _leader_of(self, partition_id: PartitionId) -> tuple[NodeId, str] | None:
+        """The leader of a partition and its address, by the newest gossip (this broker's own
+        partitions first)."""
+        if partition_id in self.partitions:
+            return self.node_id, self.address
+        best: tuple[int, NodeId, str] | None = None
+        for node, (topology, _) in self.peer_topologies.items():
+            if topology.partitions.get(partition_id) == "LEADER" and node in self.members:
+                term = topology.terms.get(partition_id, 0)
+                if best is None or term > best[0]:
+                    best = (term, node, self.members[node])
+        if best is not None:
+            return best[1], best[2]
+        node = NodeId(broker_of_partition(partition_id, self.config.cluster_size))
+        address = self.members.get(node)
+        return None if address is None else (node, address)
+
+    def _live_members(self, within_s: float) -> list[int]:
+        """This broker and every member that answered gossip within ``within_s``."""
+        now = time.monotonic()
+        live = [n for n, (_, seen) in self.peer_topologies.items() if now - seen <= within_s]
+        return [self.node_id, *live]
 
     def _partition(self, partition_id: PartitionId) -> Partition:
         partition = self.partitions.get(partition_id)
@@ -355,6 +463,11 @@ class Broker:
             },
             version=VERSION,
             health={p: self.partition_health(p)[0] for p in self.partitions},
+            backup_id_offset=(
+                self.config.backup_schedule.offset
+                if self.config.backup_schedule.generates_ids
+                else None
+            ),
         )
 
     def partition_health(self, partition_id: PartitionId) -> tuple[str, list[str]]:
@@ -487,6 +600,7 @@ class Broker:
                 TopologyRequest(self.node_id, self.address), PEER_REQUEST_TIMEOUT_S
             )
             if isinstance(answer, TopologyResponse):
+                self.peer_topologies[answer.node_id] = (answer, time.monotonic())
                 for node, member_address in answer.members.items():
                     if node != self.node_id:
                         old = self._merge_member(node, member_address, f"broker {address}")

@@ -41,6 +41,7 @@ CLUSTER_SETTINGS = [
     "retry-initial",
     "retry-max",
     *config.BACKUP_SETTINGS,
+    *config.SCHEDULER_SETTINGS,
     "unsafe-no-checkpoint-propagation",
     "log-level",
 ]
@@ -172,12 +173,12 @@ def broker_flags(values: dict[str, Any]) -> list[str]:
         "--log-level",
         values["log-level"],
     ]
-    for name in config.BACKUP_SETTINGS:
+    for name in [*config.BACKUP_SETTINGS, *config.SCHEDULER_SETTINGS]:
         value = values[name]
         if value is True:
             flags.append(f"--{name}")
         elif value not in (None, False):
-            seconds = name in ("s3-api-call-timeout", "backup-upload-delay")
+            seconds = name in config.SECONDS_SETTINGS
             flags += [f"--{name}", f"{value}s" if seconds else str(value)]
     for name in config.DISK_SETTINGS:
         value = values[name]
@@ -342,6 +343,7 @@ def broker(
         port=port,
         contact_points=contact,
         backup_store=store_config,
+        backup_schedule=config.scheduler_config(values),
         disk=config.disk_config(values),
         partition=PartitionConfig(
             snapshot_period_s=values["snapshot-period"],
@@ -349,6 +351,7 @@ def broker(
             retry_initial_s=values["retry-initial"],
             retry_max_s=values["retry-max"],
             checkpoint_propagation=not values["unsafe-no-checkpoint-propagation"],
+            continuous_backups=values["backup-continuous"],
         ),
         frame_limits=frame_limits,
     )

@@ -21,6 +21,8 @@ from broker.disk import (
     MONITORING_INTERVAL_S_DEFAULT,
     DiskConfig,
 )
+from broker.schedule import Schedule, parse_schedule
+from broker.scheduler import SchedulerConfig
 from zeebe_sim.ground.errors import ConfigError
 
 _ISO_DURATION = re.compile(
@@ -121,6 +123,17 @@ def _delay(value: Any) -> float:
     if text.rstrip("s").rstrip("m") in ("0", "0.0") or text in ("pt0s", ""):
         return 0.0
     return parse_duration_s(text)
+
+
+def _schedule(value: Any) -> Schedule | None:
+    return parse_schedule(str(value))
+
+
+def _backup_env(*keys: str) -> tuple[str, ...]:
+    """The environment names of a backup setting: the unified 8.9 form first, then Zeebe's
+    broker form (reference backups-8.9-8.10.md A.2)."""
+    suffix = "_".join(keys)
+    return (f"CAMUNDA_DATA_PRIMARYSTORAGE_BACKUP_{suffix}", f"ZEEBE_BROKER_DATA_BACKUP_{suffix}")
 
 
 def _path(value: Any) -> Path:
@@ -385,6 +398,49 @@ SETTINGS: dict[str, Setting] = {
             "S3 store: bound on every S3 call",
         ),
         Setting(
+            "backup-continuous",
+            _bool,
+            False,
+            _backup_env("CONTINUOUS"),
+            "continuous backups: keep every log segment not yet backed up and track backup ranges",
+        ),
+        Setting(
+            "backup-schedule",
+            _schedule,
+            None,
+            _backup_env("SCHEDULE"),
+            "when to take backups: a Spring cron expression (6 fields), an ISO-8601 duration "
+            "(PT1H), none or auto",
+        ),
+        Setting(
+            "backup-checkpoint-interval",
+            _delay,
+            0.0,
+            _backup_env("CHECKPOINTINTERVAL"),
+            "interval of MARKER checkpoints (finer restore points, no backup; 0: none)",
+        ),
+        Setting(
+            "backup-offset",
+            _int(0, 1 << 62),
+            0,
+            _backup_env("OFFSET"),
+            "added to generated backup ids (epoch milliseconds)",
+        ),
+        Setting(
+            "backup-retention-window",
+            _delay,
+            0.0,
+            _backup_env("RETENTION", "WINDOW"),
+            "how far back (before the newest completed backup) backups are kept (0: forever)",
+        ),
+        Setting(
+            "backup-retention-cleanup-schedule",
+            _schedule,
+            None,
+            _backup_env("RETENTION", "CLEANUPSCHEDULE"),
+            "how often retention runs: a cron expression, an ISO-8601 duration or none",
+        ),
+        Setting(
             "unsafe-no-checkpoint-propagation",
             _bool,
             False,
@@ -473,8 +529,36 @@ BACKUP_SETTINGS = [
     "backup-upload-delay",
     *S3_SETTINGS,
 ]
+# The continuous and scheduled backup settings (reference backups-8.9-8.10.md A.2, A.5).
+SCHEDULER_SETTINGS = [
+    "backup-continuous",
+    "backup-schedule",
+    "backup-checkpoint-interval",
+    "backup-offset",
+    "backup-retention-window",
+    "backup-retention-cleanup-schedule",
+]
+# Settings given in seconds (as floats) that a launcher passes on as "<n>s".
+SECONDS_SETTINGS = {
+    "s3-api-call-timeout",
+    "backup-upload-delay",
+    "backup-checkpoint-interval",
+    "backup-retention-window",
+}
 
 DISK_SETTINGS = [name for name in SETTINGS if name.startswith("disk-")]
+
+
+def scheduler_config(values: Mapping[str, Any]) -> SchedulerConfig:
+    """The continuous and scheduled backup settings from resolved settings."""
+    return SchedulerConfig(
+        continuous=values["backup-continuous"],
+        schedule=values["backup-schedule"],
+        checkpoint_interval_ms=round(values["backup-checkpoint-interval"] * 1000),
+        offset=values["backup-offset"],
+        retention_window_ms=round(values["backup-retention-window"] * 1000),
+        cleanup_schedule=values["backup-retention-cleanup-schedule"],
+    )
 
 
 def disk_config(values: Mapping[str, Any]) -> DiskConfig:

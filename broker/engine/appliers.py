@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.engine.state import State
-from zeebe_sim.ground.ids import KEY_LOCAL_MAX
+from zeebe_sim.ground.ids import KEY_LOCAL_MAX, NO_CHECKPOINT
 from zeebe_sim.ground.records import Record, ValueType
 
 Applier = Callable[[State, Record], None]
@@ -366,8 +366,85 @@ def _process_subscription_deleted(state: State, event: Record) -> None:
 
 
 def _checkpoint_created(state: State, event: Record) -> None:
-    state.checkpoint_id = event.value["checkpointId"]
-    state.checkpoint_position = event.value["checkpointPosition"]
+    # CREATED events written before checkpoint types existed carry neither type nor timestamp.
+    value = event.value
+    checkpoint_id = value["checkpointId"]
+    state.checkpoint_id = checkpoint_id
+    state.checkpoint_position = value["checkpointPosition"]
+    info = {
+        "checkpointId": checkpoint_id,
+        "checkpointPosition": value["checkpointPosition"],
+        "checkpointTimestamp": value.get("checkpointTimestamp", event.timestamp_ms),
+        "checkpointType": value.get("checkpointType", "MANUAL_BACKUP"),
+    }
+    state.backup_info["checkpoint"] = info
+    state.checkpoints[checkpoint_id] = _with(state.checkpoints.get(checkpoint_id, {}), **info)
+
+
+def _backup_confirmed(state: State, event: Record) -> None:
+    """The range rule (reference A.4): a backup whose log reaches back to the position right
+    after the latest backup's checkpoint extends that backup's range; any other starts one."""
+    value = event.value
+    backup_id = value["checkpointId"]
+    first = value["firstLogPosition"]
+    latest = state.backup_info.get("backup")
+    start = None
+    if latest is not None and 0 <= first <= latest["checkpointPosition"] + 1:
+        start = range_of(state, latest["checkpointId"])
+    state.backup_ranges[backup_id if start is None else start] = backup_id
+    info = _with(state.checkpoints.get(backup_id, {}), **value)
+    state.checkpoints[backup_id] = info
+    state.backup_info["backup"] = info
+
+
+def _backup_deleted(state: State, event: Record) -> None:
+    """Reference A.4 DELETE_BACKUP: the backup leaves its range (which shrinks or splits),
+    checkpoints no backup covers any more go, and the latest backup rolls back."""
+    backup_id = event.value["checkpointId"]
+    start = range_of(state, backup_id)
+    if start is not None:
+        end = state.backup_ranges.pop(start)
+        backups = sorted(k for k in backup_ids(state) if start <= k <= end and k != backup_id)
+        before = [k for k in backups if k < backup_id]
+        after = [k for k in backups if k > backup_id]
+        if before:
+            state.backup_ranges[start] = before[-1]
+        if after:
+            state.backup_ranges[after[0]] = end
+    state.checkpoints.pop(backup_id, None)
+    if state.backup_ranges:
+        first = state.checkpoints.get(min(state.backup_ranges), {}).get("firstLogPosition", -1)
+        for checkpoint_id, info in list(state.checkpoints.items()):
+            if info["checkpointPosition"] < first:
+                del state.checkpoints[checkpoint_id]
+    latest = state.backup_info.get("backup")
+    if latest is not None and latest["checkpointId"] == backup_id:
+        older = [k for k in backup_ids(state) if k < backup_id]
+        if older:
+            state.backup_info["backup"] = state.checkpoints[max(older)]
+        else:
+            del state.backup_info["backup"]
+
+
+def _backup_state_reset(state: State, event: Record) -> None:
+    state.checkpoints.clear()
+    state.backup_ranges.clear()
+    state.backup_info.clear()
+    state.checkpoint_id = NO_CHECKPOINT
+    state.checkpoint_position = -1
+
+
+def backup_ids(state: State) -> list[int]:
+    """The checkpoints whose backup was confirmed (they carry a first log position)."""
+    return [k for k, info in state.checkpoints.items() if "firstLogPosition" in info]
+
+
+def range_of(state: State, checkpoint_id: int) -> int | None:
+    """The start of the backup range holding ``checkpoint_id``, if any."""
+    for start, end in state.backup_ranges.items():
+        if start <= checkpoint_id <= end:
+            return start
+    return None
 
 
 APPLIERS: dict[tuple[str, str], Applier] = {
@@ -404,6 +481,9 @@ APPLIERS: dict[tuple[str, str], Applier] = {
     (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CREATED"): _process_subscription_created,
     (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CORRELATED"): _process_subscription_correlated,
     (ValueType.CHECKPOINT, "CREATED"): _checkpoint_created,
+    (ValueType.CHECKPOINT, "CONFIRMED_BACKUP"): _backup_confirmed,
+    (ValueType.CHECKPOINT, "DELETED_BACKUP"): _backup_deleted,
+    (ValueType.CHECKPOINT, "STATE_RESET"): _backup_state_reset,
 }
 
 

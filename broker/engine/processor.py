@@ -37,6 +37,7 @@ from broker.engine import appliers
 from broker.engine.appliers import message_id_key, sub_key
 from broker.engine.bpmn import FlowNode, ProcessModel, parse_bpmn
 from broker.engine.state import State
+from zeebe_sim.ground.backups import CheckpointInfo, CheckpointType
 from zeebe_sim.ground.errors import ZeebeSimError
 from zeebe_sim.ground.ids import PartitionId, encode_key, partition_of_key
 from zeebe_sim.ground.protocol import FRAME_BYTES_MAX
@@ -63,6 +64,43 @@ class Send:
 
 
 @attrs.frozen
+class TakeBackup:
+    """Take the backup of the checkpoint just created."""
+
+    checkpoint_id: int
+    checkpoint_position: int
+    checkpoint_type: CheckpointType
+    checkpoint_timestamp_ms: int
+
+
+@attrs.frozen
+class SyncMetadata:
+    """Write the partition's checkpoints and ranges to the store's metadata."""
+
+
+@attrs.frozen
+class RemoveBackup:
+    """Delete the backup from the store (it already left the state)."""
+
+    checkpoint_id: int
+
+
+BackupWork = TakeBackup | SyncMetadata | RemoveBackup
+
+
+def checkpoint_info(value: dict[str, Any]) -> CheckpointInfo:
+    """A checkpoint as the state keeps it, in the shared vocabulary."""
+    first = value.get("firstLogPosition")
+    return CheckpointInfo(
+        checkpoint_id=value["checkpointId"],
+        checkpoint_type=CheckpointType(value["checkpointType"]),
+        checkpoint_position=value["checkpointPosition"],
+        checkpoint_timestamp_ms=value["checkpointTimestamp"],
+        first_log_position=first if first is not None and first >= 0 else None,
+    )
+
+
+@attrs.frozen
 class Response:
     key: int
     value_type: str
@@ -78,8 +116,8 @@ class ProcessingResult:
     response: Response | None = None
     sends: list[Send] = attrs.Factory(list)
     resolved: list[RetryKey] = attrs.Factory(list)
-    # (checkpoint id, checkpoint position) when this command created a new checkpoint
-    checkpoint_created: tuple[int, int] | None = None
+    # backup work to start once the records are durable (take, sync metadata, delete)
+    backup_work: list[BackupWork] = attrs.Factory(list)
     # ``records`` encoded as one log entry (empty when there are none)
     payload: bytes = b""
     # the unexpected error the command was rejected for (PROCESSING_ERROR), for the shell's log
@@ -207,6 +245,9 @@ class Engine:
             (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CREATE"): self._subscription_opened,
             (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CORRELATE"): self._correlate_to_instance,
             (ValueType.CHECKPOINT, "CREATE"): self._create_checkpoint,
+            (ValueType.CHECKPOINT, "CONFIRM_BACKUP"): self._confirm_backup,
+            (ValueType.CHECKPOINT, "DELETE_BACKUP"): self._delete_backup,
+            (ValueType.CHECKPOINT, "RESET_STATE"): self._reset_backup_state,
         }
 
     # -- entry points -------------------------------------------------------------------------
@@ -1225,20 +1266,103 @@ class Engine:
     # -- checkpoints --------------------------------------------------------------------------
 
     def _create_checkpoint(self, ctx: _Context) -> None:
-        checkpoint_id = ctx.command.value["checkpointId"]
+        """CREATE(id, type), reference A.4. A MARKER advances the checkpoint without a backup.
+        A backup request for the id of the latest checkpoint when that is a MARKER (created
+        when an inter-partition command carried the id here before the request arrived) takes
+        the backup of that checkpoint: without this the partition would have no backup."""
+        value = ctx.command.value
+        checkpoint_id = value["checkpointId"]
+        checkpoint_type = CheckpointType(value.get("checkpointType", CheckpointType.MANUAL_BACKUP))
         state = self.state
+        latest = state.backup_info.get("checkpoint")
         if checkpoint_id > state.checkpoint_id:
-            value = {"checkpointId": checkpoint_id, "checkpointPosition": ctx.command.position}
-            ctx.event(ValueType.CHECKPOINT, "CREATED", checkpoint_id, value)
-            ctx.respond("CREATED", checkpoint_id, value)
-            ctx.result.checkpoint_created = (checkpoint_id, ctx.command.position)
+            created = {
+                "checkpointId": checkpoint_id,
+                "checkpointPosition": ctx.command.position,
+                "checkpointType": checkpoint_type.value,
+                "checkpointTimestamp": ctx.command.timestamp_ms,
+            }
+        elif (
+            latest is not None
+            and checkpoint_id == latest["checkpointId"]
+            and latest["checkpointType"] == CheckpointType.MARKER
+            and checkpoint_type.takes_backup
+        ):
+            created = {**latest, "checkpointType": checkpoint_type.value}
         else:
-            value = {
+            ignored = {
                 "checkpointId": state.checkpoint_id,
                 "checkpointPosition": state.checkpoint_position,
+                "checkpointType": (latest or {}).get("checkpointType", checkpoint_type.value),
             }
-            ctx.event(ValueType.CHECKPOINT, "IGNORED", checkpoint_id, value)
-            ctx.respond("IGNORED", checkpoint_id, value)
+            ctx.event(ValueType.CHECKPOINT, "IGNORED", checkpoint_id, ignored)
+            ctx.respond("IGNORED", checkpoint_id, ignored)
+            return
+        ctx.event(ValueType.CHECKPOINT, "CREATED", checkpoint_id, created)
+        ctx.respond("CREATED", checkpoint_id, created)
+        if checkpoint_type.takes_backup:
+            ctx.result.backup_work.append(
+                TakeBackup(
+                    checkpoint_id,
+                    created["checkpointPosition"],
+                    checkpoint_type,
+                    created["checkpointTimestamp"],
+                )
+            )
+
+    def _confirm_backup(self, ctx: _Context) -> None:
+        """Written by the leader once a backup is in the store. A confirmation older than the
+        latest confirmed backup is late and refused: the latest backup never moves back."""
+        value = ctx.command.value
+        latest = self.state.backup_info.get("backup")
+        if latest is not None and latest["checkpointId"] >= value["checkpointId"]:
+            raise _Rejected(
+                "INVALID_STATE",
+                f"Expected to confirm backup {value['checkpointId']}, but the latest confirmed "
+                f"backup is {latest['checkpointId']}",
+            )
+        known = self.state.checkpoints.get(value["checkpointId"], {})
+        confirmed = {
+            "checkpointId": value["checkpointId"],
+            "checkpointPosition": value["checkpointPosition"],
+            "checkpointType": value["checkpointType"],
+            "checkpointTimestamp": known.get("checkpointTimestamp", ctx.command.timestamp_ms),
+            "firstLogPosition": value["firstLogPosition"],
+        }
+        ctx.event(ValueType.CHECKPOINT, "CONFIRMED_BACKUP", value["checkpointId"], confirmed)
+        ctx.respond("CONFIRMED_BACKUP", value["checkpointId"], confirmed)
+        ctx.result.backup_work.append(SyncMetadata())
+
+    def _delete_backup(self, ctx: _Context) -> None:
+        """Idempotent: the backup leaves the state (ranges, checkpoints, latest backup), then,
+        after commit, the store's metadata is synced and the backup deleted."""
+        backup_id = ctx.command.value["checkpointId"]
+        value = {"checkpointId": backup_id}
+        ctx.event(ValueType.CHECKPOINT, "DELETED_BACKUP", backup_id, value)
+        ctx.respond("DELETED_BACKUP", backup_id, value)
+        ctx.result.backup_work += [SyncMetadata(), RemoveBackup(backup_id)]
+
+    def _reset_backup_state(self, ctx: _Context) -> None:
+        ctx.event(ValueType.CHECKPOINT, "STATE_RESET", ctx.command.key, {})
+        ctx.respond("STATE_RESET", ctx.command.key, {})
+        ctx.result.backup_work.append(SyncMetadata())
+
+    def backup_runtime_state(
+        self,
+    ) -> tuple[CheckpointInfo | None, CheckpointInfo | None, list[tuple[int, int]]]:
+        """The latest checkpoint, the latest confirmed backup and the backup ranges (start
+        and end ids, oldest first)."""
+        info = self.state.backup_info
+        checkpoint, backup = info.get("checkpoint"), info.get("backup")
+        return (
+            checkpoint_info(checkpoint) if checkpoint is not None else None,
+            checkpoint_info(backup) if backup is not None else None,
+            sorted(self.state.backup_ranges.items()),
+        )
+
+    def known_checkpoints(self) -> list[CheckpointInfo]:
+        """Every checkpoint the partition remembers (markers included), oldest first."""
+        return [checkpoint_info(c) for _, c in sorted(self.state.checkpoints.items())]
 
     # -- queries ------------------------------------------------------------------------------
 

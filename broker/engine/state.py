@@ -43,6 +43,11 @@ COLUMN_FAMILIES = (
     "process_subscriptions",  # elementInstanceKey -> subscription (process side)
     "correlated",  # messageKey -> bpmnProcessIds it correlated to (once per process)
     "incidents",  # incidentKey -> open incident
+    # Backup runtime state (reference backups-8.9-8.10.md A.4):
+    "checkpoints",  # checkpointId -> {checkpointPosition, checkpointTimestamp, checkpointType,
+    #                 firstLogPosition (confirmed backups only)}
+    "backup_ranges",  # start checkpointId -> end checkpointId of a contiguous run of backups
+    "backup_info",  # "checkpoint" / "backup" -> the latest checkpoint / confirmed backup
 )
 
 K = TypeVar("K")
@@ -113,6 +118,9 @@ class State:
         self.process_subscriptions: dict[int, dict[str, Any]] = {}
         self.correlated: dict[int, tuple[str, ...]] = {}
         self.incidents: dict[int, dict[str, Any]] = {}
+        self.checkpoints: dict[int, dict[str, Any]] = {}
+        self.backup_ranges: dict[int, int] = {}
+        self.backup_info: dict[str, dict[str, Any]] = {}
         # Derived indexes, rebuilt by `reindex`.
         self.activatable_jobs: dict[str, dict[int, None]] = {}  # type -> ordered set of keys
         # (deadline, key) heaps; entries may be stale (checked against the column family).

@@ -19,15 +19,15 @@ version it expects, so that:
   decision (or a COMPLETED that did land although its response was lost).
 
 Delete order (the brief asked to think it through): the manifest is *demoted* first and
-*removed last*. A COMPLETED manifest is first swapped to FAILED ("The backup is going to be
-deleted."), then the contents go, then the manifest. Why not remove the manifest first: a delete
-interrupted half-way (crash, S3 outage) would then leave content objects that no manifest
+*removed last*. A COMPLETED or FAILED manifest is first swapped to DELETED (Zeebe 8.9's
+``markDeleted``), then the contents go, then the manifest. Why not remove the manifest first: a
+delete interrupted half-way (crash, S3 outage) would then leave content objects that no manifest
 points at, invisible to status and list and so never cleaned up (REFERENCE §8: "Delete of a large
 S3 backup could leave objects behind"); and a delete of an absent backup would have to sweep the
 content folder blindly, which races with a save that starts at that moment. Why not keep the
 manifest COMPLETED until the end: then an interrupted delete leaves a COMPLETED backup with
 missing files. Demote-first/remove-last has neither problem: an interrupted delete leaves a
-visible FAILED backup that a repeated delete finishes, and while it exists no save can reuse the
+visible DELETED backup that a repeated delete finishes, and while it exists no save can reuse the
 slot (create-if-absent fails).
 
 A save that loses a race to a delete may still be uploading: it removes what it uploaded after
@@ -59,7 +59,6 @@ from storage.backup.api import (
 )
 from storage.backup.manifest import (
     COMPRESSIONS,
-    DELETING_REASON,
     Decoder,
     Encoder,
     FileEntry,
@@ -579,9 +578,9 @@ class ManifestBackupStore:
                     raise InvalidState(
                         f"Cannot delete {id}: it is in progress; mark it failed first"
                     )
-                if manifest.status_code == BackupState.COMPLETED:
+                if manifest.status_code in (BackupState.COMPLETED, BackupState.FAILED):
                     # Demote first (see the module docstring for why this order).
-                    demoted = manifest.failed(DELETING_REASON, self._now())
+                    demoted = manifest.deleted(self._now())
                     try:
                         await self._backend.replace_manifest(id, encode_manifest(demoted), version)
                     except ManifestConflict:

@@ -8,8 +8,8 @@ A manifest is the single source of truth for a backup's state. Its life is a tin
 whose legal moves are the table ``_TRANSITIONS`` (an illegal move is a failed lookup, i.e. our
 bug, so it is an assertion, not an error):
 
-    (absent) --create--> IN_PROGRESS --save done--> COMPLETED --delete starts--> FAILED
-                         IN_PROGRESS --error / mark_failed--> FAILED
+    (absent) --create--> IN_PROGRESS --save done--> COMPLETED --delete starts--> DELETED
+                         IN_PROGRESS --error / mark_failed--> FAILED --delete starts--> DELETED
     (absent) --mark_failed--> FAILED
 
 Files are described by their ORIGINAL size and crc32c (Castagnoli, ``google_crc32c``), whether
@@ -21,7 +21,7 @@ JSON shape (camelCase, as Zeebe's manifests; timestamps ISO-8601 UTC with ``Z``)
     {"id": {"nodeId", "partitionId", "checkpointId"},
      "descriptor": {"snapshotId"?, "checkpointPosition", "numberOfPartitions", "brokerVersion",
                     "firstLogPosition"?, "checkpointType"?}?,
-     "statusCode": "IN_PROGRESS" | "COMPLETED" | "FAILED",
+     "statusCode": "IN_PROGRESS" | "COMPLETED" | "FAILED" | "DELETED",
      "snapshot": {"files": [{"name", "size", "crc32c", "compression"?}]},
      "segments": {"files": [...]},
      "createdAt", "modifiedAt", "failureReason"?}
@@ -61,6 +61,9 @@ _STORED_CODES: Final = {
     "IN_PROGRESS": BackupState.IN_PROGRESS,
     "COMPLETED": BackupState.COMPLETED,
     "FAILED": BackupState.FAILED,
+    # Zeebe 8.9's markDeleted: the state of a backup while its deletion runs, or after one
+    # failed part-way (reference backups-8.9-8.10.md A.4).
+    "DELETED": BackupState.DELETED,
 }
 
 # (from, to): the only legal state changes of an existing manifest.
@@ -68,9 +71,10 @@ _TRANSITIONS: Final = frozenset(
     {
         (BackupState.IN_PROGRESS, BackupState.COMPLETED),
         (BackupState.IN_PROGRESS, BackupState.FAILED),
-        # Only delete does this: a COMPLETED backup is demoted before its files go, so that a
-        # delete interrupted half-way never leaves a COMPLETED manifest over missing files.
-        (BackupState.COMPLETED, BackupState.FAILED),
+        # Only delete does these: a backup is demoted before its files go, so that a delete
+        # interrupted half-way never leaves a COMPLETED manifest over missing files.
+        (BackupState.COMPLETED, BackupState.DELETED),
+        (BackupState.FAILED, BackupState.DELETED),
     }
 )
 
@@ -127,6 +131,10 @@ class Manifest:
         return attrs.evolve(
             self, status_code=BackupState.FAILED, failure_reason=reason, modified_at=now
         )
+
+    def deleted(self, now: datetime) -> Manifest:
+        self._check_transition(BackupState.DELETED)
+        return attrs.evolve(self, status_code=BackupState.DELETED, modified_at=now)
 
     def _check_transition(self, to: BackupState) -> None:
         assert (self.status_code, to) in _TRANSITIONS, (self.status_code, to)

@@ -58,7 +58,7 @@ manifests = st.builds(
     id=ids,
     descriptor=st.none() | descriptors,
     status_code=st.sampled_from(
-        [BackupState.IN_PROGRESS, BackupState.COMPLETED, BackupState.FAILED]
+        [BackupState.IN_PROGRESS, BackupState.COMPLETED, BackupState.FAILED, BackupState.DELETED]
     ),
     created_at=times,
     modified_at=times,

@@ -67,13 +67,14 @@ def segment(first: int, last: int) -> SegmentInfo:
 
 
 def test_a_command_sent_after_a_newer_checkpoint_is_preceded_by_that_checkpoint() -> None:
-    """A received command carrying a checkpoint id above ours needs CHECKPOINT CREATE(id) first;
-    one carrying our id, a lower one or none needs nothing."""
+    """A received command carrying a checkpoint id above ours needs CHECKPOINT CREATE(id) first
+    (a MARKER: the request for that id says whether it takes a backup); one carrying our id, a
+    lower one or none needs nothing."""
     node = Node()
     node.checkpoint(5)
     command = Command(ValueType.MESSAGE_SUBSCRIPTION, "CREATE", 1, {}, checkpoint_id=7)
     assert node.core.checkpoint_before(command) == Command(
-        ValueType.CHECKPOINT, "CREATE", 7, {"checkpointId": 7}
+        ValueType.CHECKPOINT, "CREATE", 7, {"checkpointId": 7, "checkpointType": "MARKER"}
     )
     for checkpoint_id in (5, 3, NO_CHECKPOINT):
         received = Command(ValueType.MESSAGE_SUBSCRIPTION, "CREATE", 1, {}, checkpoint_id)

@@ -73,8 +73,27 @@ class MessagePublish(TypedDict):
     variables: NotRequired[Variables]
 
 
+CheckpointTypeName = Literal["MARKER", "SCHEDULED_BACKUP", "MANUAL_BACKUP"]
+
+
 class CheckpointCreate(TypedDict):
     checkpointId: NewBackupId
+    checkpointType: NotRequired[CheckpointTypeName]  # absent: MANUAL_BACKUP
+
+
+class CheckpointId(TypedDict):
+    """DELETE_BACKUP: which backup."""
+
+    checkpointId: NewBackupId
+
+
+class CheckpointConfirm(TypedDict):
+    """CONFIRM_BACKUP, written by the leader once the backup is in the store."""
+
+    checkpointId: NewBackupId
+    checkpointPosition: Annotated[int, IntRange(0, INT64_MAX)]
+    checkpointType: CheckpointTypeName
+    firstLogPosition: Annotated[int, IntRange(-1, INT64_MAX)]  # -1: unknown
 
 
 class JobFail(TypedDict):
@@ -209,6 +228,9 @@ COMMAND_VALUES: dict[tuple[str, str], Any] = {
     (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CREATE"): ProcessMessageSubscriptionCreate,
     (ValueType.PROCESS_MESSAGE_SUBSCRIPTION, "CORRELATE"): ProcessMessageSubscriptionCorrelate,
     (ValueType.CHECKPOINT, "CREATE"): CheckpointCreate,
+    (ValueType.CHECKPOINT, "CONFIRM_BACKUP"): CheckpointConfirm,
+    (ValueType.CHECKPOINT, "DELETE_BACKUP"): CheckpointId,
+    (ValueType.CHECKPOINT, "RESET_STATE"): NoValue,
     (ValueType.PROCESS_INSTANCE_CREATION, "CREATE_WITH_AWAITING_RESULT"): ProcessInstanceCreate,
     (ValueType.PROCESS_INSTANCE, "CANCEL"): NoValue,
     (ValueType.VARIABLE_DOCUMENT, "UPDATE"): VariableDocumentUpdate,
