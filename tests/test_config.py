@@ -5,13 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from broker.schedule import IntervalSchedule
+from broker.scheduler import SchedulerConfig
+from zeebe_sim.cli import main as cli_main
 from zeebe_sim.config import (
     BACKUP_SETTINGS,
+    SCHEDULER_SETTINGS,
     backup_store_config,
     load_toml,
     parse_duration_s,
     resolve,
+    scheduler_config,
 )
 from zeebe_sim.ground.errors import ConfigError
 
@@ -97,3 +103,47 @@ def test_backup_store_from_zeebe_environment_names(tmp_path: Path) -> None:
     assert backup_store_config(resolve(NAMES, {"backup-store": "none"}, {}, {})) is None
     with pytest.raises(ConfigError, match="needs a bucket"):
         backup_store_config(resolve(NAMES, {"backup-store": "s3"}, {}, {}))
+
+
+def test_continuous_and_scheduled_backup_settings_from_both_environment_forms() -> None:
+    """The 8.9 CAMUNDA_DATA_PRIMARYSTORAGE_BACKUP_* and the ZEEBE_BROKER_DATA_BACKUP_* names
+    set the scheduler (the CAMUNDA form wins when both are set); TOML keys are the flag names."""
+    env = {
+        "ZEEBE_BROKER_DATA_BACKUP_CONTINUOUS": "true",
+        "ZEEBE_BROKER_DATA_BACKUP_SCHEDULE": "0 0 * * * *",
+        "CAMUNDA_DATA_PRIMARYSTORAGE_BACKUP_SCHEDULE": "PT2S",
+        "CAMUNDA_DATA_PRIMARYSTORAGE_BACKUP_CHECKPOINTINTERVAL": "PT0.5S",
+        "ZEEBE_BROKER_DATA_BACKUP_OFFSET": "1000",
+        "CAMUNDA_DATA_PRIMARYSTORAGE_BACKUP_RETENTION_WINDOW": "PT10S",
+        "ZEEBE_BROKER_DATA_BACKUP_RETENTION_CLEANUPSCHEDULE": "PT1S",
+    }
+    scheduler = scheduler_config(resolve(SCHEDULER_SETTINGS, {}, env, {}))
+    assert scheduler == SchedulerConfig(
+        continuous=True,
+        schedule=IntervalSchedule(2000, "PT2S"),
+        checkpoint_interval_ms=500,
+        offset=1000,
+        retention_window_ms=10_000,
+        cleanup_schedule=IntervalSchedule(1000, "PT1S"),
+    )
+    assert scheduler.generates_ids and scheduler.retains
+    toml = {"backup-schedule": "none", "backup-checkpoint-interval": "0"}
+    quiet = scheduler_config(resolve(SCHEDULER_SETTINGS, {}, {}, toml))
+    assert quiet == SchedulerConfig() and not quiet.generates_ids
+
+
+def test_a_bad_schedule_is_one_line_and_exit_2() -> None:
+    """An invalid schedule stops the broker before it starts, with Zeebe's message naming what
+    was given, on one line, exit code 2."""
+    result = CliRunner().invoke(
+        cli_main,
+        ["broker"],
+        env={"ZEEBE_BROKER_DATA_BACKUP_SCHEDULE": "every hour"},
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert (
+        "Invalid expression for schedule: must be one of CRON, ISO8601, NONE or AUTO. "
+        "Given: every hour"
+    ) in lines[0]
