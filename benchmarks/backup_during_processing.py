@@ -104,7 +104,7 @@ async def main(log_mb: int, kind: str) -> None:
         backups = BackupService(store, node_id=0, partition_count=1)
         partition = Partition(
             1, 1, directory / "p1", PartitionConfig(snapshot_period_s=3600), lambda s, c: None,
-            on_checkpoint=backups.checkpoint_created,
+            on_checkpoint=backups.on_backup_job,
         )  # fmt: skip
         await partition.start()
         await partition.submit(

@@ -62,7 +62,7 @@ async def main(instances: int, concurrency: int) -> None:
             directory / "p1",
             PartitionConfig(snapshot_period_s=3600),
             lambda s, c: None,
-            on_checkpoint=backups.checkpoint_created,
+            on_checkpoint=backups.on_backup_job,
         )
         await partition.start()
         deploy = await partition.submit(

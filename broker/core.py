@@ -312,7 +312,7 @@ class PartitionCore:
                 )
             elif isinstance(item, SyncMetadata):
                 _, _, ranges = self.engine.backup_runtime_state()
-                jobs.append(MetadataSync(partition_id, self.engine.known_checkpoints(), ranges))
+                jobs.append(MetadataSync(partition_id, self.engine.restore_points(), ranges))
             else:
                 jobs.append(BackupRemoval(partition_id, item.checkpoint_id))
         return jobs

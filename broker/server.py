@@ -345,12 +345,11 @@ class Broker:
             raise BackupNotConfigured()
         engine = partition.engine
         checkpoint, backup, ranges = engine.backup_runtime_state()
-        checkpoints = engine.known_checkpoints()
         if request.action == "SYNC":
             await self.backups.run_metadata_job(
-                MetadataSync(partition.partition_id, checkpoints, ranges)
+                MetadataSync(partition.partition_id, engine.restore_points(), ranges)
             )
-        known = {c.checkpoint_id: c for c in checkpoints}
+        known = {c.checkpoint_id: c for c in engine.known_checkpoints()}
         return BackupRuntimeStateResponse(
             request.partition_id,
             checkpoint,

@@ -1364,6 +1364,17 @@ class Engine:
         """Every checkpoint the partition remembers (markers included), oldest first."""
         return [checkpoint_info(c) for _, c in sorted(self.state.checkpoints.items())]
 
+    def restore_points(self) -> list[CheckpointInfo]:
+        """The checkpoints as the store's metadata lists them for restore: a backup-type
+        checkpoint whose backup is not confirmed (still uploading, or failed) is only a restore
+        point inside a later backup's log, like a MARKER, and is listed as one."""
+        return [
+            checkpoint_info(
+                raw if "firstLogPosition" in raw else {**raw, "checkpointType": "MARKER"}
+            )
+            for _, raw in sorted(self.state.checkpoints.items())
+        ]
+
     # -- queries ------------------------------------------------------------------------------
 
     def instance_summaries(self) -> Iterator[dict[str, Any]]:

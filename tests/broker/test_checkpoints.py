@@ -298,3 +298,16 @@ def test_backup_jobs_carry_the_state_to_sync_and_the_backup_to_delete() -> None:
         BackupRemoval(1, 11),
     ]
     assert [c.checkpoint_id for c in node.engine.known_checkpoints()] == [5, 10]
+
+
+def test_the_metadata_lists_an_unconfirmed_backup_as_a_marker() -> None:
+    """For restore, a backup-type checkpoint whose backup never completed is a restore point
+    inside a later backup's log only: the metadata lists it as a MARKER until it is confirmed."""
+    node = Node()
+    backed_up(node, 10)
+    create(node, 11, SCHEDULED)
+    kinds = {c.checkpoint_id: c.checkpoint_type for c in node.engine.restore_points()}
+    assert kinds == {10: SCHEDULED, 11: MARKER}
+    confirm(node, 11, node.engine.state.checkpoints[10]["checkpointPosition"] + 1)
+    kinds = {c.checkpoint_id: c.checkpoint_type for c in node.engine.restore_points()}
+    assert kinds == {10: SCHEDULED, 11: SCHEDULED}
