@@ -1,4 +1,7 @@
-"""``zeebe-sim restore``: rebuild brokers' data directories from one backup (REFERENCE.md §5).
+"""``zeebe-sim restore``: rebuild brokers' data directories from backups (REFERENCE.md §5): one
+backup, a chain of backups (``--backup-id 1,2``) or a point in time (``--to``, resolved against
+the store's metadata by ``storage/restore_points.py``). ``storage/restore.py`` lays out each
+partition (shared with the in-process restore); this module makes it all or nothing.
 
 Theory of operation
 -------------------
@@ -13,7 +16,7 @@ count. Then the restore is all or nothing across the cluster, even when killed a
    snapshot installed (checksums verified), its segments placed and its log truncated right
    after the ``CHECKPOINT CREATE`` entry at the checkpoint position; then every staged file and
    directory is fsynced.
-2. *Commit*: the journal ``<data-dir>/.restore-journal.json`` (backup id, brokers) is written
+2. *Commit*: the journal ``<data-dir>/.restore-journal.json`` (the request, brokers) is written
    durably (write temp + fsync + rename + fsync(dir)). Before it exists, ``.restore`` is
    scratch: a failure, or the next run after a crash, deletes it, and no data directory was
    touched.
@@ -24,8 +27,8 @@ count. Then the restore is all or nothing across the cluster, even when killed a
    one atomic act that ends the restore.
 
 While a journal exists the data directory is *unfinished*: :func:`unfinished_restore` says so,
-``zeebe-sim verify`` and a broker refuse it, and the next ``zeebe-sim restore --backup-id`` of
-the same backup finishes it (another backup id is refused, naming the one to finish).
+``zeebe-sim verify`` and a broker refuse it, and the next ``zeebe-sim restore`` with the same
+ids or window finishes it (another request is refused, naming the flags that finish it).
 """
 
 from __future__ import annotations
@@ -67,8 +70,8 @@ async def resolve_chains(
     """Each partition's chain of backups for ``request``.
 
     Raises:
-        RestoreError: a backup is not COMPLETED on every partition, or the partition count
-            differs.
+        RestoreError: a backup is not COMPLETED on every partition, the partition count
+            differs, or the window holds no restore point (empty, or a gap).
     """
     if not request.backup_ids:
         point, chains = await chains_of_window(store, request, partition_count)
