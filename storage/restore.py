@@ -244,7 +244,10 @@ async def restore_partition(
         previous = first
         for backup in chain.backups[1:]:
             await _append_later(store, log, backup, previous, _end_of(chain, backup), directory)
-            _downloaded(backup, download, 0, progress)
+            progress(
+                f"Partition {partition_id}: appended the log of backup "
+                f"{backup.id.checkpoint_id} taken by node {backup.id.node_id}"
+            )
             previous = backup
         log.flush()
     finally:
@@ -330,17 +333,11 @@ def _downloaded(backup: BackupStatus, download: Path, segments: int, progress: P
     descriptor = backup.descriptor
     assert descriptor is not None
     snapshot = f" and snapshot {descriptor.snapshot_id}" if descriptor.snapshot_id else ""
-    if segments:
-        size = sum(p.stat().st_size for p in download.rglob("*") if p.is_file())
-        progress(
-            f"Partition {backup.id.partition_id}: downloaded {segments} segment(s){snapshot}"
-            f" ({size / 1e6:.1f} MB) taken by node {backup.id.node_id}"
-        )
-    else:
-        progress(
-            f"Partition {backup.id.partition_id}: appended the log of backup "
-            f"{backup.id.checkpoint_id} taken by node {backup.id.node_id}"
-        )
+    size = sum(p.stat().st_size for p in download.rglob("*") if p.is_file())
+    progress(
+        f"Partition {backup.id.partition_id}: downloaded {segments} segment(s){snapshot}"
+        f" ({size / 1e6:.1f} MB) taken by node {backup.id.node_id}"
+    )
 
 
 def fsync_tree(root: Path) -> None:
