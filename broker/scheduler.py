@@ -14,7 +14,10 @@ The decisions are pure and take the time:
   ``checkpoint_interval`` after the last checkpoint, the next SCHEDULED_BACKUP at the backup
   schedule's next run after the last backup. The backup wins when it comes first or within
   :data:`SKIP_CHECKPOINT_MS` of the marker. A past-due action fires at once; after firing, the
-  next wait is to the nearer of both next runs counted from now.
+  next wait is to the nearer of both next runs counted from now. One deviation: the skip
+  threshold is at most half the checkpoint interval, so that markers more frequent than every
+  4 s still fire between backups (with Zeebe's fixed 2 s, markers every 0.5 s and backups every
+  2 s would never produce a marker).
 - :func:`retention_deletions` is Zeebe's ``BackupRetention`` per partition (anchor: the newest
   COMPLETED backup of the partition; everything older than ``anchor - window`` goes, whatever
   its state, except the anchor), with Zeebe's bug #62394 fixed: the newest backup id that is
@@ -110,6 +113,7 @@ def scheduler_step(
         _furthest_behind(checkpoints),
         _furthest_behind(backups),
         now_ms,
+        min(SKIP_CHECKPOINT_MS, config.checkpoint_interval_ms // 2),
     )
     if action is None:
         return Step(None, BACKOFF_MAX_MS)
@@ -136,6 +140,7 @@ def _next_action(
     last_checkpoint_ms: int | None,
     last_backup_ms: int | None,
     now_ms: int,
+    skip_ms: int,
 ) -> tuple[CheckpointType, int] | None:
     next_marker = next_backup = None
     if markers is not None:
@@ -147,7 +152,7 @@ def _next_action(
     if next_backup is not None and (
         next_marker is None
         or next_backup <= next_marker
-        or abs(next_marker - next_backup) <= SKIP_CHECKPOINT_MS
+        or abs(next_marker - next_backup) <= skip_ms
     ):
         return CheckpointType.SCHEDULED_BACKUP, next_backup
     if next_marker is not None:

@@ -34,6 +34,7 @@ from pathlib import Path
 import aiohttp
 
 from broker.partition import PartitionConfig
+from broker.scheduler import SchedulerConfig
 from broker.server import Broker, BrokerConfig
 from gateway.client import BrokerClient
 from gateway.server import Gateway, GatewayConfig
@@ -44,6 +45,7 @@ from zeebe_sim.harness import ClusterApi, eventually
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 30.0
 # Fast timers, as the multi-process tests' FAST_BROKER_ARGS: snapshots often, quick retries.
+NO_SCHEDULE = SchedulerConfig()
 FAST_PARTITIONS = PartitionConfig(snapshot_period_s=2.0, retry_initial_s=0.2, retry_max_s=1.0)
 
 
@@ -61,9 +63,11 @@ class InProcessCluster:
         request_timeout_s: float = 5.0,
         partition: PartitionConfig = FAST_PARTITIONS,
         frame_limits: FrameLimits = DEFAULT_FRAME_LIMITS,
+        backup_schedule: SchedulerConfig = NO_SCHEDULE,
     ) -> None:
         """``backups``: True for a new, empty store medium, an existing medium to share it
-        (e.g. with the cluster a backup was taken on), False for no store."""
+        (e.g. with the cluster a backup was taken on), False for no store.
+        ``backup_schedule``: continuous and scheduled backups, retention."""
         self.data_dir = data_dir
         self.cluster_size = brokers
         self.partition_count = partitions
@@ -76,6 +80,7 @@ class InProcessCluster:
         self.request_timeout_s = request_timeout_s
         self.partition = partition
         self.frame_limits = frame_limits
+        self.backup_schedule = backup_schedule
         self.brokers: dict[int, Broker] = {}
         self._addresses: dict[int, str] = {}
         self.gateway: Gateway | None = None
@@ -160,6 +165,7 @@ class InProcessCluster:
                 contact_points=(self._addresses[0],) if node != 0 else (),
                 partition=self.partition,
                 frame_limits=self.frame_limits,
+                backup_schedule=self.backup_schedule,
             ),
             network=self.network,
             backup_store=store,
@@ -203,6 +209,7 @@ async def inprocess_cluster(
     request_timeout_s: float = 5.0,
     partition: PartitionConfig = FAST_PARTITIONS,
     frame_limits: FrameLimits = DEFAULT_FRAME_LIMITS,
+    backup_schedule: SchedulerConfig = NO_SCHEDULE,
 ) -> AsyncIterator[InProcessCluster]:
     """Start an :class:`InProcessCluster`; stop it after (as ``harness.running_cluster``)."""
     cluster = InProcessCluster(
@@ -214,6 +221,7 @@ async def inprocess_cluster(
         request_timeout_s=request_timeout_s,
         partition=partition,
         frame_limits=frame_limits,
+        backup_schedule=backup_schedule,
     )
     async with cluster:
         yield cluster

@@ -100,16 +100,26 @@ def test_the_first_backup_is_taken_at_once() -> None:
     assert step == Step(SCHEDULED, 500)
 
 
-def test_markers_fire_between_backups() -> None:
-    """Last backup 1 s ago (next in 1 s), last checkpoint 0.6 s ago: the marker was due 0.1 s
-    ago; with the backup 0.9 s after it... within the 2 s skip threshold the backup wins."""
+def test_markers_fire_between_backups_but_not_next_to_one() -> None:
+    """Hourly backups, markers every 15 min: a marker due now fires; one due within Zeebe's
+    2 s of the backup is skipped for the backup. With markers every 0.5 s and backups every
+    2 s the threshold is half the marker interval, so markers still fire in between."""
+    hourly = SchedulerConfig(
+        schedule=IntervalSchedule(3_600_000, "PT1H"), checkpoint_interval_ms=900_000
+    )
+    backups = [info(1, NOW - 1_800_000, SCHEDULED)]
+    assert scheduler_step(hourly, [info(2, NOW - 900_000)], backups, NOW) == Step(MARKER, 900_000)
+    # The marker would be due in 1.5 s, the backup in 3 s: the backup is taken instead.
+    near = [info(1, NOW + 3000 - 3_600_000, SCHEDULED)]
+    assert scheduler_step(hourly, [info(2, NOW - 898_500)], near, NOW) == Step(None, 3000)
+
     checkpoints = [info(2, NOW - 600), info(2, NOW - 600)]
-    backups = [info(1, NOW - 1000, SCHEDULED)] * 2
-    # |marker - backup| = 0.9 s <= 2 s: the marker is skipped for the backup, not due yet.
-    assert scheduler_step(EVERY_2S, checkpoints, backups, NOW) == Step(None, 1000)
-    # With backups every 10 s, the marker is due and fires.
-    sparse = SchedulerConfig(schedule=IntervalSchedule(10_000, "PT10S"), checkpoint_interval_ms=500)
-    assert scheduler_step(sparse, checkpoints, backups, NOW) == Step(MARKER, 500)
+    recent = [info(1, NOW - 1000, SCHEDULED)] * 2
+    # Marker due 0.1 s ago, backup in 1 s: the marker fires.
+    assert scheduler_step(EVERY_2S, checkpoints, recent, NOW) == Step(MARKER, 500)
+    # Marker due 0.1 s ago, backup due in 0.1 s (within 0.25 s): the backup wins, later.
+    soon = [info(1, NOW - 1900, SCHEDULED)] * 2
+    assert scheduler_step(EVERY_2S, checkpoints, soon, NOW) == Step(None, 100)
 
 
 def test_the_partition_furthest_behind_decides() -> None:
@@ -121,11 +131,16 @@ def test_the_partition_furthest_behind_decides() -> None:
     assert scheduler_step(markers_only, [fresh, stale], [None, None], NOW) == Step(MARKER, 500)
 
 
-def test_a_past_due_backup_fires_once_the_cluster_answers_again() -> None:
-    """After an outage far longer than the interval the next backup fires at once."""
+def test_past_due_actions_fire_at_once_after_an_outage() -> None:
+    """After an outage far longer than both intervals, the earlier-due marker fires at once,
+    and the backup at the next round, half a second later."""
     backups = [info(1, NOW - 3_600_000, SCHEDULED)]
-    checkpoints = [info(1, NOW - 3_600_000, SCHEDULED)]
-    assert scheduler_step(EVERY_2S, checkpoints, backups, NOW).fire is SCHEDULED
+    assert scheduler_step(EVERY_2S, backups, backups, NOW) == Step(MARKER, 500)
+    later = NOW + 500
+    marker = [info(later - 500, later - 500)]
+    assert scheduler_step(EVERY_2S, marker, backups, later) == Step(SCHEDULED, 500)
+    backups_only = SchedulerConfig(schedule=IntervalSchedule(2000, "PT2S"))
+    assert scheduler_step(backups_only, backups, backups, NOW) == Step(SCHEDULED, 2000)
 
 
 def test_nothing_configured_means_nothing_fires() -> None:
