@@ -23,6 +23,7 @@ from camunda_orchestration_sdk.models import Mode, RestoreRequest
 from storage.backup.api import RuntimeMetadata
 from storage.backup.filesystem import FilesystemBackupStore
 from tests.conftest import DEMO_BPMN, FAST_BROKER_ARGS
+from zeebe_sim.ground.backups import CheckpointType
 from zeebe_sim.ground.ids import PartitionId
 from zeebe_sim.harness import ApiError, ClusterApi, eventually, run_cli, running_cluster
 
@@ -62,42 +63,48 @@ async def load(api: ClusterApi, stop: asyncio.Event, created: list[Created]) -> 
 
 async def run_window(
     api: ClusterApi, backups: Path
-) -> tuple[int, list[Created], dict[PartitionId, RuntimeMetadata]]:
-    """Load for ~7 s with continuous backups; a `to` 3 s before the end (so that a backup
-    follows it), the instances created and each partition's store metadata."""
+) -> tuple[int, int, list[Created], dict[PartitionId, RuntimeMetadata]]:
+    """Load for ~6 s with continuous backups; then a `to` 1 ms after a MARKER common to all
+    partitions that a later backup covers, taken while instances were still being created (so
+    that the nearest checkpoint at or before `to` is a marker: markers count). Returns `to`,
+    the marker, the instances created and each partition's store metadata."""
     await api.deploy(DEMO_BPMN)
     stop = asyncio.Event()
     created: list[Created] = []
     loading = asyncio.create_task(load(api, stop, created))
     try:
-        await asyncio.sleep(4)  # the window: what the test is about, not a wait for a condition
-        to_ms = int(time.time() * 1000)
-        await asyncio.sleep(3)
+        await asyncio.sleep(6)  # the window: what the test is about, not a wait for a condition
     finally:
         stop.set()
         await loading
     store = FilesystemBackupStore(backups)
 
-    async def backed_up_past_to() -> dict[PartitionId, RuntimeMetadata] | None:
-        metadata = {p: await store.read_metadata(PartitionId(p)) for p in (1, 2, 3)}
-        if any(m is None for m in metadata.values()):
+    async def covered_marker() -> tuple[int, dict[PartitionId, RuntimeMetadata]] | None:
+        read = {PartitionId(p): await store.read_metadata(PartitionId(p)) for p in (1, 2, 3)}
+        metadata = {p: m for p, m in read.items() if m is not None}
+        if len(metadata) < 3:
             return None
-        done = {p: m for p, m in metadata.items() if m is not None and _backup_after(m, to_ms)}
-        return done if len(done) == 3 else None
+        common = set.intersection(*(_covered_markers(m) for m in metadata.values()))
+        # one with instances created well after it, so that "gone" is checked too
+        during = [m for m in common if max(timestamps(metadata, m)) < created[-1].sent_ms - 500]
+        return (max(during), metadata) if during else None
 
     try:
-        metadata = await eventually(backed_up_past_to, timeout_s=60)
+        marker, metadata = await eventually(covered_marker, timeout_s=60)
     finally:
         await store.close()
-    return to_ms, created, metadata
+    return max(timestamps(metadata, marker)) + 1, marker, created, metadata
 
 
-def _backup_after(meta: RuntimeMetadata, to_ms: int) -> bool:
-    return any(
-        c.checkpoint_type.takes_backup and c.checkpoint_timestamp_ms > to_ms
+def _covered_markers(meta: RuntimeMetadata) -> set[int]:
+    """The partition's MARKER checkpoints with a backup after them in the same range."""
+    backups = [c.checkpoint_id for c in meta.checkpoints if c.checkpoint_type.takes_backup]
+    return {
+        c.checkpoint_id
         for c in meta.checkpoints
-        if any(s <= c.checkpoint_id <= e for s, e in meta.ranges)
-    )
+        if c.checkpoint_type == CheckpointType.MARKER
+        and any(s <= c.checkpoint_id < b <= e for s, e in meta.ranges for b in backups)
+    }
 
 
 def expected_point(metadata: dict[PartitionId, RuntimeMetadata], to_ms: int) -> int:
@@ -129,17 +136,16 @@ def timestamps(metadata: dict[PartitionId, RuntimeMetadata], checkpoint: int) ->
 async def test_restore_to_a_time_in_the_window_gives_the_nearest_common_checkpoint(
     tmp_path: Path,
 ) -> None:
-    """`zeebe-sim restore --to T` into empty directories: every log is cut at the latest
-    checkpoint common to all partitions at or before T (often a marker), verify passes, and the
-    restored cluster has the instances acknowledged before that checkpoint and none sent after
-    it."""
+    """`zeebe-sim restore --to T`, T just after a marker, into empty directories: every log is
+    cut at that marker (the latest checkpoint common to all partitions at or before T), verify
+    passes, and the restored cluster has the instances acknowledged before the marker and none
+    sent after it."""
     data, backups = tmp_path / "data", tmp_path / "backups"
     args = [*FAST_BROKER_ARGS, "--backup-dir", str(backups), *CONTINUOUS]
     async with running_cluster(data, broker_args=args) as cluster:
-        to_ms, created, metadata = await run_window(cluster.api, backups)
-    point = expected_point(metadata, to_ms)
+        to_ms, point, created, metadata = await run_window(cluster.api, backups)
+    assert expected_point(metadata, to_ms) == point  # a marker
     stamps = timestamps(metadata, point)
-    assert len(stamps) == 3 and max(stamps) <= to_ms
 
     restored = tmp_path / "restored"
     code, output = await run_cli(
@@ -157,15 +163,15 @@ async def test_restore_to_a_time_in_the_window_gives_the_nearest_common_checkpoi
 
 
 async def test_an_in_process_restore_to_a_time_needs_no_restart(tmp_path: Path) -> None:
-    """The same window restored in process with `POST /v2/restore {"to": T}`: the instances
-    are those of the expected checkpoint, no process restarted, and verify passes once the
-    cluster is stopped."""
+    """The same restored in process with `POST /v2/restore {"to": T}`: the instances are those
+    of the marker, no process restarted, and verify passes once the cluster is stopped."""
     data, backups = tmp_path / "data", tmp_path / "backups"
     args = [*FAST_BROKER_ARGS, "--backup-dir", str(backups), *CONTINUOUS]
     async with running_cluster(data, broker_args=args) as cluster:
         api = cluster.api
-        to_ms, created, metadata = await run_window(api, backups)
-        stamps = timestamps(metadata, expected_point(metadata, to_ms))
+        to_ms, point, created, metadata = await run_window(api, backups)
+        assert expected_point(metadata, to_ms) == point  # a marker
+        stamps = timestamps(metadata, point)
         pids = {n: p.pid for n, p in cluster.brokers.items()}
         await api.change_mode("RECOVERING")
         planned, _ = await api.restore_in_process({"to": iso(to_ms)})
