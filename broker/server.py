@@ -209,7 +209,10 @@ class Broker:
         await asyncio.gather(*(p.start() for p in self.partitions.values()))
         # Recovered: a latest checkpoint whose backup never reached the store is FAILED now.
         for partition in self.partitions.values():
-            self.backups.reconcile(partition.partition_id, partition.state.checkpoint_id)
+            latest = partition.engine.backup_runtime_state()[0]
+            # A MARKER has no backup to reconcile (state from before checkpoint types: None).
+            if latest is None or latest.checkpoint_type.takes_backup:
+                self.backups.reconcile(partition.partition_id, partition.state.checkpoint_id)
         self._tasks.supervise("gossip", self._gossip)
         self._tasks.supervise("disk monitor", self.disk.run)
         schedule = self.config.backup_schedule
