@@ -89,7 +89,6 @@ class Change:
     failure: str | None = None
     # a restore's progress; empty for a mode change
     partitions: list[PartitionProgress] = attrs.Factory(list)
-    is_restore: bool = False
 
     def view(self) -> dict[str, Any]:
         return {
@@ -207,7 +206,6 @@ class RecoveryCoordinator:
         ]
         change = self._begin(restore_operations(partitions), dry_run=dry_run)
         change.partitions = partitions
-        change.is_restore = True
         if not dry_run:
             self._run(change, self._restore(change, plan))
         return change
@@ -264,7 +262,7 @@ class RecoveryCoordinator:
     def restore_status(self) -> dict[str, Any]:
         """The restore in flight (or the last one, if it FAILED). Raises NotFound if none."""
         change = self.pending if self.pending is not None else self.last
-        if change is None or not change.is_restore or change.status == "COMPLETED":
+        if change is None or not change.partitions or change.status == "COMPLETED":
             raise NotFound("No restore is in progress")
         brokers = []
         for node in sorted({p.broker_id for p in change.partitions}):

@@ -56,6 +56,10 @@ async def test_an_in_process_restore_brings_back_the_backup_without_a_restart(
         assert caught.value.status == 409, caught.value.body
         assert "every broker must be in RECOVERING mode" in caught.value.body["detail"]
 
+        for query in ("mode=SLEEPING", "mode=RECOVERING&dryRun=maybe", ""):
+            with pytest.raises(ApiError) as caught:
+                await api.call("PATCH", f"{rest}/v2/mode?{query}")
+            assert caught.value.status == 400, (query, caught.value.body)
         body = await api.change_mode("RECOVERING")
         assert body["plannedChanges"][0]["operations"][:2] == [
             {"operation": "ModeChangeOperation", "brokerId": "0", "mode": "RECOVERING"},
