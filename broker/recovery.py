@@ -50,6 +50,7 @@ from zeebe_sim.ground.errors import (
     InvalidArgument,
     InvalidState,
     NotFound,
+    ZeebeSimError,
 )
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId, Position
 from zeebe_sim.ground.protocol import (
@@ -180,10 +181,11 @@ class Recovery:
         except BaseException as exc:
             shutil.rmtree(staged, ignore_errors=True)
             await partition.restart()
-            if isinstance(exc, RestoreError | OSError):
+            if isinstance(exc, ZeebeSimError | OSError):  # a corrupt file, a gap, the disk
+                reason = exc.message if isinstance(exc, ZeebeSimError) else str(exc)
                 raise InvalidState(
                     f"Restoring partition {partition_id} on broker {self.node_id} failed, it "
-                    f"runs on unchanged: {exc}"
+                    f"runs on unchanged: {reason}"
                 ) from exc
             raise
         shutil.rmtree(recovering, ignore_errors=True)

@@ -6,11 +6,13 @@ and `GET /v2/restore` shows its progress, all without stopping a broker; refusal
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import DEMO_BPMN
-from zeebe_sim.harness import ApiError, ClusterApi
+from zeebe_sim.ground.ids import partition_of_key
+from zeebe_sim.harness import ApiError, ClusterApi, eventually
 from zeebe_sim.inprocess import inprocess_cluster
 from zeebe_sim.verify import check, load_data_dir
 
@@ -131,3 +133,50 @@ async def test_an_in_process_restore_brings_back_the_backup_without_a_restart(
         assert topology["lastCompletedChangeId"] == planned["changeId"]
     report = check(load_data_dir(tmp_path / "data"))
     assert report.ok, report.render()
+
+
+async def test_a_failed_in_process_restore_is_shown_and_leaves_the_partition_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """A corrupt file in partition 2's backup: the restore restores partition 1, then fails on
+    partition 2, which runs on from its old directory; GET /v2/restore shows FAILED with the
+    reason, the brokers stay RECOVERING (commands refused) until PATCH PROCESSING."""
+    async with inprocess_cluster(tmp_path / "data") as cluster:
+        api, rest = cluster.api, cluster.rest_url
+        medium = cluster.backups
+        assert medium is not None
+        await api.deploy(DEMO_BPMN)
+        await api.take_backup(30)
+        assert (await api.wait_for_backup(30))["state"] == "COMPLETED"
+        later = [
+            await api.create_instance("demo-process", {"correlationKey": f"l{i}"}) for i in range(6)
+        ]
+        segments = sorted(k for k in medium.objects if k.startswith("2/30/") and "/segments/" in k)
+        assert segments, "no segment found: did the store's key layout change?"
+        corrupt = bytearray(medium.objects[segments[-1]])
+        corrupt[len(corrupt) // 2] ^= 0xFF
+        medium.objects[segments[-1]] = bytes(corrupt)
+
+        await api.change_mode("RECOVERING")
+        planned = await api.call("POST", f"{rest}/v2/restore", json={"backupIds": [30]})
+
+        async def failed() -> dict[str, Any] | None:
+            status: dict[str, Any] = await api.call("GET", f"{rest}/v2/restore")
+            return status if status["status"] == "FAILED" else None
+
+        status = await eventually(failed, timeout_s=60)
+        assert status["changeId"] == planned["changeId"]
+        assert "Restoring partition 2 on broker 1 failed" in status["failureReason"], status
+        states = {p["partitionId"]: p["state"] for b in status["brokers"] for p in b["partitions"]}
+        assert states == {1: "RESTORED", 2: "RESTORING", 3: "PENDING"}, status
+        last = await api.cluster_change_done(planned["changeId"])
+        assert last["status"] == "FAILED"
+        with pytest.raises(ApiError) as caught:
+            await api.create_instance("demo-process", {"correlationKey": "refused"})
+        assert caught.value.status == 503  # still RECOVERING
+        await api.change_mode("PROCESSING")
+        on_two = [k for k in later if partition_of_key(k) == 2]
+        assert on_two and all([await instance_exists(api, k) for k in on_two])  # unchanged
+        on_one = [k for k in later if partition_of_key(k) == 1]
+        assert on_one and not any([await instance_exists(api, k) for k in on_one])  # restored
+        await api.create_instance("demo-process", {"correlationKey": "after"})
