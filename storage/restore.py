@@ -281,7 +281,8 @@ async def _append_later(
     download = directory / layout.RESTORE_DOWNLOAD_DIR
     restored = await store.restore(backup.id, download)
     try:
-        source = open_for_read(download / "segments") if restored.segment_files else None
+        segments = restored.segment_files
+        source = open_for_read(segments[0].parent) if segments else None
         try:
             if source is None or source.is_empty or source.first_position > after + 1:
                 start = source.first_position if source is not None else None
