@@ -11,7 +11,11 @@ starts with a header (magic, version, first index, first position, crc32c of the
 holds whole entries back to back::
 
     entry = u32 body length | u32 crc32c(body) | body
-    body  = u64 index | u64 first position | u32 record count | payload
+    body  = u64 index | u64 first position | u32 record count | u64 term | payload
+
+The term is the Raft term of the leader that wrote the entry (replication, ``broker/raft``). An
+entry may hold no record (``record_count`` 0): the no-op a new Raft leader appends first; it
+shares its first position with the entry after it.
 
 Appending is ``os.write`` on an ``O_APPEND`` descriptor of the last (*active*) segment; nothing is
 durable until ``flush()`` fsyncs every segment written since the previous flush (and the
@@ -71,17 +75,17 @@ from zeebe_sim.ground.ids import Position
 log = logging.getLogger(__name__)
 
 SEGMENT_MAGIC = b"ZSLG"
-SEGMENT_VERSION = 1
+SEGMENT_VERSION = 2
 # magic, version, reserved (0), first_index, first_position, crc32c of the 24 bytes before it
 _SEGMENT_HEADER = struct.Struct("<4sHHQQI")
 SEGMENT_HEADER_BYTES = _SEGMENT_HEADER.size
 _SEGMENT_HEADER_CHECKED = struct.Struct("<4sHHQQ")
 # body length, crc32c(body)
 _ENTRY_HEADER = struct.Struct("<II")
-# index, first_position, record_count; the payload follows
-_ENTRY_FIXED = struct.Struct("<QQI")
+# index, first_position, record_count, term; the payload follows
+_ENTRY_FIXED = struct.Struct("<QQIQ")
 # both at once, so that an append packs one struct
-_ENTRY_PREFIX = struct.Struct("<IIQQI")
+_ENTRY_PREFIX = struct.Struct("<IIQQIQ")
 ENTRY_OVERHEAD_BYTES = _ENTRY_PREFIX.size
 # A length above this is treated as corruption rather than trusted: a flipped bit in the length
 # field must not make recovery try to read gigabytes. Appends beyond it are refused.
@@ -107,6 +111,7 @@ class LogEntry:
     first_position: Position
     record_count: int
     payload: bytes
+    term: int = 0
 
     @property
     def last_position(self) -> Position:
@@ -316,8 +321,10 @@ class SegmentedLog:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def append(self, first_position: int, record_count: int, payload: bytes) -> LogEntry:
-        """Append one entry (not durable until ``flush``).
+    def append(
+        self, first_position: int, record_count: int, payload: bytes, term: int = 0
+    ) -> LogEntry:
+        """Append one entry of Raft term ``term`` (not durable until ``flush``).
 
         Raises:
             InvalidArgument: the payload exceeds ``ENTRY_BODY_BYTES_MAX``.
@@ -329,7 +336,7 @@ class SegmentedLog:
                 raise InvalidState(f"Cannot append: {self._write_refusal}")
             # our callers' bugs, not the world's: positions are assigned by the log's owner
             assert first_position == self._next_position, (first_position, self._next_position)
-            assert 1 <= record_count <= RECORD_COUNT_MAX, record_count
+            assert 0 <= record_count <= RECORD_COUNT_MAX, record_count
             body_bytes = _ENTRY_FIXED.size + len(payload)
             if body_bytes > ENTRY_BODY_BYTES_MAX:
                 raise InvalidArgument(
@@ -337,9 +344,9 @@ class SegmentedLog:
                     f"{ENTRY_BODY_BYTES_MAX - _ENTRY_FIXED.size} bytes"
                 )
             index = self._next_index
-            fixed = _ENTRY_FIXED.pack(index, first_position, record_count)
+            fixed = _ENTRY_FIXED.pack(index, first_position, record_count, term)
             crc = google_crc32c.extend(google_crc32c.value(fixed), payload)
-            data = _ENTRY_PREFIX.pack(body_bytes, crc, index, first_position, record_count)
+            data = _ENTRY_PREFIX.pack(body_bytes, crc, index, first_position, record_count, term)
             data += payload
             segment = self._segments[-1]
             if segment.positions and segment.size + len(data) > self._segment_bytes_max:
@@ -353,7 +360,7 @@ class SegmentedLog:
             self._dirty.add(segment)
             self._next_index = index + 1
             self._next_position = segment.next_position
-            return LogEntry(index, Position(first_position), record_count, payload)
+            return LogEntry(index, Position(first_position), record_count, payload, term)
 
     def _write(self, segment: _Segment, data: bytes) -> None:
         assert segment.fd is not None
@@ -467,33 +474,78 @@ class SegmentedLog:
             segments = self._segments
             at = max(0, _segment_holding(segments, position))
             keep = bisect.bisect_right(segments[at].positions, position)
-            if keep == segments[at].entry_count:
-                # the whole segment stays: the cut starts at the next one
-                at += 1
-                keep = 0
-                if at == len(segments) or segments[at].entry_count == 0:
-                    return
-            cut = segments[at]
-            # Newest first, so that the files form a valid log at every instant.
-            removed = segments[at + 1 :]
-            for segment in reversed(removed):
+            self._cut(at, keep)
+
+    def truncate_from_index(self, index: int) -> None:
+        """Remove every entry with an index ``>= index``, durably (Raft: a conflicting
+        suffix). The log may become empty; it then continues at the first removed entry.
+
+        Raises:
+            InvalidState: the log is read-only or closed.
+        """
+        self.flush()
+        with self._flush_lock, self._lock:
+            if self._write_refusal is not None:
+                raise InvalidState(f"Cannot truncate: {self._write_refusal}")
+            if index >= self._next_index:
+                return
+            segments = self._segments
+            at = max(0, bisect.bisect_right(segments, index, key=lambda s: s.first_index) - 1)
+            self._cut(at, max(0, index - segments[at].first_index))
+
+    def _cut(self, at: int, keep: int) -> None:
+        """Cut the log after the first ``keep`` entries of segment ``at`` (both locks held)."""
+        segments = self._segments
+        if keep == segments[at].entry_count:
+            # the whole segment stays: the cut starts at the next one
+            at += 1
+            keep = 0
+            if at == len(segments) or segments[at].entry_count == 0:
+                return
+        cut = segments[at]
+        # Newest first, so that the files form a valid log at every instant.
+        removed = segments[at + 1 :]
+        for segment in reversed(removed):
+            self._forget_fd(segment)
+            segment.path.unlink()
+        if removed:
+            fsync_directory(self._directory)
+        cut_offset = cut.offsets[keep]
+        if cut.fd is None:
+            cut.fd = _open_for_append(cut.path)
+        os.ftruncate(cut.fd, cut_offset)
+        os.fsync(cut.fd)
+        cut.next_position = cut.positions[keep]
+        del cut.positions[keep:]
+        del cut.offsets[keep:]
+        cut.size = cut.durable_size = cut_offset
+        cut.durable_count = keep
+        del segments[at + 1 :]
+        self._next_index = cut.first_index + keep
+        self._next_position = cut.next_position
+
+    def reset_to(self, next_index: int, next_position: int) -> None:
+        """Drop every entry and continue at ``next_index`` / ``next_position`` (a Raft replica
+        that installed a snapshot newer than its whole log), durably. A crash midway leaves a
+        prefix of the old log, or none: the caller repeats the reset at its next start.
+
+        Raises:
+            InvalidState: the log is read-only or closed.
+        """
+        assert next_index >= 1 and next_position >= 1, (next_index, next_position)
+        self.flush()
+        with self._flush_lock, self._lock:
+            if self._write_refusal is not None:
+                raise InvalidState(f"Cannot reset: {self._write_refusal}")
+            for segment in reversed(self._segments):
                 self._forget_fd(segment)
                 segment.path.unlink()
-            if removed:
-                fsync_directory(self._directory)
-            cut_offset = cut.offsets[keep]
-            if cut.fd is None:
-                cut.fd = _open_for_append(cut.path)
-            os.ftruncate(cut.fd, cut_offset)
-            os.fsync(cut.fd)
-            cut.next_position = cut.positions[keep]
-            del cut.positions[keep:]
-            del cut.offsets[keep:]
-            cut.size = cut.durable_size = cut_offset
-            cut.durable_count = keep
-            del segments[at + 1 :]
-            self._next_index = cut.first_index + keep
-            self._next_position = cut.next_position
+            fsync_directory(self._directory)
+            first = _create_first_segment(self._directory, next_index, next_position)
+            first.fd = _open_for_append(first.path)
+            self._segments = [first]
+            self._next_index = next_index
+            self._next_position = next_position
 
     def compact(self, position: int) -> int:
         """Delete whole segments whose records all lie before ``position``; never the active
@@ -560,6 +612,34 @@ class SegmentedLog:
                 segments = self._segments
                 at = max(0, _segment_holding(segments, position))
                 start = max(0, bisect.bisect_right(segments[at].positions, position) - 1)
+                for segment in segments[at:]:
+                    if start < segment.entry_count:
+                        plan.append(
+                            (
+                                segment.path,
+                                segment.offsets[start],
+                                segment.size,
+                                segment.first_index + start,
+                                segment.positions[start],
+                            )
+                        )
+                    start = 0
+        return _read_entries(plan)
+
+    def entries_from_index(self, index: int) -> Iterator[LogEntry]:
+        """The entries from index ``index`` (or the first one still held, if later) to the end
+        of the log as it is now, no-op entries included.
+
+        Raises (while iterating): as :meth:`entries_from`.
+        """
+        with self._lock:
+            if self._closed:
+                raise InvalidState("Cannot read: the log is closed")
+            plan: list[tuple[Path, int, int, int, int]] = []
+            if not self.is_empty and index < self._next_index:
+                segments = self._segments
+                at = max(0, bisect.bisect_right(segments, index, key=lambda s: s.first_index) - 1)
+                start = max(0, index - segments[at].first_index)
                 for segment in segments[at:]:
                     if start < segment.entry_count:
                         plan.append(
@@ -737,10 +817,10 @@ def _scan_entries(data: bytes, segment: _Segment) -> str | None:
         if google_crc32c.value(data[offset + _ENTRY_HEADER.size : body_end]) != crc:
             problem = "entry checksum mismatch"
             break
-        entry_index, first_position, record_count = _ENTRY_FIXED.unpack_from(
+        entry_index, first_position, record_count, _term = _ENTRY_FIXED.unpack_from(
             data, offset + _ENTRY_HEADER.size
         )
-        if entry_index != index or first_position != position or record_count < 1:
+        if entry_index != index or first_position != position:
             problem = "entry does not continue the previous one"
             break
         segment.positions.append(first_position)
@@ -771,13 +851,15 @@ def _apply_cut(directory: Path, report: RecoveryReport) -> None:
     fsync_directory(directory)
 
 
-def _create_first_segment(directory: Path) -> _Segment:
-    """Create segment 1 complete and durable before it is visible under its name."""
-    path = directory / segment_file_name(1)
+def _create_first_segment(
+    directory: Path, first_index: int = 1, first_position: int = 1
+) -> _Segment:
+    """Create the first segment complete and durable before it is visible under its name."""
+    path = directory / segment_file_name(first_index)
     temp = path.with_name(path.name + _TEMP_SUFFIX)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, _segment_header(1, 1))
+        os.write(fd, _segment_header(first_index, first_position))
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -785,11 +867,11 @@ def _create_first_segment(directory: Path) -> _Segment:
     fsync_directory(directory)
     return _Segment(
         path=path,
-        first_index=1,
-        first_position=1,
+        first_index=first_index,
+        first_position=first_position,
         positions=array.array("q"),
         offsets=array.array("q"),
-        next_position=1,
+        next_position=first_position,
         size=SEGMENT_HEADER_BYTES,
         durable_size=SEGMENT_HEADER_BYTES,
         durable_count=0,
@@ -824,14 +906,14 @@ def _read_entries(plan: list[tuple[Path, int, int, int, int]]) -> Iterator[LogEn
                     raise StorageCorruption(f"{path}: entry at offset {offset} is cut short")
                 if google_crc32c.value(body) != crc:
                     raise StorageCorruption(f"{path}: entry at offset {offset} fails its crc")
-                entry_index, first_position, record_count = _ENTRY_FIXED.unpack_from(body)
+                entry_index, first_position, record_count, term = _ENTRY_FIXED.unpack_from(body)
                 if entry_index != index or first_position != position:
                     raise StorageCorruption(
                         f"{path}: entry at offset {offset} is index {entry_index} position "
                         f"{first_position}, expected {index} / {position}"
                     )
                 yield LogEntry(
-                    index, Position(first_position), record_count, body[_ENTRY_FIXED.size :]
+                    index, Position(first_position), record_count, body[_ENTRY_FIXED.size :], term
                 )
                 index += 1
                 position += record_count

@@ -125,9 +125,44 @@ def test_append_at_the_wrong_position_is_a_bug(log: SegmentedLog) -> None:
         log.append(3, 1, b"gap")
     with pytest.raises(AssertionError):
         log.append(1, 1, b"overlap")
-    with pytest.raises(AssertionError):
-        log.append(2, 0, b"no records")
     assert log.last_position == 1
+
+
+def test_raft_entries_keep_their_term_and_noops_hold_no_record(log: SegmentedLog) -> None:
+    """Each entry keeps its Raft term across a reopen; a no-op (no record) shares its first
+    position with the next entry and is read back by index, while position readers skip it."""
+    log.append(1, 2, b"ab", term=1)
+    log.append(3, 0, b"", term=2)
+    log.append(3, 1, b"c", term=2)
+    log.flush()
+    reopened = SegmentedLog.open(log.directory)
+    by_index = [
+        (e.index, e.first_position, e.record_count, e.term) for e in reopened.entries_from_index(2)
+    ]
+    assert by_index == [(2, 3, 0, 2), (3, 3, 1, 2)]
+    assert [e.index for e in reopened.entries_from(3)] == [3]
+    reopened.close()
+
+
+def test_truncate_from_index_and_reset(log: SegmentedLog) -> None:
+    """A conflicting suffix goes by index (a no-op before it stays); a reset starts the log
+    afresh at a later index and position, also after a reopen."""
+    log.append(1, 2, b"ab", term=1)
+    log.append(3, 0, b"", term=2)
+    log.append(3, 1, b"c", term=2)
+    log.truncate_from_index(3)
+    assert (log.last_index, log.last_position) == (2, 2)
+    log.append(3, 1, b"d", term=3)
+    assert [e.payload for e in log.entries_from_index(1)] == [b"ab", b"", b"d"]
+    log.reset_to(10, 50)
+    assert (log.last_index, log.last_position, log.is_empty) == (9, 49, True)
+    log.append(50, 1, b"x", term=4)
+    log.flush()
+    reopened = SegmentedLog.open(log.directory)
+    assert [(e.index, e.first_position, e.term) for e in reopened.entries_from_index(1)] == [
+        (10, 50, 4)
+    ]
+    reopened.close()
 
 
 def test_entry_at_position_finds_the_entry_containing_it(log: SegmentedLog) -> None:
