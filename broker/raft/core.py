@@ -140,6 +140,9 @@ class RaftConfig:
     prefer_snapshot_replication_threshold: int = 100
     append_batch_entries_max: int = 64
     append_window_entries_max: int = 1024
+    # an append request stops adding entries past this many data bytes (it holds at least one
+    # entry): requests must fit in a wire frame
+    append_batch_bytes_max: int = 1 << 20
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_ms <= 0:
@@ -569,7 +572,7 @@ class RaftCore:
         if not heartbeat and (p.next_index > self.last_index or window_full):
             return
         last = p.next_index - 1 + self.config.append_batch_entries_max
-        batch = () if window_full else tuple(self.entries(p.next_index, last))
+        batch = () if window_full else self._batch(p.next_index, last)
         prev_term = self.term_at(p.next_index - 1)
         assert prev_term is not None, "entries before next_index are compacted"
         request = AppendRequest(
@@ -582,6 +585,16 @@ class RaftCore:
         )
         self._out.append(Send(peer, request))
         p.next_index += len(batch)
+
+    def _batch(self, first: int, last: int) -> tuple[Entry, ...]:
+        """The entries ``first..last``, cut after ``append_batch_bytes_max`` data bytes."""
+        entries = self.entries(first, last)
+        size = 0
+        for count, entry in enumerate(entries):
+            size += len(entry.data or b"")
+            if size > self.config.append_batch_bytes_max and count > 0:
+                return tuple(entries[:count])
+        return tuple(entries)
 
     def _send_chunk(self, peer: NodeId, p: _Progress) -> bool:
         """Send the chunk at the transfer's offset; False if its snapshot is gone."""
