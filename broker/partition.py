@@ -65,10 +65,11 @@ from broker.core import PartitionConfig as PartitionConfig  # re-exported: the p
 from broker.disk import DiskMonitor, DiskVerdict
 from broker.engine.processor import Engine, ProcessingResult, Response, Send
 from broker.engine.state import COLUMN_FAMILIES, State
+from broker.replica import Awaiting, Replica, ReplicaConfig, entry_data
 from broker.waiters import Waiters
 from storage.log import SegmentedLog
 from storage.snapshots import Snapshot, SnapshotId, SnapshotStore
-from zeebe_sim.ground.errors import InternalError, ResourceExhausted
+from zeebe_sim.ground.errors import InternalError, PartitionLeaderMismatch, ResourceExhausted
 from zeebe_sim.ground.layout import LOG_DIR, SNAPSHOTS_DIR, STATE_FILE
 from zeebe_sim.ground.records import Record, decode_records
 from zeebe_sim.ground.tasks import OwnedTasks
@@ -115,7 +116,11 @@ class Partition:
         on_checkpoint: CheckpointFn | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         disk: DiskMonitor | None = None,
+        replication: ReplicaConfig | None = None,
+        send_to_peer: Callable[[Any, Any], None] | None = None,
     ) -> None:
+        """``replication``: this replica's place in a replicated partition (None: the only
+        replica, which leads always); ``send_to_peer(node, message)`` carries Raft messages."""
         self.partition_id = partition_id
         self.partition_count = partition_count
         self.directory = directory
@@ -149,6 +154,12 @@ class Partition:
         self.state: State
         self.engine: Engine
         self.core: PartitionCore
+        self.replica: Replica | None = None
+        if replication is not None:
+            assert send_to_peer is not None
+            self.replica = Replica(self, replication, send_to_peer)
+        # the proposal of the group being processed (replicated partitions)
+        self._proposal: list[bytes] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -158,6 +169,9 @@ class Partition:
         self.log = SegmentedLog.open(
             self.directory / LOG_DIR, segment_bytes_max=self.config.segment_bytes_max
         )
+        if self.replica is not None:
+            await self._start_replica(self.replica)
+            return
         unprocessed = self._recover()
         self.core = PartitionCore(self.engine, self.config)
         try:
@@ -174,11 +188,81 @@ class Partition:
         self._tasks.supervise("timers", self._timers)
         self.ready = True
         for result in results:
-            self._carry_out(None, result, _monotonic_ms())
+            self.carry_out(None, result, _monotonic_ms())
         log.info(
             "partition started",
             extra={"partition": self.partition_id, "position": self.log.last_position},
         )
+
+    async def _start_replica(self, replica: Replica) -> None:
+        """A replica of a replicated partition: its state from its snapshot only; committed
+        entries are applied as the core learns they are (see ``broker/replica.py``)."""
+        snapshot = self.snapshots.latest()
+        if snapshot is not None:
+            snapshot.verify()
+        self.load_state(snapshot)
+        self.core = PartitionCore(self.engine, self.config)
+        replica.recover(snapshot)
+        self._tasks.spawn(replica.run())
+        self._tasks.spawn(replica.tick())
+        self._tasks.spawn(self._run())
+        self._tasks.supervise("timers", self._timers)
+        self.ready = True
+
+    def load_state(self, snapshot: Snapshot | None) -> None:
+        """State and engine as of ``snapshot`` (empty without one)."""
+        if snapshot is not None:
+            self.state = State.from_snapshot(self.partition_id, read_snapshot_state(snapshot))
+            self.processed_position = snapshot.processed_position
+        else:
+            self.state = State(self.partition_id)
+            self.processed_position = 0
+        self.engine = Engine(self.state, self.partition_count)
+        if hasattr(self, "core"):
+            self.core.engine = self.engine
+
+    @property
+    def leading(self) -> bool:
+        """Whether this replica processes: always without replication, else while it leads."""
+        return self.replica is None or self.replica.can_process
+
+    @property
+    def role(self) -> str:
+        """For topology: LEADER, FOLLOWER, CANDIDATE or INACTIVE (starting)."""
+        if not self.ready:
+            return "INACTIVE"
+        if self.replica is None:
+            return "LEADER"
+        return self.replica.role.name
+
+    def lead(self, unprocessed: list[Record]) -> None:
+        """This replica became the leader and applied everything committed: process what was
+        written but never processed (as recovery does), then take commands."""
+        now_ms = _monotonic_ms()
+        self.core.engine = self.engine
+        self.core.reset_retries(now_ms)
+        assert self.replica is not None
+        results: list[Awaiting] = []
+        for command in unprocessed:
+            result = self._process_written(command)
+            results.append((self.log.last_index, None, result))
+        self.replica.propose(self._take_proposal(), results)
+        log.info("partition %s: leading, %d unprocessed", self.partition_id, len(unprocessed))
+        self._wakeup.set()
+
+    def step_down(
+        self, error: PartitionLeaderMismatch, replies: list[asyncio.Future[Response] | None]
+    ) -> None:
+        """No longer the leader: fail what waits for an answer; stop processing."""
+        replies = replies + [q.reply for q in self._inbox]
+        self._inbox.clear()
+        for reply in replies:
+            if reply is not None and not reply.done():
+                reply.set_exception(error)
+
+    def _take_proposal(self) -> list[bytes]:
+        proposal, self._proposal = self._proposal, []
+        return proposal
 
     async def stop(self) -> None:
         self.ready = False
@@ -236,6 +320,8 @@ class Partition:
         """
         if self.failure is not None:
             raise InternalError(f"Partition {self.partition_id} is dead: {self.failure}")
+        if self.replica is not None and not self.replica.can_process:
+            raise self.replica.not_leader()
         refusal = self._disk_refusal()
         if refusal is not None:
             raise ResourceExhausted(refusal)
@@ -260,6 +346,7 @@ class Partition:
             or not self.ready
             or self._receive_refused()
             or self.failure is not None
+            or not self.leading
         ):
             return
         self._inbox.append(_Queued(Command(value_type, intent, key, value, checkpoint_id), None))
@@ -273,6 +360,15 @@ class Partition:
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 while (self._inbox and self._disk_refusal() is None) or self._maintenance:
+                    replica = self.replica
+                    if replica is not None:
+                        if self._maintenance or replica.backlogged:
+                            # a snapshot is of committed state only; and a leader does not run
+                            # far ahead of its followers
+                            await replica.drained.wait()
+                        await self._process_group()
+                        await asyncio.sleep(0)  # let the replica's executor run
+                        continue
                     await self._process_group()
         except Exception as exc:
             # Not restarted: the log and the state may disagree now (a command written without
@@ -294,6 +390,10 @@ class Partition:
         taken: list[_Queued] = []
         self._taken = taken  # answered if processing stops
         durable_position = self.log.last_position
+        if self.replica is not None:
+            self._process_replicated_group(self.replica, taken)
+            self._run_maintenance()
+            return
         try:
             while self._inbox and len(group) < GROUP_COMMANDS_MAX and self._disk_refusal() is None:
                 queued = self._inbox.popleft()
@@ -311,8 +411,30 @@ class Partition:
         if group:
             now_ms = _monotonic_ms()
             for reply, result in group:
-                self._carry_out(reply, result, now_ms)
+                self.carry_out(reply, result, now_ms)
         self._taken = []
+        self._run_maintenance()
+
+    def _process_replicated_group(self, replica: Replica, taken: list[_Queued]) -> None:
+        """Process a group as the leader: append it, propose it; its answers and effects wait
+        for commitment (``Replica.propose``). Nothing here awaits: the log and the core never
+        disagree."""
+        if not replica.can_process or self.log.last_index != replica.core.last_index:
+            return
+        results: list[Awaiting] = []
+        while self._inbox and len(results) < GROUP_COMMANDS_MAX and self._disk_refusal() is None:
+            queued = self._inbox.popleft()
+            taken.append(queued)
+            checkpoint = self.core.checkpoint_before(queued.command)
+            if checkpoint is not None:
+                checkpoint_result = self._process(checkpoint)
+                results.append((self.log.last_index, None, checkpoint_result))
+            result = self._process(queued.command)
+            results.append((self.log.last_index, queued.reply, result))
+        replica.propose(self._take_proposal(), results)
+        self._taken = []
+
+    def _run_maintenance(self) -> None:
         if self._maintenance:
             started = time.perf_counter()
             for task in self._maintenance:
@@ -337,7 +459,7 @@ class Partition:
                 exc_info=prepared.rejected.error,
             )
             return prepared.rejected
-        self.log.append(prepared.record.position, 1, prepared.payload)
+        self._append(prepared.record.position, 1, prepared.payload)
         self.records_written += 1
         return self._process_written(prepared.record)
 
@@ -353,12 +475,19 @@ class Partition:
                 command.position,
                 exc_info=result.error,
             )
-        self.log.append(first, len(result.records), result.payload)
+        self._append(first, len(result.records), result.payload)
         self.processed_position = command.position
         self.records_written += len(result.records)
         return result
 
-    def _carry_out(
+    def _append(self, first_position: int, record_count: int, payload: bytes) -> None:
+        if self.replica is None:
+            self.log.append(first_position, record_count, payload, 1)
+            return
+        self.log.append(first_position, record_count, payload, self.replica.core.term)
+        self._proposal.append(entry_data(first_position, record_count, payload))
+
+    def carry_out(
         self, reply: asyncio.Future[Response] | None, result: ProcessingResult, now_ms: int
     ) -> None:
         if reply is not None and not reply.done():
@@ -480,6 +609,10 @@ class Partition:
         while self.failure is None:  # a dead partition writes nothing, due commands included
             await asyncio.sleep(TICK_S)
             self.waiters.expire()
+            if not self.leading:
+                if self.replica is not None and self.core.snapshot_due(_monotonic_ms()):
+                    self.request_snapshot()
+                continue
             for value_type, intent, key in self.engine.due_commands(self._clock_ms()):
                 self._inbox.append(_Queued(Command(value_type, intent, key, {}), None))
                 self._wakeup.set()
@@ -496,14 +629,22 @@ class Partition:
         done: asyncio.Future[Snapshot | None] = asyncio.get_running_loop().create_future()
 
         def begin() -> None:
+            replica = self.replica
+            # replicated: the state is of the applied index (committed: the processing loop
+            # waited), and the snapshot carries that entry's term
+            last_index = self.log.last_index if replica is None else replica.applied_index
             snapshot_id = self.core.begin_snapshot(
-                PartitionView(self.processed_position, self.log.last_index, self.snapshots.latest())
+                PartitionView(self.processed_position, last_index, self.snapshots.latest())
             )
             if snapshot_id is None:
                 done.set_result(None)
                 return
+            last_position: int = self.log.last_position
+            if replica is not None:
+                snapshot_id = attrs.evolve(snapshot_id, term=replica.applied_term)
+                last_position = replica.applied_position
             view = self.state.copy_for_snapshot()
-            self._tasks.spawn(self._write_snapshot(snapshot_id, self.log.last_position, view, done))
+            self._tasks.spawn(self._write_snapshot(snapshot_id, last_position, view, done))
 
         self._maintenance.append(begin)
         self._wakeup.set()
@@ -537,6 +678,8 @@ class Partition:
                 pending.abort()
                 raise
             snapshot = await asyncio.to_thread(self.snapshots.persist, pending)
+            if self.replica is not None:
+                self.replica.snapshot_taken(snapshot)
             log.info(
                 "snapshot taken",
                 extra={"partition": self.partition_id, "snapshot": str(snapshot.id)},
@@ -586,11 +729,11 @@ class Partition:
     def status(self) -> dict[str, Any]:
         latest = self.snapshots.latest()
         return {
-            "role": "LEADER" if self.ready else "INACTIVE",
+            "role": self.role,
             "processedPosition": self.processed_position,
             "snapshotId": str(latest.id) if latest else None,
             "processedPositionInSnapshot": latest.processed_position if latest else None,
-            "streamProcessorPhase": "PROCESSING" if self.ready else "REPLAY",
+            "streamProcessorPhase": "PROCESSING" if self.ready and self.leading else "REPLAY",
             "exporterPhase": "EXPORTING",
             "exportedPosition": self.processed_position,
             "checkpointId": self.state.checkpoint_id,

@@ -33,6 +33,7 @@ from broker.faults import NO_FAULTS, faults_from_request
 from broker.partition import Partition, PartitionConfig
 from broker.raft.core import RaftConfig
 from broker.recovery import RECOVERY_MESSAGES, Recovery, finish_interrupted_restore
+from broker.replica import ReplicaConfig
 from broker.scheduler import SchedulerConfig
 from broker.scheduling import BrokerCluster, Singletons
 from broker.waiters import AWAIT_QUERIES, answer_await
@@ -75,7 +76,11 @@ from zeebe_sim.ground.protocol import (
     parse_member_address,
 )
 from zeebe_sim.ground.records import ValueType
-from zeebe_sim.ground.routing import broker_of_partition, partitions_of_broker
+from zeebe_sim.ground.routing import (
+    replica_priorities,
+    replicas_of_partition,
+    replicated_partitions_of_broker,
+)
 from zeebe_sim.ground.search import search
 from zeebe_sim.ground.tasks import OwnedTasks
 from zeebe_sim.ground.transport import (
@@ -160,6 +165,8 @@ class Broker:
         self._peers: dict[int, Connection] = {}
         self._connecting: set[int] = set()
         self._waiting: dict[int, list[Message]] = {}
+        # partition id -> (term, node) of the newest leader gossip reported
+        self._leaders: dict[PartitionId, tuple[int, NodeId | None]] = {}
         self._server: Listener | None = None
         self._tasks = OwnedTasks(f"broker {config.node_id}")
         self.address = ""
@@ -192,9 +199,21 @@ class Broker:
         self._server = await self._network.listen(self.config.host, self.config.port, self._serve)
         self.address = f"{self.config.host}:{self._server.port}"
         self.members[self.node_id] = self.address
-        for partition_id in partitions_of_broker(
-            self.node_id, self.config.cluster_size, self.config.partition_count
+        size, rf = self.config.cluster_size, self.config.replication_factor
+        for partition_id in replicated_partitions_of_broker(
+            self.node_id, size, self.config.partition_count, rf
         ):
+            members = replicas_of_partition(partition_id, size, rf)
+            replication = None
+            if len(members) > 1:
+                priorities = replica_priorities(partition_id, size, rf)
+                replication = ReplicaConfig(
+                    self.node_id,
+                    tuple(members),
+                    priorities[self.node_id],
+                    priorities[members[0]],
+                    self.config.raft,
+                )
             self.partitions[partition_id] = Partition(
                 partition_id,
                 self.config.partition_count,
@@ -203,12 +222,19 @@ class Broker:
                 self._send,
                 on_checkpoint=self.backups.on_backup_job,
                 disk=self.disk,
+                replication=replication,
+                send_to_peer=self.send_to_peer,
             )
         # Before any partition can start a new backup: what was IN_PROGRESS died with us.
-        await self.backups.fail_in_progress(list(self.partitions))
+        # (Replicated partitions: their new leader does it, see Partition.lead.)
+        await self.backups.fail_in_progress(
+            [p for p, partition in self.partitions.items() if partition.replica is None]
+        )
         await asyncio.gather(*(p.start() for p in self.partitions.values()))
         # Recovered: a latest checkpoint whose backup never reached the store is FAILED now.
         for partition in self.partitions.values():
+            if partition.replica is not None:
+                continue  # replicated: its leader reconciles (Partition.lead)
             latest = partition.engine.backup_runtime_state()[0]
             # A MARKER has no backup to reconcile (state from before checkpoint types: None).
             if latest is None or latest.checkpoint_type.takes_backup:
@@ -403,11 +429,15 @@ class Broker:
         return [self.node_id, *live]
 
     def _partition(self, partition_id: PartitionId) -> Partition:
+        """The partition, if this broker leads it."""
         partition = self.partitions.get(partition_id)
         if partition is None:
             raise PartitionLeaderMismatch(
-                f"Broker {self.node_id} is not the leader of partition {partition_id}"
+                f"Broker {self.node_id} is not the leader of partition {partition_id}",
+                self._leaders.get(partition_id, (0, None))[1],
             )
+        if partition.replica is not None and not partition.leading:
+            raise partition.replica.not_leader()
         return partition
 
     def _query(self, query: QueryRequest) -> Any:
@@ -459,10 +489,7 @@ class Broker:
             partition_count=self.config.partition_count,
             replication_factor=self.config.replication_factor,
             members=dict(self.members),
-            partitions={
-                p: ("LEADER" if partition.ready else "INACTIVE")
-                for p, partition in self.partitions.items()
-            },
+            partitions={p: partition.role for p, partition in self.partitions.items()},
             version=VERSION,
             health={p: self.partition_health(p)[0] for p in self.partitions},
             backup_id_offset=(
@@ -470,6 +497,10 @@ class Broker:
                 if self.config.backup_schedule.generates_ids
                 else None
             ),
+            terms={
+                p: partition.replica.term if partition.replica is not None else 1
+                for p, partition in self.partitions.items()
+            },
         )
 
     def partition_health(self, partition_id: PartitionId) -> tuple[str, list[str]]:
@@ -487,7 +518,7 @@ class Broker:
         """Deliver an inter-partition command; losing it is fine (the sender retries)."""
         target = PartitionId(send.receiver_partition_id)
         local = self.partitions.get(target)
-        if local is not None:
+        if local is not None and local.leading:
             local.receive(send.value_type, send.intent, send.key, send.value, checkpoint_id)
             return
         message = InterPartitionCommandSent(
@@ -499,13 +530,32 @@ class Broker:
             value=send.value,
             sender_node_id=self.node_id,
         )
-        self.send_to_peer(broker_of_partition(target, self.config.cluster_size), message)
+        for node in self._leader_guess(target):
+            if node != self.node_id:
+                self.send_to_peer(node, message)
+
+    def _leader_guess(self, partition_id: PartitionId) -> list[NodeId]:
+        """Where a partition's leader is: the one known (hosted here, or from gossip), else
+        every replica (a follower drops what it gets; the sender retries)."""
+        local = self.partitions.get(partition_id)
+        if local is not None and local.replica is not None and local.replica.leader is not None:
+            return [local.replica.leader]
+        known = self._leaders.get(partition_id)
+        if known is not None and known[1] is not None:
+            return [known[1]]
+        size, rf = self.config.cluster_size, self.config.replication_factor
+        return replicas_of_partition(partition_id, size, rf)
 
     def receive_from_peer(self, node: NodeId | None, message: Message) -> None:
         """The one place where what other brokers send (inter-partition commands, Raft
         messages) is dispatched; ``node`` is the sender (None: an older sender that does not
         say)."""
         if node is not None and not self.faults.accepts_from(node):
+            return
+        if isinstance(message, RAFT_MESSAGES):
+            replicated = self.partitions.get(message.partition_id)
+            if replicated is not None and replicated.replica is not None and replicated.ready:
+                replicated.replica.receive(message)
             return
         if isinstance(message, InterPartitionCommandSent):
             partition = self.partitions.get(message.receiver_partition_id)
@@ -603,6 +653,10 @@ class Broker:
             )
             if isinstance(answer, TopologyResponse):
                 self.peer_topologies[answer.node_id] = (answer, time.monotonic())
+                for p, role in answer.partitions.items():
+                    term = answer.terms.get(p, 0)
+                    if role == "LEADER" and term >= self._leaders.get(p, (-1, None))[0]:
+                        self._leaders[p] = (term, answer.node_id)
                 for node, member_address in answer.members.items():
                     if node != self.node_id:
                         old = self._merge_member(node, member_address, f"broker {address}")

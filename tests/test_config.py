@@ -65,10 +65,28 @@ def test_bad_values_name_their_setting(
         resolve(NAMES, flags, env, {})
 
 
-def test_replication_is_refused_clearly() -> None:
-    """Replication is not built: any factor but 1 is a clear configuration error."""
-    with pytest.raises(ConfigError, match="replication-factor: only 1 is supported"):
-        resolve(["replication-factor"], {}, {"ZEEBE_BROKER_CLUSTER_REPLICATIONFACTOR": "3"}, {})
+def test_replication_settings_by_flag_env_and_toml() -> None:
+    """Replication factor (default 3, as Helm), election timeout and heartbeat come from Zeebe's
+    environment names or the TOML file; a factor above the cluster size and a heartbeat not
+    below half the election timeout are clear errors."""
+    names = ["brokers", "replication-factor", "election-timeout", "heartbeat-interval"]
+    assert resolve(names, {}, {}, {}) == {
+        "brokers": 3,
+        "replication-factor": 3,
+        "election-timeout": 2.5,
+        "heartbeat-interval": 0.25,
+    }
+    env = {
+        "ZEEBE_BROKER_CLUSTER_REPLICATIONFACTOR": "1",
+        "ZEEBE_BROKER_CLUSTER_ELECTIONTIMEOUT": "500ms",
+    }
+    values = resolve(names, {}, env, {"heartbeat-interval": "100ms"})
+    assert (values["replication-factor"], values["election-timeout"]) == (1, 0.5)
+    assert values["heartbeat-interval"] == 0.1
+    with pytest.raises(ConfigError, match="replication-factor: 3 is more than the 2 brokers"):
+        resolve(names, {"brokers": "2"}, {}, {})
+    with pytest.raises(ConfigError, match="election-timeout: must be more than twice"):
+        resolve(names, {"election-timeout": "400ms", "heartbeat-interval": "200ms"}, {}, {})
 
 
 def test_unknown_toml_keys_and_bad_toml_are_errors(tmp_path: Path) -> None:

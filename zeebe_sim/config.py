@@ -179,9 +179,9 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "replication-factor",
             _int(1, 64),
-            1,
+            3,
             ("ZEEBE_BROKER_CLUSTER_REPLICATIONFACTOR",),
-            "replication factor (only 1 is supported)",
+            "replicas of each partition (Raft; at most the number of brokers)",
         ),
         Setting(
             "election-timeout",
@@ -513,10 +513,10 @@ def resolve(
                 "election-timeout: must be more than twice the heartbeat-interval "
                 f"({values['heartbeat-interval']:g}s)"
             )
-    if values.get("replication-factor", 1) != 1:
+    if values.get("replication-factor", 1) > values.get("brokers", 64):
         raise ConfigError(
-            "replication-factor: only 1 is supported (replication and leader election are not "
-            "built yet)"
+            f"replication-factor: {values['replication-factor']} is more than the "
+            f"{values['brokers']} brokers"
         )
     return values
 

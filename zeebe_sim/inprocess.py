@@ -34,6 +34,7 @@ from pathlib import Path
 import aiohttp
 
 from broker.partition import PartitionConfig
+from broker.raft.core import RaftConfig
 from broker.scheduler import SchedulerConfig
 from broker.server import Broker, BrokerConfig
 from gateway.client import BrokerClient
@@ -47,6 +48,8 @@ READY_TIMEOUT_S = 30.0
 # Fast timers, as the multi-process tests' FAST_BROKER_ARGS: snapshots often, quick retries.
 NO_SCHEDULE = SchedulerConfig()
 FAST_PARTITIONS = PartitionConfig(snapshot_period_s=2.0, retry_initial_s=0.2, retry_max_s=1.0)
+# Short Raft timers (replication factor above 1), so that elections take well under a second.
+FAST_RAFT = RaftConfig(election_timeout_ms=500, heartbeat_interval_ms=100)
 
 
 class InProcessCluster:
@@ -64,6 +67,8 @@ class InProcessCluster:
         partition: PartitionConfig = FAST_PARTITIONS,
         frame_limits: FrameLimits = DEFAULT_FRAME_LIMITS,
         backup_schedule: SchedulerConfig = NO_SCHEDULE,
+        replication_factor: int = 1,
+        raft: RaftConfig = FAST_RAFT,
     ) -> None:
         """``backups``: True for a new, empty store medium, an existing medium to share it
         (e.g. with the cluster a backup was taken on), False for no store.
@@ -81,6 +86,8 @@ class InProcessCluster:
         self.partition = partition
         self.frame_limits = frame_limits
         self.backup_schedule = backup_schedule
+        self.replication_factor = replication_factor
+        self.raft = raft
         self.brokers: dict[int, Broker] = {}
         self._addresses: dict[int, str] = {}
         self.gateway: Gateway | None = None
@@ -166,6 +173,8 @@ class InProcessCluster:
                 partition=self.partition,
                 frame_limits=self.frame_limits,
                 backup_schedule=self.backup_schedule,
+                replication_factor=self.replication_factor,
+                raft=self.raft,
             ),
             network=self.network,
             backup_store=store,
@@ -210,6 +219,8 @@ async def inprocess_cluster(
     partition: PartitionConfig = FAST_PARTITIONS,
     frame_limits: FrameLimits = DEFAULT_FRAME_LIMITS,
     backup_schedule: SchedulerConfig = NO_SCHEDULE,
+    replication_factor: int = 1,
+    raft: RaftConfig = FAST_RAFT,
 ) -> AsyncIterator[InProcessCluster]:
     """Start an :class:`InProcessCluster`; stop it after (as ``harness.running_cluster``)."""
     cluster = InProcessCluster(
@@ -222,6 +233,8 @@ async def inprocess_cluster(
         partition=partition,
         frame_limits=frame_limits,
         backup_schedule=backup_schedule,
+        replication_factor=replication_factor,
+        raft=raft,
     )
     async with cluster:
         yield cluster

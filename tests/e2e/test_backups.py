@@ -247,7 +247,7 @@ async def test_bad_cli_configuration_is_one_line_and_exit_2(tmp_path: Path) -> N
     a missing contact point: one line naming the setting, exit code 2."""
     for args in (
         ["up", "--brokers", "zero"],
-        ["up", "--replication-factor", "3"],
+        ["up", "--brokers", "2", "--replication-factor", "3"],
         ["broker", "--node-id", "5", "--brokers", "3"],
         ["up", "--backup-store", "tape"],
         ["up", "--snapshot-period", "soon"],

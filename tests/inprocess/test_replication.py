@@ -1,0 +1,105 @@
+"""Replicated partitions in process: three brokers, replication factor 3, short Raft timers
+(the real brokers, partitions and Raft shells over a memory network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from broker.server import Broker
+from zeebe_sim.harness import eventually
+from zeebe_sim.inprocess import InProcessCluster, inprocess_cluster
+
+DEMO = Path("examples/demo-process.bpmn")
+
+
+def leaders(cluster: InProcessCluster) -> dict[int, int]:
+    """partition id -> node of the replica that leads and processes."""
+    return {
+        p: node
+        for node, broker in cluster.brokers.items()
+        for p, partition in broker.partitions.items()
+        if partition.leading and partition.ready
+    }
+
+
+def replica_states(cluster: InProcessCluster, partition_id: int) -> dict[int, tuple[int, str]]:
+    """node -> (applied position, digest of the state) of every running replica."""
+    out = {}
+    for node, broker in cluster.brokers.items():
+        partition = broker.partitions.get(partition_id)
+        if partition is not None and partition.replica is not None:
+            view = partition.state.copy_for_snapshot()
+            view = {k: v for k, v in view.items() if k != "meta"}
+            out[node] = (partition.replica.applied_position, repr(sorted(map(repr, view.items()))))
+    return out
+
+
+async def test_every_broker_hosts_every_partition_and_one_leader_each(tmp_path: Path) -> None:
+    """With 3 brokers and factor 3 each broker holds a replica of every partition; each
+    partition elects one leader, followers answer PARTITION_LEADER_MISMATCH with a hint, and
+    topology reports roles and terms."""
+    async with inprocess_cluster(tmp_path, replication_factor=3) as cluster:
+        for broker in cluster.brokers.values():
+            assert sorted(broker.partitions) == [1, 2, 3]
+        found = await eventually(lambda: _all_led(cluster), timeout_s=30)
+        for p, node in found.items():
+            follower: Broker = next(b for n, b in cluster.brokers.items() if n != node)
+            roles = follower.topology()
+            assert roles.partitions[p] == "FOLLOWER"
+            assert roles.terms[p] >= 1
+            assert cluster.brokers[node].topology().partitions[p] == "LEADER"
+
+
+async def _all_led(cluster: InProcessCluster) -> dict[int, int] | None:
+    found = leaders(cluster)
+    return found if len(found) == cluster.partition_count else None
+
+
+async def test_acknowledged_writes_are_on_a_quorum_and_followers_replay(tmp_path: Path) -> None:
+    """Instances created through the gateway are answered only once committed; every
+    follower applies the same records and reaches the leader's state at the same position."""
+    async with inprocess_cluster(tmp_path, replication_factor=3) as cluster:
+        await eventually(lambda: _all_led(cluster), timeout_s=30)
+        await cluster.api.deploy(DEMO)
+        keys = [
+            await cluster.api.create_instance("demo-process", {"correlationKey": f"k{i}"})
+            for i in range(20)
+        ]
+        assert len(set(keys)) == 20
+
+        async def converged() -> bool:
+            for p in range(1, 4):
+                states = replica_states(cluster, p)
+                if len(set(states.values())) != 1:
+                    return False
+            return True
+
+        await eventually(converged, timeout_s=30)
+
+
+async def test_a_new_leader_takes_over_with_every_acknowledged_write(tmp_path: Path) -> None:
+    """Stopping a partition's leader: another replica is elected, processes, and every
+    instance acknowledged before is still there."""
+    async with inprocess_cluster(tmp_path, replication_factor=3) as cluster:
+        await eventually(lambda: _all_led(cluster), timeout_s=30)
+        await cluster.api.deploy(DEMO)
+        keys = [
+            await cluster.api.create_instance("demo-process", {"correlationKey": f"k{i}"})
+            for i in range(9)
+        ]
+        old = leaders(cluster)[1]
+        await cluster.kill_broker(old)
+
+        async def new_leader() -> int | None:
+            node = leaders(cluster).get(1)
+            return node if node is not None and node != old else None
+
+        await eventually(new_leader, timeout_s=30)
+        for key in keys:
+            instance = await eventually(lambda k=key: cluster.api.get_instance(k), timeout_s=30)
+            assert instance["processInstanceKey"] in (key, str(key))
+        await eventually(
+            lambda: cluster.api.create_instance("demo-process", {"correlationKey": "after"}),
+            timeout_s=30,
+        )
+        await cluster.start_broker(old)
