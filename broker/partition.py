@@ -391,8 +391,10 @@ class Partition:
         self._taken = taken  # answered if processing stops
         durable_position = self.log.last_position
         if self.replica is not None:
-            self._process_replicated_group(self.replica, taken)
+            # maintenance first: the processing loop waited until everything processed is
+            # committed, so a snapshot now is of committed state
             self._run_maintenance()
+            self._process_replicated_group(self.replica, taken)
             return
         try:
             while self._inbox and len(group) < GROUP_COMMANDS_MAX and self._disk_refusal() is None:
