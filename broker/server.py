@@ -165,8 +165,6 @@ class Broker:
         self._peers: dict[int, Connection] = {}
         self._connecting: set[int] = set()
         self._waiting: dict[int, list[Message]] = {}
-        # partition id -> (term, node) of the newest leader gossip reported
-        self._leaders: dict[PartitionId, tuple[int, NodeId | None]] = {}
         self._server: Listener | None = None
         self._tasks = OwnedTasks(f"broker {config.node_id}")
         self.address = ""
@@ -406,19 +404,10 @@ class Broker:
         partition.receive(ValueType.CHECKPOINT, "CONFIRM_BACKUP", plan.checkpoint_id, value, -1)
 
     def _leader_of(self, partition_id: PartitionId) -> tuple[NodeId, str] | None:
-        """The leader of a partition and its address, by the newest gossip (this broker's own
-        partitions first)."""
-        if partition_id in self.partitions:
+        """The leader of a partition and its address, as far as this broker knows."""
+        node = self._leader_guess(partition_id)[0]
+        if node == self.node_id:
             return self.node_id, self.address
-        best: tuple[int, NodeId, str] | None = None
-        for node, (topology, _) in self.peer_topologies.items():
-            if topology.partitions.get(partition_id) == "LEADER" and node in self.members:
-                term = topology.terms.get(partition_id, 0)
-                if best is None or term > best[0]:
-                    best = (term, node, self.members[node])
-        if best is not None:
-            return best[1], best[2]
-        node = NodeId(broker_of_partition(partition_id, self.config.cluster_size))
         address = self.members.get(node)
         return None if address is None else (node, address)
 
@@ -433,8 +422,7 @@ class Broker:
         partition = self.partitions.get(partition_id)
         if partition is None:
             raise PartitionLeaderMismatch(
-                f"Broker {self.node_id} is not the leader of partition {partition_id}",
-                self._leaders.get(partition_id, (0, None))[1],
+                f"Broker {self.node_id} is not the leader of partition {partition_id}"
             )
         if partition.replica is not None and not partition.leading:
             raise partition.replica.not_leader()
@@ -535,14 +523,22 @@ class Broker:
                 self.send_to_peer(node, message)
 
     def _leader_guess(self, partition_id: PartitionId) -> list[NodeId]:
-        """Where a partition's leader is: the one known (hosted here, or from gossip), else
-        every replica (a follower drops what it gets; the sender retries)."""
+        """Where a partition's leader is: this broker, the leader its own replica follows,
+        the newest leader gossip reports; else every replica (a follower drops what it gets,
+        senders retry)."""
         local = self.partitions.get(partition_id)
+        if local is not None and local.leading:
+            return [self.node_id]
         if local is not None and local.replica is not None and local.replica.leader is not None:
             return [local.replica.leader]
-        known = self._leaders.get(partition_id)
-        if known is not None and known[1] is not None:
-            return [known[1]]
+        best: tuple[int, NodeId] | None = None
+        for node, (topology, _) in self.peer_topologies.items():
+            if topology.partitions.get(partition_id) == "LEADER" and node in self.members:
+                term = topology.terms.get(partition_id, 0)
+                if best is None or term > best[0]:
+                    best = (term, node)
+        if best is not None:
+            return [best[1]]
         size, rf = self.config.cluster_size, self.config.replication_factor
         return replicas_of_partition(partition_id, size, rf)
 
@@ -653,10 +649,6 @@ class Broker:
             )
             if isinstance(answer, TopologyResponse):
                 self.peer_topologies[answer.node_id] = (answer, time.monotonic())
-                for p, role in answer.partitions.items():
-                    term = answer.terms.get(p, 0)
-                    if role == "LEADER" and term >= self._leaders.get(p, (-1, None))[0]:
-                        self._leaders[p] = (term, answer.node_id)
                 for node, member_address in answer.members.items():
                     if node != self.node_id:
                         old = self._merge_member(node, member_address, f"broker {address}")
