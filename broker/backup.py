@@ -3,20 +3,27 @@ list and delete for the partitions it leads.
 
 Theory of operation (REFERENCE.md §4)
 -------------------------------------
-When a partition processes ``CHECKPOINT CREATE(id)`` into a new checkpoint, the partition calls
-:meth:`BackupService.checkpoint_created` from its processing task, between two groups, with the
-backup's plan (``broker/core.py``: the newest snapshot entirely before the checkpoint, the
-segments from it on with their durable sizes; the checkpoint is durable, it was flushed before
-the effects ran) and a :class:`BackupSource` that can hold what the plan names. There, in well
-under a millisecond, the service holds the snapshot and the log against deletion and compaction
-and notes the files. Everything slow happens afterwards in a background task: look for
-existing copies (a COMPLETED one means there is nothing to do; an IN_PROGRESS or FAILED one
-must not be overwritten), then ``store.save`` (manifest IN_PROGRESS, files, re-check,
-COMPLETED; FAILED on any error). The reservation and the pin are released either way.
+When a partition processes ``CHECKPOINT CREATE(id)`` into a new checkpoint of a type that takes
+a backup, the partition calls :meth:`BackupService.on_backup_job` from its processing task,
+between two groups, with the backup's plan (``broker/core.py``: the newest snapshot entirely
+before the checkpoint, the segments from it on with their durable sizes; the checkpoint is
+durable, it was flushed before the effects ran) and a :class:`BackupSource` that can hold what
+the plan names. There, in well under a millisecond, the service holds the snapshot and the log
+against deletion and compaction and notes the files. Everything slow happens afterwards in a
+background task: look for existing copies (a COMPLETED one means there is nothing to do; an
+IN_PROGRESS or FAILED one must not be overwritten), then ``store.save`` (manifest IN_PROGRESS,
+files, re-check, COMPLETED; FAILED on any error). The reservation and the pin are released
+either way.
 
 A broker that starts marks every IN_PROGRESS copy of its partitions FAILED: nothing of it can
 still be running (Zeebe does this only for the latest checkpoint, its issue #41200; we do it for
 all).
+
+A backup this service saved is confirmed through ``on_completed`` (the broker writes
+``CONFIRM_BACKUP`` to the partition, which records it in its ranges). The other jobs, a sync of
+the partition's runtime metadata to the store and the deletion of a backup (after
+``DELETE_BACKUP``), run one at a time per partition, in the order they were committed
+(reference backups-8.9-8.10.md A.4).
 
 Every accepted backup ends COMPLETED or FAILED. Two holes are closed here:
 
