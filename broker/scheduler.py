@@ -247,7 +247,6 @@ class SchedulerLoop:
         self.config = config
         self.cluster = cluster
         self._wall_ms = wall_ms
-        self.fired: list[tuple[int, CheckpointType]] = []  # (id, type), for tests and status
 
     async def run_scheduler(self) -> None:
         backoff_ms: int | None = None
@@ -261,7 +260,6 @@ class SchedulerLoop:
                 if step.fire is not None:
                     checkpoint_id = generate_backup_id(now_ms, self.config.offset)
                     await self.cluster.checkpoint(checkpoint_id, step.fire)
-                    self.fired.append((checkpoint_id, step.fire))
                 wait_ms, backoff_ms = step.wait_ms, None
             except (ZeebeSimError, OSError) as exc:
                 backoff_ms = next_backoff_ms(backoff_ms)
