@@ -630,3 +630,27 @@ async def test_metadata_does_not_show_up_as_a_backup(kit: StoreKit, tmp_path: Pa
     await store.write_metadata(_metadata(ids=(5,)))
     listed = await store.list(BackupIdentifierWildcard())
     assert [s.id.checkpoint_id for s in listed] == [5]
+
+
+async def test_a_backup_being_deleted_shows_deleted_and_a_repeated_delete_finishes_it(
+    kit: StoreKit, tmp_path: Path
+) -> None:
+    """Delete demotes the manifest to DELETED before the files go (Zeebe 8.9's markDeleted):
+    a delete interrupted there leaves a DELETED backup, which status and list show, which no
+    save can overwrite, and which a repeated delete removes."""
+    store = kit.open()
+    id = bid()
+    await store.save(small_backup(tmp_path, id))
+    doc = json.loads(await kit.read_raw(kit.manifest_path(id)))
+    doc["statusCode"] = "DELETED"  # what delete writes first
+    await kit.write_raw(kit.manifest_path(id), json.dumps(doc).encode())
+
+    assert (await store.get_status(id)).status_code == BackupState.DELETED
+    listed = await store.list(BackupIdentifierWildcard())
+    assert [s.status_code for s in listed] == [BackupState.DELETED]
+    with pytest.raises(AlreadyExists):
+        await store.save(small_backup(tmp_path, id, seed=3))
+    assert await store.mark_failed(id, "too late") == BackupState.DELETED
+    await store.delete(id)
+    assert (await store.get_status(id)).status_code == BackupState.DOES_NOT_EXIST
+    assert not {p for p in await kit.stored_paths() if not p.startswith("metadata/")}
