@@ -390,7 +390,7 @@ def load_data_dir(data_dir: Path) -> list[PartitionData]:
                 entries.append(
                     EntrySummary(
                         entry.index,
-                        getattr(entry, "term", 0),
+                        entry.term,
                         entry.first_position,
                         entry.record_count,
                         zlib.crc32(entry.payload),

@@ -88,7 +88,8 @@ async def test_every_replica_is_restored_from_one_backup_and_verify_agrees(
     ]
     assert check(load_data_dir(two)).ok
 
-    # One replica's last entry rewritten with another timestamp: same index, other bytes.
+    # One replica's last entry rewritten with another timestamp: same index and term, other
+    # bytes (in an older term it would pass for a deposed leader's uncommitted tail).
     log_dir = layout.partition_dir(restored / "broker-2", PartitionId(2)) / layout.LOG_DIR
     log = SegmentedLog.open(log_dir)
     try:
@@ -96,7 +97,7 @@ async def test_every_replica_is_restored_from_one_backup_and_verify_agrees(
         records = list(decode_records(last.payload))
         log.truncate_after(last.first_position - 1)
         changed = [attrs.evolve(r, timestamp_ms=r.timestamp_ms + 1) for r in records]
-        log.append(last.first_position, last.record_count, encode_records(changed))
+        log.append(last.first_position, last.record_count, encode_records(changed), last.term)
         log.flush()
     finally:
         log.close()
