@@ -1,0 +1,158 @@
+"""Failover time on real processes: kill -9 a partition's leader, again and again.
+
+Three brokers, three partitions, replication factor 3 (as `zeebe-sim up` and Camunda's Helm
+chart). Each round kills the current leader of the next partition (1, 2, 3, 1, ...) with
+SIGKILL, measures how long until the gateway sees another broker lead it (the *failover time*)
+and how long a client writing to that partition gets no answer (the *client-visible gap*:
+from the last acknowledged write before the kill to the first one after), then restarts the
+killed broker and waits until it is a follower again, so that every kill finds three replicas.
+
+The client writes to one partition by publishing messages whose correlation key maps to it
+(a publication is a command on the partition that owns the key), one after another.
+
+A script, not a test: it prints what it measured.
+
+    python benchmarks/failover.py [--kills 20] [--election-timeout-ms 2500]
+        [--heartbeat-interval-ms 250]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from zeebe_sim.ground.ids import PartitionId
+from zeebe_sim.ground.routing import subscription_partition_id
+from zeebe_sim.harness import ApiError, RunningCluster, eventually, running_cluster
+from zeebe_sim.workload import percentile
+
+PARTITIONS = 3
+
+
+def key_on(partition: int) -> str:
+    """A correlation key whose messages live on ``partition``."""
+    for i in itertools.count():
+        key = f"failover-{i}"
+        if subscription_partition_id(key, PARTITIONS) == partition:
+            return key
+    raise AssertionError("unreachable")
+
+
+class Writer:
+    """Publishes to one partition without pause; remembers when each write was acknowledged."""
+
+    def __init__(self, cluster: RunningCluster, partition: int) -> None:
+        self.cluster = cluster
+        self.partition = partition
+        self.key = key_on(partition)
+        self.acknowledged_at: list[float] = []
+        self.stopped = False
+
+    async def run(self) -> None:
+        while not self.stopped:
+            try:
+                await self.cluster.api.publish("failover", self.key, ttl_ms=0)
+                self.acknowledged_at.append(time.monotonic())
+            except (ApiError, aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(0.001)
+
+
+async def leaders_complete(cluster: RunningCluster, rejoining: int) -> bool:
+    """Every partition has a leader and broker ``rejoining`` holds an active replica of each."""
+    topology = await cluster.api.call("GET", f"{cluster.rest_url}/v2/topology")
+    roles = [
+        p["role"] for b in topology["brokers"] if b["nodeId"] == rejoining for p in b["partitions"]
+    ]
+    leaders = await cluster.leaders()
+    return len(leaders) == PARTITIONS and len(roles) == PARTITIONS and "inactive" not in roles
+
+
+async def kill_leader(cluster: RunningCluster, writer: Writer) -> tuple[int, float, float]:
+    """Kill the leader of the writer's partition, restart it once another leads and wait
+    until it is back; the victim, the failover time and the client-visible gap."""
+    partition = writer.partition
+
+    async def acknowledged_since(count: int) -> bool:
+        return len(writer.acknowledged_at) > count
+
+    async def moved() -> bool:
+        return (await cluster.leaders()).get(PartitionId(partition), victim) != victim
+
+    async def rejoined() -> bool:
+        return await leaders_complete(cluster, victim)
+
+    await eventually(lambda: acknowledged_since(0), timeout_s=60)
+    victim = await cluster.leader_of(partition)
+    before = len(writer.acknowledged_at)
+    last_before = writer.acknowledged_at[-1]
+    killed_at = time.monotonic()
+    cluster.kill_broker(victim)
+    await eventually(moved, timeout_s=120, interval_s=0.005)
+    failover_s = time.monotonic() - killed_at
+    await eventually(lambda: acknowledged_since(before), timeout_s=120, interval_s=0.005)
+    gap_s = writer.acknowledged_at[before] - last_before
+    await cluster.start_broker(victim)
+    await eventually(rejoined, timeout_s=120)
+    return victim, failover_s, gap_s
+
+
+async def main(kills: int, election_timeout_ms: int, heartbeat_interval_ms: int) -> None:
+    failovers_s: list[float] = []
+    gaps_s: list[float] = []
+    with tempfile.TemporaryDirectory() as directory:
+        async with running_cluster(
+            Path(directory),
+            brokers=3,
+            partitions=PARTITIONS,
+            replication_factor=3,
+            election_timeout_ms=election_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            gateway_args=["--request-timeout", "5s"],
+        ) as cluster:
+            writers = {p: Writer(cluster, p) for p in range(1, PARTITIONS + 1)}
+            tasks = [asyncio.create_task(w.run()) for w in writers.values()]
+            try:
+                for round_ in range(kills):
+                    partition = round_ % PARTITIONS + 1
+                    victim, failover_s, gap_s = await kill_leader(cluster, writers[partition])
+                    failovers_s.append(failover_s)
+                    gaps_s.append(gap_s)
+                    print(
+                        f"kill {round_ + 1:2}: partition {partition} leader broker {victim}: "
+                        f"new leader after {failover_s * 1000:6.0f} ms, "
+                        f"client gap {gap_s * 1000:6.0f} ms",
+                        flush=True,
+                    )
+            finally:
+                for w in writers.values():
+                    w.stopped = True
+                await asyncio.gather(*tasks)
+    print(
+        f"\n{kills} leader kills (election timeout {election_timeout_ms} ms, heartbeat "
+        f"{heartbeat_interval_ms} ms, 3 brokers, 3 partitions, replication factor 3):"
+    )
+    for name, values in (("failover (new leader)", failovers_s), ("client-visible gap", gaps_s)):
+        ordered = sorted(values)
+        print(
+            f"  {name:22} p50 {percentile(ordered, 0.5) * 1000:6.0f} ms   "
+            f"p99 {percentile(ordered, 0.99) * 1000:6.0f} ms   max {ordered[-1] * 1000:6.0f} ms"
+            f"   mean {statistics.mean(ordered) * 1000:6.0f} ms"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--election-timeout-ms", type=int, default=2500)
+    parser.add_argument("--heartbeat-interval-ms", type=int, default=250)
+    arguments = parser.parse_args()
+    asyncio.run(
+        main(arguments.kills, arguments.election_timeout_ms, arguments.heartbeat_interval_ms)
+    )
