@@ -107,11 +107,13 @@ async def kill_leader_and_restart(cluster: RunningCluster, writer: Writer, parti
     await rejoined(cluster, victim)
 
 
+@pytest.mark.timeout(400)
 async def test_killing_each_leader_in_turn_under_load(tmp_path: Path) -> None:
     """Under `zeebe-sim load`, kill -9 the leader of partition 1, 2 and 3 in turn (each
     restarted before the next kill): each time another broker leads within two election
     timeouts, the gateway answers 503 or 504 during the gap (never 500), every acknowledged
-    instance is there afterwards and the load goes on to complete its instances."""
+    instance is there afterwards, writes are acknowledged again after each kill and the load
+    completes its instances (but those whose message or job completion a gap refused)."""
     async with replicated(tmp_path) as cluster:
         await cluster.api.deploy(DEMO)
         load = await asyncio.create_subprocess_exec(
@@ -144,7 +146,12 @@ async def test_killing_each_leader_in_turn_under_load(tmp_path: Path) -> None:
         assert not [kind for kind in summary["errors"] if " 5" in kind and not _gap(kind)], summary[
             "errors"
         ]
-        assert summary["completed"] > 0 and summary["notCompleted"] == 0, summary
+        # The load does not retry a publication or job completion refused during a gap: each
+        # may leave one instance waiting for ever. Any other instance completes.
+        stranded = sum(
+            n for kind, n in summary["errors"].items() if kind.startswith(("publish", "complete"))
+        )
+        assert summary["completed"] > 100 and summary["notCompleted"] <= stranded, summary
         for key in writer.acknowledged:
             assert (await cluster.api.get_instance(key))["processInstanceKey"] == str(key)
         assert {partition_of_key(k) for k in writer.acknowledged} == {1, 2, 3}
@@ -159,6 +166,7 @@ async def _true(value: bool) -> bool | None:
     return value or None
 
 
+@pytest.mark.timeout(400)
 async def test_a_leader_cut_off_loses_its_partition_and_rejoins_after_heal(
     tmp_path: Path,
 ) -> None:
@@ -203,6 +211,7 @@ async def test_a_leader_cut_off_loses_its_partition_and_rejoins_after_heal(
     assert "3 partitions (9 replicas)" in output
 
 
+@pytest.mark.timeout(400)
 async def test_a_restored_rf3_cluster_verifies_elects_and_backs_up(tmp_path: Path) -> None:
     """Backup 10 of an RF3 cluster, restored with `zeebe-sim restore --replication-factor 3`:
     every broker holds all three partitions, `verify` passes with 9 replicas at checkpoint 10,
