@@ -8,6 +8,8 @@ import itertools
 from pathlib import Path
 from typing import Literal
 
+import pytest
+
 from broker.backup import NOT_TAKEN
 from broker.schedule import IntervalSchedule
 from broker.scheduler import SchedulerConfig
@@ -29,7 +31,11 @@ async def runtime_state(
     cluster: InProcessCluster, partition: int, action: Literal["GET", "RESET", "SYNC"] = "GET"
 ) -> BackupRuntimeStateResponse:
     """The runtime state as the partition's leader answers it over the broker protocol."""
-    broker = next(b for b in cluster.brokers.values() if PartitionId(partition) in b.partitions)
+    broker = next(
+        b
+        for b in cluster.brokers.values()
+        if PartitionId(partition) in b.partitions and b.partitions[PartitionId(partition)].leading
+    )
     answer = await broker.handle(BackupRuntimeStateRequest(PartitionId(partition), action))
     assert isinstance(answer, BackupRuntimeStateResponse)
     return answer
@@ -70,14 +76,18 @@ async def test_the_scheduler_runs_on_the_lowest_live_broker_and_moves_with_it(
         assert all(kinds.get(i, CheckpointType.SCHEDULED_BACKUP).takes_backup for i in not_taken)
 
 
+@pytest.mark.parametrize("replication_factor", [1, 3])
 async def test_continuous_backups_make_contiguous_ranges_and_store_metadata(
-    tmp_path: Path,
+    tmp_path: Path, replication_factor: int
 ) -> None:
     """Markers and scheduled backups with generated ids (epoch ms): every partition confirms
     its backups into one contiguous range, the leaders answer the runtime state, the store
     metadata holds the same ranges and checkpoints, and the backups carry their type and
-    first log position; RESET clears the state and its metadata."""
-    async with inprocess_cluster(tmp_path, backup_schedule=CONTINUOUS) as cluster:
+    first log position; RESET clears the state and its metadata. With and without
+    replication."""
+    async with inprocess_cluster(
+        tmp_path, backup_schedule=CONTINUOUS, replication_factor=replication_factor
+    ) as cluster:
 
         async def three_backups_everywhere() -> bool:
             states = [await runtime_state(cluster, p) for p in (1, 2, 3)]
