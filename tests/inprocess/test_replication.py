@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from broker.partition import PartitionConfig
+from broker.raft.core import RaftConfig
 from broker.server import Broker
 from zeebe_sim.harness import eventually
 from zeebe_sim.inprocess import InProcessCluster, inprocess_cluster
@@ -103,3 +105,52 @@ async def test_a_new_leader_takes_over_with_every_acknowledged_write(tmp_path: P
             timeout_s=30,
         )
         await cluster.start_broker(old)
+
+
+async def test_a_follower_behind_the_compacted_log_catches_up_by_snapshot(
+    tmp_path: Path,
+) -> None:
+    """A follower down while the leader snapshots and compacts its log gets the leader's
+    snapshot in chunks when it returns, then the entries after it, and its state equals the
+    leader's at the same position."""
+    partition = PartitionConfig(
+        snapshot_period_s=0.5, retry_initial_s=0.2, retry_max_s=1.0, segment_bytes_max=8192
+    )
+    raft = RaftConfig(
+        election_timeout_ms=500, heartbeat_interval_ms=100, snapshot_chunk_size_bytes=4096
+    )
+    async with inprocess_cluster(
+        tmp_path, partitions=1, replication_factor=3, partition=partition, raft=raft
+    ) as cluster:
+        leader_node = (await eventually(lambda: _all_led(cluster), timeout_s=30))[1]
+        await cluster.api.deploy(DEMO)
+        follower = next(n for n in cluster.brokers if n != leader_node)
+        await cluster.kill_broker(follower)
+        for i in range(150):
+            await cluster.api.create_instance("demo-process", {"correlationKey": f"k{i}"})
+        leader = cluster.brokers[leader_node].partitions[1]
+        leader.request_snapshot()
+
+        async def compacted() -> bool:
+            snapshot = leader.snapshots.latest()
+            return (
+                snapshot is not None
+                and leader.log.first_index > 1
+                and (snapshot.processed_position >= leader.processed_position - 10)
+            )
+
+        await eventually(compacted, timeout_s=30)
+        taken = leader.snapshots.latest()
+        assert taken is not None
+        await cluster.start_broker(follower)
+        back = cluster.brokers[follower].partitions[1]
+
+        async def caught_up() -> bool:
+            states = replica_states(cluster, 1)
+            return len(set(states.values())) == 1 and back.snapshots.latest() is not None
+
+        await eventually(caught_up, timeout_s=30)
+        # it got the leader's snapshot: its log does not hold the entries the snapshot covers
+        received = back.snapshots.latest()
+        assert received is not None and received.id.index >= taken.id.index
+        assert back.log.first_index != 1
