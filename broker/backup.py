@@ -140,6 +140,8 @@ class BackupService:
         self._handled: set[BackupIdentifier] = set()
         self._tasks = OwnedTasks(f"backups of node {node_id}")
         self._running: collections.Counter[int] = collections.Counter()
+        # uploads in progress per partition (cancelled when its replica stops leading)
+        self._uploads: dict[BackupIdentifier, asyncio.Task[None]] = {}
         # Saves that failed while the store could not record it (unreachable): reported by
         # status from here, and written to the store once it answers again.
         self._unrecorded_failures: dict[BackupIdentifier, tuple[str, datetime]] = {}
@@ -267,7 +269,9 @@ class BackupService:
             release_source()
             self._running[partition_id] -= 1
 
-        self._tasks.spawn(self._save(backup, plan, release))
+        task = self._tasks.spawn(self._save(backup, plan, release))
+        self._uploads[identifier] = task
+        task.add_done_callback(lambda _: self._uploads.pop(identifier, None))
 
     def running(self, partition_id: int) -> int:
         """Backups of this partition being taken right now."""
@@ -449,6 +453,33 @@ class BackupService:
             if copy.status_code == BackupState.IN_PROGRESS:
                 await store.mark_failed(copy.id, DELETING_REASON)
             await store.delete(copy.id)
+
+    def leader_changed(self, partition_id: int, leading: bool, checkpoint_id: int) -> None:
+        """A replica of this broker became the leader of a partition (after replaying the
+        committed log; ``checkpoint_id`` its latest), or stopped being it.
+
+        New leader: every IN_PROGRESS copy of the partition's backups, whoever took it, can no
+        longer finish: it is recorded FAILED with the leader-change reason (all of them, not
+        only the latest as Zeebe does), except what this broker uploads now; and the latest
+        checkpoint is reconciled as after a restart. Old leader: its uploads of the partition
+        stop; their holds on the snapshot and segments are released."""
+        if self.store is None:
+            return
+        if leading:
+            self._tasks.spawn(self._fail_others_in_progress(PartitionId(partition_id)))
+            self.reconcile(partition_id, checkpoint_id)
+            return
+        for identifier, task in list(self._uploads.items()):
+            if identifier.partition_id == partition_id:
+                log.warning("%s: upload cancelled, no longer the partition's leader", identifier)
+                task.cancel()
+
+    async def _fail_others_in_progress(self, partition_id: PartitionId) -> None:
+        store = self._require_store()
+        for status in await store.list(BackupIdentifierWildcard(partition_id=partition_id)):
+            if status.status_code == BackupState.IN_PROGRESS and status.id not in self._uploads:
+                log.warning("marking %s FAILED: the partition's leader changed", status.id)
+                await store.mark_failed(status.id, CANCELLED_ON_RESTART)
 
     async def fail_in_progress(self, partition_ids: list[int]) -> None:
         """At start-up: nothing of this partition's backups can still be running."""

@@ -118,6 +118,7 @@ class Partition:
         disk: DiskMonitor | None = None,
         replication: ReplicaConfig | None = None,
         send_to_peer: Callable[[Any, Any], None] | None = None,
+        on_leader_change: Callable[[int, bool, int], None] | None = None,
     ) -> None:
         """``replication``: this replica's place in a replicated partition (None: the only
         replica, which leads always); ``send_to_peer(node, message)`` carries Raft messages."""
@@ -155,6 +156,8 @@ class Partition:
         self.engine: Engine
         self.core: PartitionCore
         self.replica: Replica | None = None
+        # (partition id, leading, latest checkpoint id): backups follow leadership
+        self._on_leader_change = on_leader_change
         if replication is not None:
             assert send_to_peer is not None
             self.replica = Replica(self, replication, send_to_peer)
@@ -248,6 +251,12 @@ class Partition:
             results.append((self.log.last_index, None, result))
         self.replica.propose(self._take_proposal(), results)
         log.info("partition %s: leading, %d unprocessed", self.partition_id, len(unprocessed))
+        if self._on_leader_change is not None:
+            latest = self.engine.backup_runtime_state()[0]
+            # a MARKER has no backup to reconcile
+            takes_backup = latest is None or latest.checkpoint_type.takes_backup
+            checkpoint_id = self.state.checkpoint_id if takes_backup else 0
+            self._on_leader_change(self.partition_id, True, checkpoint_id)
         self._wakeup.set()
 
     def step_down(
@@ -256,6 +265,8 @@ class Partition:
         """No longer the leader: fail what waits for an answer; stop processing."""
         replies = replies + [q.reply for q in self._inbox]
         self._inbox.clear()
+        if self._on_leader_change is not None:
+            self._on_leader_change(self.partition_id, False, self.state.checkpoint_id)
         for reply in replies:
             if reply is not None and not reply.done():
                 reply.set_exception(error)

@@ -222,6 +222,7 @@ class Broker:
                 disk=self.disk,
                 replication=replication,
                 send_to_peer=self.send_to_peer,
+                on_leader_change=self.backups.leader_changed,
             )
         # Before any partition can start a new backup: what was IN_PROGRESS died with us.
         # (Replicated partitions: their new leader does it, see Partition.lead.)

@@ -123,3 +123,41 @@ async def test_leader_kills_under_load_lose_no_acknowledged_write(tmp_path: Path
 
         for at in range(0, len(acknowledged), 20):
             await asyncio.gather(*(check(key) for key in acknowledged[at : at + 20]))
+
+
+async def test_a_leader_killed_while_its_backup_uploads(tmp_path: Path) -> None:
+    """kill -9 the leader of partition 1 while its part of backup 1 uploads (upload delay):
+    the new leader records that part FAILED with the leader-change reason, so backup 1 ends
+    FAILED; backup 2, taken after, COMPLETES, each part taken by the partition's leader."""
+    async with running_cluster(
+        tmp_path,
+        broker_args=[*FAST_BROKER_ARGS, "--backup-upload-delay", "4s"],
+        gateway_args=FAST_GATEWAY_ARGS,
+        **RAFT,
+    ) as cluster:
+        await eventually(lambda: all_leaders(cluster), timeout_s=60)
+        await cluster.api.deploy(demo_bpmn(), "demo.bpmn")
+        await cluster.api.create_instance("demo-process", {"correlationKey": "before"})
+        await eventually(lambda: cluster.api.take_backup(1), timeout_s=30)
+
+        async def uploading() -> bool:
+            info = await cluster.api.backup(1)
+            parts = {d["partitionId"]: d["state"] for d in info.get("details", [])}
+            return parts.get(1) == "IN_PROGRESS"
+
+        await eventually(uploading, timeout_s=30, interval_s=0.02)
+        old = await eventually(lambda: leader_of(cluster, 1), timeout_s=30)
+        cluster.kill_broker(old)
+        info = await cluster.api.wait_for_backup(1, timeout_s=60)
+        assert info["state"] == "FAILED", info
+        part = next(d for d in info["details"] if d["partitionId"] == 1)
+        assert part["state"] == "FAILED"
+        assert part["failureReason"] == "Backup is cancelled due to leader change."
+        await cluster.start_broker(old)
+        leaders = await eventually(lambda: all_leaders(cluster), timeout_s=60)
+        await eventually(lambda: cluster.api.take_backup(2), timeout_s=30)
+        info = await cluster.api.wait_for_backup(2, timeout_s=60)
+        assert info["state"] == "COMPLETED", info
+        takers = {d["partitionId"]: d["brokerId"] for d in info["details"]}
+        current = await eventually(lambda: all_leaders(cluster), timeout_s=30)
+        assert takers == current or takers == leaders, (takers, current, leaders)
