@@ -237,7 +237,8 @@ def up(**kwargs: Any) -> None:
     def died(process: ManagedProcess, code: int) -> None:
         click.secho(
             f"\n!!! {process.name} (pid {process.pid}) exited unexpectedly with code {code}. "
-            "Its partitions are unavailable until the cluster is restarted. !!!\n",
+            "Its replicas stay down until the cluster is restarted (a partition with other "
+            "replicas elects another leader). !!!\n",
             fg="red",
             bold=True,
             err=True,
