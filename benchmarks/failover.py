@@ -4,8 +4,9 @@ Three brokers, three partitions, replication factor 3 (as `zeebe-sim up` and Cam
 chart). Each round kills the current leader of the next partition (1, 2, 3, 1, ...) with
 SIGKILL, measures how long until the gateway sees another broker lead it (the *failover time*)
 and how long a client writing to that partition gets no answer (the *client-visible gap*:
-from the last acknowledged write before the kill to the first one after), then restarts the
-killed broker and waits until it is a follower again, so that every kill finds three replicas.
+from the last write acknowledged before the kill to the first acknowledged write sent after
+it), then restarts the killed broker and waits until it is a follower again, so that every
+kill finds three replicas.
 
 The client writes to one partition by publishing messages whose correlation key maps to it
 (a publication is a command on the partition that owns the key), one after another.
@@ -52,14 +53,16 @@ class Writer:
         self.cluster = cluster
         self.partition = partition
         self.key = key_on(partition)
-        self.acknowledged_at: list[float] = []
+        # (sent, acknowledged) times of each acknowledged write
+        self.writes: list[tuple[float, float]] = []
         self.stopped = False
 
     async def run(self) -> None:
         while not self.stopped:
+            sent_at = time.monotonic()
             try:
                 await self.cluster.api.publish("failover", self.key, ttl_ms=0)
-                self.acknowledged_at.append(time.monotonic())
+                self.writes.append((sent_at, time.monotonic()))
             except (ApiError, aiohttp.ClientError, TimeoutError):
                 await asyncio.sleep(0.001)
 
@@ -80,7 +83,10 @@ async def kill_leader(cluster: RunningCluster, writer: Writer) -> tuple[int, flo
     partition = writer.partition
 
     async def acknowledged_since(count: int) -> bool:
-        return len(writer.acknowledged_at) > count
+        return len(writer.writes) > count
+
+    async def acknowledged_after_kill() -> bool:
+        return any(sent_at > killed_at for sent_at, _ in writer.writes[before:])
 
     async def moved() -> bool:
         return (await cluster.leaders()).get(PartitionId(partition), victim) != victim
@@ -90,14 +96,17 @@ async def kill_leader(cluster: RunningCluster, writer: Writer) -> tuple[int, flo
 
     await eventually(lambda: acknowledged_since(0), timeout_s=60)
     victim = await cluster.leader_of(partition)
-    before = len(writer.acknowledged_at)
-    last_before = writer.acknowledged_at[-1]
+    before = len(writer.writes)
     killed_at = time.monotonic()
     cluster.kill_broker(victim)
     await eventually(moved, timeout_s=120, interval_s=0.005)
     failover_s = time.monotonic() - killed_at
-    await eventually(lambda: acknowledged_since(before), timeout_s=120, interval_s=0.005)
-    gap_s = writer.acknowledged_at[before] - last_before
+    await eventually(acknowledged_after_kill, timeout_s=120, interval_s=0.005)
+    # From the last write acknowledged before the kill to the first one of a write sent after
+    # it (a write in flight at the kill may still have been answered by the dying leader).
+    last_before = max(acked for _, acked in writer.writes if acked <= killed_at)
+    first_after = min(acked for sent, acked in writer.writes[before:] if sent > killed_at)
+    gap_s = first_after - last_before
     await cluster.start_broker(victim)
     await eventually(rejoined, timeout_s=120)
     return victim, failover_s, gap_s
