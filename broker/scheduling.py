@@ -10,9 +10,9 @@ back when it returns, as in Zeebe (reference backups-8.9-8.10.md A.5). A broker 
 waits one liveness period before it decides, so that it knows its peers first.
 
 :class:`BrokerCluster` is what the loops ask of the cluster: requests to each partition's
-leader, answered locally when this broker leads the partition, else over a connection to the
-leader (the newest gossip says who leads; without Raft, partition p lives on broker
-``(p-1) % N``).
+leader (the broker's leader guess: its own replica, the replica it follows, the newest gossip),
+answered locally when this broker leads the partition, else over a connection to the leader.
+A round that fails (no leader yet, a leader change) is retried by the loops' back-off.
 """
 
 from __future__ import annotations
