@@ -4,13 +4,13 @@ leaders answer, and the store metadata they keep."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from broker.backup import NOT_TAKEN
 from broker.schedule import IntervalSchedule
 from broker.scheduler import SchedulerConfig
 from storage.backup.api import BackupIdentifierWildcard
@@ -48,32 +48,49 @@ def running_on(cluster: InProcessCluster) -> list[int]:
 async def test_the_scheduler_runs_on_the_lowest_live_broker_and_moves_with_it(
     tmp_path: Path,
 ) -> None:
-    """Broker 0 runs the scheduler; when it dies broker 1 takes over; when it returns the
-    scheduler goes back to it and stops on broker 1. Checkpoints advance again after."""
-    async with inprocess_cluster(tmp_path, backup_schedule=CONTINUOUS) as cluster:
+    """Broker 0 runs the scheduler; when it dies broker 1 takes over and checkpoints go on
+    (the partitions' leaders moved too: replication factor 3); when broker 0 returns the
+    scheduler goes back to it and stops on broker 1."""
+    async with inprocess_cluster(
+        tmp_path, backup_schedule=CONTINUOUS, replication_factor=3
+    ) as cluster:
+
+        async def latest_id() -> int:
+            checkpoint = (await runtime_state(cluster, 2)).checkpoint
+            return checkpoint.checkpoint_id if checkpoint is not None else 0
+
+        async def advanced_past(before_id: int) -> bool:
+            return await latest_id() > before_id
+
         await eventually(lambda: _equals(running_on(cluster), [0]), timeout_s=30)
         await cluster.kill_broker(0)
         await eventually(lambda: _equals(running_on(cluster), [1]), timeout_s=30)
+        handed_over = await eventually(latest_id, timeout_s=30)
+        await eventually(lambda: advanced_past(handed_over), timeout_s=30)
         await cluster.start_broker(0)
         await eventually(lambda: _equals(running_on(cluster), [0]), timeout_s=30)
-        before = (await runtime_state(cluster, 2)).checkpoint
-        assert before is not None
+        returned = await eventually(latest_id, timeout_s=30)
+        await eventually(lambda: advanced_past(returned), timeout_s=30)
 
-        async def advanced() -> bool:
-            after = (await runtime_state(cluster, 2)).checkpoint
-            return after is not None and after.checkpoint_id > before.checkpoint_id
 
-        await eventually(advanced, timeout_s=30)
-        # The restarted broker's latest checkpoint was likely a marker: no marker was recorded
-        # as a FAILED backup "not taken" (markers take none; a scheduled backup cut short by
-        # the kill may be).
-        kinds = {
-            c.checkpoint_id: c.checkpoint_type
-            for c in cluster.brokers[0].partitions[PartitionId(1)].engine.known_checkpoints()
-        }
-        statuses = await cluster.backup_store().list(BackupIdentifierWildcard())
-        not_taken = [s.id.checkpoint_id for s in statuses if s.failure_reason == NOT_TAKEN]
-        assert all(kinds.get(i, CheckpointType.SCHEDULED_BACKUP).takes_backup for i in not_taken)
+async def test_a_restarted_broker_records_no_backup_for_a_marker(tmp_path: Path) -> None:
+    """Markers only: a broker killed and restarted with a marker as its latest checkpoint
+    does not record a FAILED "not taken" backup for it (markers take no backup), so the store
+    holds no backup at all."""
+    markers = SchedulerConfig(checkpoint_interval_ms=250)
+    async with inprocess_cluster(tmp_path, backup_schedule=markers) as cluster:
+
+        async def marked() -> bool:
+            checkpoint = (await runtime_state(cluster, 1)).checkpoint
+            return checkpoint is not None and checkpoint.checkpoint_type is CheckpointType.MARKER
+
+        await eventually(marked, timeout_s=30)
+        await cluster.kill_broker(0)
+        await cluster.start_broker(0)
+        await eventually(marked, timeout_s=30)
+        # What the restart started in the backup service (the reconcile) has finished.
+        await asyncio.wait_for(cluster.brokers[0].backups.wait_idle(), timeout=30)
+        assert await cluster.backup_store().list(BackupIdentifierWildcard()) == []
 
 
 @pytest.mark.parametrize("replication_factor", [1, 3])
