@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import statistics
 import tempfile
@@ -55,6 +56,8 @@ class Writer:
         self.key = key_on(partition)
         # (sent, acknowledged) times of each acknowledged write
         self.writes: list[tuple[float, float]] = []
+        # (answered, HTTP status; 0 for no HTTP answer) of each refused write
+        self.refusals: list[tuple[float, int]] = []
         self.stopped = False
 
     async def run(self) -> None:
@@ -63,7 +66,11 @@ class Writer:
             try:
                 await self.cluster.api.publish("failover", self.key, ttl_ms=0)
                 self.writes.append((sent_at, time.monotonic()))
-            except (ApiError, aiohttp.ClientError, TimeoutError):
+            except ApiError as exc:
+                self.refusals.append((time.monotonic(), exc.status))
+                await asyncio.sleep(0.001)
+            except (aiohttp.ClientError, TimeoutError):
+                self.refusals.append((time.monotonic(), 0))
                 await asyncio.sleep(0.001)
 
 
@@ -77,9 +84,12 @@ async def leaders_complete(cluster: RunningCluster, rejoining: int) -> bool:
     return len(leaders) == PARTITIONS and len(roles) == PARTITIONS and "inactive" not in roles
 
 
-async def kill_leader(cluster: RunningCluster, writer: Writer) -> tuple[int, float, float]:
+async def kill_leader(
+    cluster: RunningCluster, writer: Writer
+) -> tuple[int, float, float, collections.Counter[int]]:
     """Kill the leader of the writer's partition, restart it once another leads and wait
-    until it is back; the victim, the failover time and the client-visible gap."""
+    until it is back; the victim, the failover time, the client-visible gap and the HTTP
+    statuses of the writes refused in the gap."""
     partition = writer.partition
 
     async def acknowledged_since(count: int) -> bool:
@@ -107,13 +117,17 @@ async def kill_leader(cluster: RunningCluster, writer: Writer) -> tuple[int, flo
     last_before = max(acked for _, acked in writer.writes if acked <= killed_at)
     first_after = min(acked for sent, acked in writer.writes[before:] if sent > killed_at)
     gap_s = first_after - last_before
+    refused = collections.Counter(
+        status for at, status in writer.refusals if last_before < at <= first_after
+    )
     await cluster.start_broker(victim)
     await eventually(rejoined, timeout_s=120)
-    return victim, failover_s, gap_s
+    return victim, failover_s, gap_s, refused
 
 
 async def main(kills: int, election_timeout_ms: int, heartbeat_interval_ms: int) -> None:
     failovers_s: list[float] = []
+    statuses: collections.Counter[int] = collections.Counter()
     gaps_s: list[float] = []
     with tempfile.TemporaryDirectory() as directory:
         async with running_cluster(
@@ -130,13 +144,17 @@ async def main(kills: int, election_timeout_ms: int, heartbeat_interval_ms: int)
             try:
                 for round_ in range(kills):
                     partition = round_ % PARTITIONS + 1
-                    victim, failover_s, gap_s = await kill_leader(cluster, writers[partition])
+                    victim, failover_s, gap_s, refused = await kill_leader(
+                        cluster, writers[partition]
+                    )
+                    statuses.update(refused)
                     failovers_s.append(failover_s)
                     gaps_s.append(gap_s)
                     print(
                         f"kill {round_ + 1:2}: partition {partition} leader broker {victim}: "
                         f"new leader after {failover_s * 1000:6.0f} ms, "
-                        f"client gap {gap_s * 1000:6.0f} ms",
+                        f"client gap {gap_s * 1000:6.0f} ms "
+                        f"(refused: {dict(sorted(refused.items()))})",
                         flush=True,
                     )
             finally:
@@ -147,6 +165,7 @@ async def main(kills: int, election_timeout_ms: int, heartbeat_interval_ms: int)
         f"\n{kills} leader kills (election timeout {election_timeout_ms} ms, heartbeat "
         f"{heartbeat_interval_ms} ms, 3 brokers, 3 partitions, replication factor 3):"
     )
+    print(f"  writes refused during the gaps, by HTTP status: {dict(sorted(statuses.items()))}")
     for name, values in (("failover (new leader)", failovers_s), ("client-visible gap", gaps_s)):
         ordered = sorted(values)
         print(
