@@ -21,6 +21,7 @@ the gateway's (who leads).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -262,8 +263,6 @@ def _data_dir_option(fn: Any) -> Any:
 
 
 def _run(coro: Any) -> Any:
-    import asyncio
-
     try:
         return asyncio.run(coro)
     except ZeebeSimError as exc:
