@@ -93,7 +93,8 @@ def detail(
     partition_id: PartitionId, backup_id: BackupId, status: BackupStatus | None
 ) -> PartitionBackupStatus:
     """One partition's status of a backup from its best copy; the fields a state shows
-    (REFERENCE §1) are set, the others left out."""
+    (REFERENCE §1) are set, the others left out (the gateway leaves out the version of a FAILED
+    copy in a status)."""
     if status is None or status.status_code is BackupState.DOES_NOT_EXIST:
         return PartitionBackupStatus(backup_id, partition_id, BackupState.DOES_NOT_EXIST)
     failed = status.status_code is BackupState.FAILED
@@ -109,7 +110,9 @@ def detail(
         snapshot_id=descriptor.snapshot_id if descriptor is not None else None,
         checkpoint_position=Position(shown.checkpoint_position) if shown is not None else None,
         broker_id=status.id.node_id if shown is not None else None,
-        broker_version=shown.broker_version if shown is not None else None,
+        # On every existing copy, FAILED too (the list shows it on every entry, REFERENCE §1):
+        # the version that wrote it, or, without a descriptor, the one that recorded it.
+        broker_version=descriptor.broker_version if descriptor is not None else VERSION,
         first_log_position=(
             Position(descriptor.first_log_position)
             if descriptor is not None and descriptor.first_log_position is not None
@@ -278,7 +281,15 @@ class BackupService:
         return self._running[partition_id]
 
     async def _fail(self, identifier: BackupIdentifier, reason: str) -> None:
-        """Record the backup FAILED: now, or once the store accepts it."""
+        """Record the backup FAILED: now, or once the store accepts it. Existing copies are
+        looked at first, as before a save: a COMPLETED copy wins before anything can fail the
+        backup, and no existing copy is overwritten (REFERENCE §4.1)."""
+        try:
+            if await self._copies(identifier.partition_id, identifier.checkpoint_id):
+                await self._note_recorded(identifier)
+                return
+        except ZeebeSimError as exc:  # unreachable: the failure is written once it answers
+            log.debug("cannot look for copies of %s: %s", identifier, exc.message)
         self._unrecorded_failures[identifier] = (reason, datetime.now(UTC))
         await self._record_failure(identifier)
 

@@ -329,15 +329,16 @@ class Broker:
 
     async def _take_backup(self, request: TakeBackupRequest) -> TakeBackupResponse:
         partition = self._partition(request.partition_id)
+        # Refused before any checkpoint is written: a refused request consumes no id (REFERENCE
+        # §1, corrected).
+        if self.backups.store is None:
+            raise BackupNotConfigured()
         response = await partition.submit(
             ValueType.CHECKPOINT,
             "CREATE",
             request.backup_id,
             {"checkpointId": request.backup_id, "checkpointType": request.checkpoint_type.value},
         )
-        # Checkpoints advance even without a store (Zeebe); only the answer is an error then.
-        if self.backups.store is None:
-            raise BackupNotConfigured()
         return TakeBackupResponse(
             created=response.intent == "CREATED", checkpoint_id=response.value["checkpointId"]
         )

@@ -1,9 +1,21 @@
-"""The Backup Management API on the management port (REFERENCE.md §1).
+"""The backup API, once, served twice: the actuator on the management port (REFERENCE.md §1,
+reference/backups-8.9-8.10.md A.6) and the 8.10 REST API on the REST port (A.7).
 
-``POST/GET /actuator/backups``, ``GET/DELETE /actuator/backups/{id}``, prefix listing
-``GET /actuator/backups/{digits}*``, all of it also under ``/actuator/backupRuntime`` (Zeebe
-8.8). Every call fans out to the leader of every partition; the decisions (202 or 409, the
-aggregated state) are pure functions below, tested over every combination of inputs.
+Actuator: ``POST/GET /actuator/backups``, ``GET/DELETE /actuator/backups/{id}``, prefix listing
+``GET /actuator/backups/{digits}*``, the runtime state ``GET/DELETE .../state`` and
+``POST .../state/sync``, all of it also under ``/actuator/backupRuntime``. REST:
+``POST/GET /v2/backups/runtime``, ``GET/DELETE /v2/backups/runtime/{backupId}``,
+``GET ?prefix=``, ``GET/DELETE /v2/backups/runtime/state`` and ``POST .../state/sync``.
+
+Theory of operation
+-------------------
+Every call fans out to the leader of every partition; the decisions (the id to take, 202 or
+409, the aggregated state, the runtime state) are pure functions below, tested over every
+combination of inputs. One BackupInfo is built per backup with every field (``None`` where
+unknown); the two APIs only differ in how they show it: the REST API writes every field, null
+included, and every detail field; the actuator leaves absent fields out and shows less per
+partition in a list (REFERENCE §1). Errors are raised as ``ZeebeSimError``; each app's error
+middleware turns them into its own body (``{"message"}`` or Problem Details).
 """
 
 from __future__ import annotations
@@ -12,14 +24,27 @@ import asyncio
 import json
 import random
 import re
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
 from gateway.client import BrokerClient
-from zeebe_sim.ground.backups import ID_REQUIRED, BackupState, aggregate_states, parse_backup_id
-from zeebe_sim.ground.errors import AlreadyExists, InvalidArgument, NotFound
+from gateway.rest_input import json_body
+from zeebe_sim.ground.backups import (
+    BACKUP_ID_MAX,
+    ID_REQUIRED,
+    BackupState,
+    aggregate_states,
+    parse_backup_id,
+)
+from zeebe_sim.ground.errors import (
+    AlreadyExists,
+    BrokerUnavailable,
+    InvalidArgument,
+    NotFound,
+)
 from zeebe_sim.ground.ids import NO_CHECKPOINT, BackupId, PartitionId
 from zeebe_sim.ground.protocol import (
     BackupStatusRequest,
@@ -35,8 +60,12 @@ from zeebe_sim.ground.protocol import (
 
 CLIENT = web.AppKey("backup-client", BrokerClient)
 FANOUT_JITTER_S = web.AppKey("backup-fanout-jitter-s", float)
-_DIGITS = re.compile(r"[0-9]+")  # used with fullmatch: "7\n" is not an id
-# BackupInfo detail fields (REFERENCE.md §1), by the wire field they come from.
+ACTUATOR_BASES = ("/actuator/backups", "/actuator/backupRuntime")
+REST_BASE = "/v2/backups/runtime"
+STATE = "state"
+_SIGNED = re.compile(r"[+-]?[0-9]+")  # a Java long's text, as Zeebe parses a path id
+_PREFIX = re.compile(r"-?[0-9]*")  # any decimal text; a sign matches no backup id
+# PartitionBackupInfo fields (REST order, A.7), by the wire field they come from.
 DETAIL_FIELDS = {
     "partitionId": "partition_id",
     "state": "state",
@@ -48,22 +77,68 @@ DETAIL_FIELDS = {
     "brokerId": "broker_id",
     "brokerVersion": "broker_version",
 }
-# The list shows less per partition, but the version on every entry (REFERENCE.md §1).
+# The actuator's list shows less per partition, but the version on every entry (REFERENCE §1).
 LIST_DETAIL_FIELDS = ("partitionId", "state", "failureReason", "createdAt", "brokerVersion")
+# What the actuator shows of a FAILED partition in a status (REFERENCE §1).
+FAILED_DETAIL_FIELDS = (
+    "partitionId",
+    "state",
+    "failureReason",
+    "createdAt",
+    "lastUpdatedAt",
+    "snapshotId",
+)
+GENERATED_ID_GIVEN = (
+    "Cannot take backup with predetermined backupId when continuous backups and/or backup or "
+    "checkpoint scheduler is enabled. Use POST actuator/backupRuntime without specifying a "
+    "backupId."
+)
 
 
 # -- pure decisions ---------------------------------------------------------------------------
 
 
-def parse_path_id(raw: str) -> BackupId:
-    """A backup id in a URL path: digits only (no sign, no spaces), by the one id rule.
+def parse_selector(raw: str, expected: str) -> BackupId:
+    """A backup id in a URL path, as Zeebe reads it: any long, sign included. No backup has an
+    id <= 0: GET answers 404 and DELETE 204 without asking anyone (REFERENCE §1).
 
     Raises:
-        InvalidArgument: anything else (HTTP 400).
+        InvalidArgument: not a long; ``expected`` names what was (HTTP 400).
     """
-    if not _DIGITS.fullmatch(raw):
-        raise InvalidArgument(f"{ID_REQUIRED}, but it was {raw[:40]!r}")
-    return parse_backup_id(raw)
+    if not _SIGNED.fullmatch(raw) or len(raw.lstrip("+-").lstrip("0")) > len(str(BACKUP_ID_MAX)):
+        raise InvalidArgument(f"Expected {expected}, but got '{raw[:40]}'.")
+    value = int(raw)
+    if not -BACKUP_ID_MAX - 1 <= value <= BACKUP_ID_MAX:
+        raise InvalidArgument(f"Expected {expected}, but got '{raw[:40]}'.")
+    return BackupId(value)
+
+
+def parse_prefix(raw: str) -> str | None:
+    """The decimal prefix of a listing (``17`` of ``17*``; ``""`` lists all). ``None`` when no
+    backup id can start with it (``-1``): the list is empty.
+
+    Raises:
+        InvalidArgument: not decimal text (HTTP 400).
+    """
+    if not _PREFIX.fullmatch(raw) or len(raw) > len(str(BACKUP_ID_MAX)) + 1:
+        raise InvalidArgument(f"Expected a backup ID or prefix ending with '*', but got '{raw}*'.")
+    return None if raw.startswith("-") else raw
+
+
+def backup_id_to_take(requested: BackupId | None, offset: int | None, now_ms: int) -> BackupId:
+    """The id a POST takes: the one given, or in generated-id mode (``offset`` not None, the
+    cluster generates ids) epoch milliseconds plus the offset (A.3, A.6).
+
+    Raises:
+        InvalidArgument: an id given in generated-id mode, or none given outside it (HTTP 400).
+    """
+    if offset is None:
+        if requested is None:
+            raise InvalidArgument(ID_REQUIRED)
+        return requested
+    if requested is not None:
+        raise InvalidArgument(GENERATED_ID_GIVEN)
+    return parse_backup_id(now_ms + offset)
 
 
 def take_backup_outcome(backup_id: BackupId, answers: list[TakeBackupResponse]) -> None:
@@ -73,45 +148,44 @@ def take_backup_outcome(backup_id: BackupId, answers: list[TakeBackupResponse]) 
     because an inter-partition command carried it (REFERENCE §3); it then answers IGNORED.
 
     Raises:
-        AlreadyExists: HTTP 409 with Zeebe's message.
+        AlreadyExists: HTTP 409 with Zeebe's newest message.
     """
     latest = max((a.checkpoint_id for a in answers), default=NO_CHECKPOINT)
     if any(a.created for a in answers) and latest == backup_id:
         return
     raise AlreadyExists(
-        f"Requested backup has id {backup_id}. The latest backup has id {latest}. "
-        "Id of new backups must be higher than the previous one."
+        f"Requested backup has ID {backup_id}. The latest backup has ID {latest}. The backup "
+        "ID must be greater than the ID of previous backups that are completed, failed, or "
+        "deleted."
     )
 
 
-def detail_json(status: PartitionBackupStatus, fields: Iterable[str]) -> dict[str, Any]:
-    """A BackupInfo detail; absent optional fields are omitted, not null (REFERENCE §1)."""
-    body: dict[str, Any] = {}
-    for name in fields:
-        value = getattr(status, DETAIL_FIELDS[name])
-        if value is not None:
-            body[name] = value.value if isinstance(value, BackupState) else value
-    return body
+def partition_info(status: PartitionBackupStatus) -> dict[str, Any]:
+    """One PartitionBackupInfo with every field, ``None`` where unknown."""
+    info = {name: getattr(status, wire) for name, wire in DETAIL_FIELDS.items()}
+    info["state"] = status.state.value
+    return info
 
 
-def aggregate(
-    backup_id: BackupId,
-    statuses: list[PartitionBackupStatus],
-    fields: Iterable[str] = DETAIL_FIELDS,
-) -> dict[str, Any]:
-    """BackupInfo from one status per partition, by REFERENCE §1's ordered rules."""
+def aggregate(backup_id: BackupId, statuses: list[PartitionBackupStatus]) -> dict[str, Any]:
+    """BackupInfo from one status per partition, by the ordered rules (REFERENCE §1, A.6):
+    every field, ``failureReason`` ``None`` unless FAILED, details by partition."""
     statuses = sorted(statuses, key=lambda s: s.partition_id)
     state = aggregate_states({s.state for s in statuses})
-    info: dict[str, Any] = {"backupId": backup_id, "state": state.value}
+    reason = None
     if state is BackupState.FAILED:
-        info["failureReason"] = "".join(
+        reason = "".join(
             f"Backup on partition {s.partition_id} failed due to "
             f"{s.failure_reason or 'Unknown reason'}. "
             for s in statuses
             if s.state is BackupState.FAILED
         )
-    info["details"] = [detail_json(s, fields) for s in statuses]
-    return info
+    return {
+        "backupId": backup_id,
+        "state": state.value,
+        "failureReason": reason,
+        "details": [partition_info(s) for s in statuses],
+    }
 
 
 def aggregate_list(
@@ -128,32 +202,52 @@ def aggregate_list(
         aggregate(
             backup_id,
             [
-                by_id[backup_id].get(
-                    p, PartitionBackupStatus(backup_id, p, BackupState.DOES_NOT_EXIST)
-                )
+                found.get(p) or PartitionBackupStatus(backup_id, p, BackupState.DOES_NOT_EXIST)
                 for p in partition_ids
             ],
-            LIST_DETAIL_FIELDS,
         )
-        for backup_id in sorted(by_id, reverse=True)
+        for backup_id, found in sorted(by_id.items(), reverse=True)
     ]
 
 
-# -- handlers ---------------------------------------------------------------------------------
+def actuator_view(info: dict[str, Any], listed: bool = False) -> dict[str, Any]:
+    """The actuator's BackupInfo: absent fields left out; in a list only the list fields per
+    partition, in a status a FAILED partition without what it never had (REFERENCE §1)."""
+    view = {k: v for k, v in info.items() if v is not None and k != "details"}
+
+    def shown(detail: dict[str, Any]) -> Iterable[str]:
+        if listed:
+            return LIST_DETAIL_FIELDS
+        return FAILED_DETAIL_FIELDS if detail["state"] == BackupState.FAILED else detail
+
+    view["details"] = [{k: d[k] for k in shown(d) if d[k] is not None} for d in info["details"]]
+    return view
+
+
+# -- operations, shared by both APIs ----------------------------------------------------------
 
 
 async def _fan_out(
     client: BrokerClient,
-    make: Any,
+    make: Callable[[PartitionId], Message],
     *,
     idempotent: bool = True,
     delay_s: Callable[[], float] = lambda: 0.0,
 ) -> list[Message]:
-    """One request per partition, concurrently; the first error wins (mapped by status)."""
+    """One request per partition, concurrently; the first error wins (mapped by status).
+
+    Raises:
+        BrokerUnavailable: no partition is known at all (HTTP 502, Zeebe's incomplete
+            topology).
+    """
     partitions = client.partition_ids()
     if not partitions:
         await client.refresh_topology()
         partitions = client.partition_ids()
+    if not partitions:
+        raise BrokerUnavailable(
+            "Expected to send request to all partitions, but found no partitions in topology."
+        )
 
     async def one(partition: PartitionId) -> Message:
         delay = delay_s()
@@ -164,18 +258,15 @@ async def _fan_out(
     return list(await asyncio.gather(*(one(p) for p in partitions)))
 
 
-async def take_backup(request: web.Request) -> web.Response:
-    client = request.app[CLIENT]
-    if not request.can_read_body:
-        raise InvalidArgument(f"{ID_REQUIRED}, but the request has no body")
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, too deeply nested
-        raise InvalidArgument(f"{ID_REQUIRED}, but the body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict) or "backupId" not in body:
-        raise InvalidArgument(f"{ID_REQUIRED}, but the body has no backupId")
-    backup_id = parse_backup_id(body["backupId"])
-    jitter_s = request.app[FANOUT_JITTER_S]
+async def take(client: BrokerClient, requested: BackupId | None, jitter_s: float = 0.0) -> BackupId:
+    """Take a backup on every partition; the id taken.
+
+    Raises:
+        InvalidArgument: see :func:`backup_id_to_take`; AlreadyExists: 409; or the fan-out's.
+    """
+    if not client.partition_ids():
+        await client.refresh_topology()
+    backup_id = backup_id_to_take(requested, client.backup_id_offset, time.time_ns() // 1_000_000)
     answers = await _fan_out(
         client,
         lambda p: TakeBackupRequest(p, backup_id),
@@ -183,56 +274,153 @@ async def take_backup(request: web.Request) -> web.Response:
         delay_s=lambda: random.uniform(0, jitter_s) if jitter_s else 0.0,
     )
     take_backup_outcome(backup_id, [a for a in answers if isinstance(a, TakeBackupResponse)])
+    return backup_id
+
+
+async def status(client: BrokerClient, backup_id: BackupId) -> dict[str, Any]:
+    """The BackupInfo of one backup.
+
+    Raises:
+        NotFound: it does not exist on any partition (HTTP 404).
+    """
+    if backup_id > 0:
+        answers = await _fan_out(client, lambda p: BackupStatusRequest(p, backup_id))
+        statuses = [a.status for a in answers if isinstance(a, BackupStatusResponse)]
+        info = aggregate(backup_id, statuses)
+        if info["state"] != BackupState.DOES_NOT_EXIST.value:
+            return info
+    raise NotFound(f"Backup with id {backup_id} does not exist")
+
+
+async def listing(client: BrokerClient, prefix: str | None) -> list[dict[str, Any]]:
+    """Every backup whose id starts with ``prefix`` ("" for all), newest first."""
+    if prefix is None:
+        return []
+    answers = await _fan_out(client, lambda p: ListBackupsRequest(p, prefix or None))
+    lists = [a.statuses for a in answers if isinstance(a, ListBackupsResponse)]
+    return aggregate_list(client.partition_ids(), lists)
+
+
+async def delete(client: BrokerClient, backup_id: BackupId) -> None:
+    """Delete every copy of the backup; nothing to do is no error."""
+    if backup_id > 0:
+        await _fan_out(client, lambda p: DeleteBackupRequest(p, backup_id))
+
+
+async def _requested_id(request: web.Request) -> BackupId | None:
+    """``backupId`` of a POST body; ``None`` without a body or without the field (a null
+    included: the REST API's field is nullable).
+
+    Raises:
+        InvalidArgument: the body or id is bad (400), or what ``json_body`` raises (415, 413).
+    """
+    body = await json_body(request, optional=True)
+    raw = body.get("backupId")
+    return None if raw is None else parse_backup_id(raw)
+
+
+# -- the actuator -----------------------------------------------------------------------------
+
+
+async def _actuator_requested_id(request: web.Request) -> BackupId | None:
+    try:
+        return await _requested_id(request)
+    except InvalidArgument as exc:
+        if type(exc) is not InvalidArgument or exc.message.startswith(ID_REQUIRED):
+            raise
+        message = f"{ID_REQUIRED}, but {exc.message[0].lower()}{exc.message[1:]}"
+        raise InvalidArgument(message) from exc
+
+
+async def actuator_take(request: web.Request) -> web.Response:
+    client = request.app[CLIENT]
+    backup_id = await take(
+        client, await _actuator_requested_id(request), request.app[FANOUT_JITTER_S]
+    )
     return web.json_response(
         {
+            "backupId": backup_id,
             "message": f"A backup with id {backup_id} has been scheduled. Use GET "
-            f"actuator/backups/{backup_id} to monitor the status."
+            f"actuator/backups/{backup_id} to monitor the status.",
         },
         status=202,
     )
 
 
-async def get_backup(request: web.Request) -> web.Response:
+async def actuator_list(request: web.Request) -> web.Response:
+    return _json([actuator_view(i, listed=True) for i in await listing(request.app[CLIENT], "")])
+
+
+async def actuator_get(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
     raw = request.match_info["backup"]
     if raw.endswith("*"):
-        return await _list(client, raw[:-1])
-    backup_id = parse_path_id(raw)
-    answers = await _fan_out(client, lambda p: BackupStatusRequest(p, backup_id))
-    statuses = [a.status for a in answers if isinstance(a, BackupStatusResponse)]
-    info = aggregate(backup_id, statuses)
-    if info["state"] == BackupState.DOES_NOT_EXIST.value:
-        raise NotFound(f"Backup with id {backup_id} does not exist")
-    return web.json_response(info)
+        found = await listing(client, parse_prefix(raw[:-1]))
+        return _json([actuator_view(i, listed=True) for i in found])
+    backup_id = parse_selector(raw, "a backup ID or prefix ending with '*'")
+    return _json(actuator_view(await status(client, backup_id)))
 
 
-async def list_backups(request: web.Request) -> web.Response:
-    return await _list(request.app[CLIENT], "")
-
-
-async def _list(client: BrokerClient, prefix: str) -> web.Response:
-    if prefix and not _DIGITS.fullmatch(prefix):
-        raise InvalidArgument(f"The backup id prefix must be digits, but it was '{prefix}'")
-    answers = await _fan_out(client, lambda p: ListBackupsRequest(p, prefix or None))
-    lists = [a.statuses for a in answers if isinstance(a, ListBackupsResponse)]
-    return web.json_response(aggregate_list(client.partition_ids(), lists))
-
-
-async def delete_backup(request: web.Request) -> web.Response:
-    client = request.app[CLIENT]
-    backup_id = parse_path_id(request.match_info["backup"])
-    await _fan_out(client, lambda p: DeleteBackupRequest(p, backup_id))
+async def actuator_delete(request: web.Request) -> web.Response:
+    backup_id = parse_selector(request.match_info["backup"], "a backup ID or 'state'")
+    await delete(request.app[CLIENT], backup_id)
     return web.Response(status=204)
 
 
+def _json(body: Any, status: int = 200) -> web.Response:
+    # One encoder call with compact separators: a list of 10,000 backups is several MB.
+    return web.Response(
+        text=json.dumps(body, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+    )
+
+
 def add_routes(app: web.Application, client: BrokerClient, fanout_jitter_s: float = 0.0) -> None:
-    """Add the Backup API. ``fanout_jitter_s`` (teaching): TAKE_BACKUP reaches each partition
-    after a random delay up to this long, as requests reach partitions at different times in a
-    real cluster; with --unsafe-no-checkpoint-propagation that makes inconsistent cuts likely."""
+    """Add the actuator's backup API. ``fanout_jitter_s`` (teaching): TAKE_BACKUP reaches each
+    partition after a random delay up to this long, as requests reach partitions at different
+    times in a real cluster; with --unsafe-no-checkpoint-propagation that makes inconsistent
+    cuts likely."""
     app[CLIENT] = client
     app[FANOUT_JITTER_S] = fanout_jitter_s
-    for base in ("/actuator/backups", "/actuator/backupRuntime"):
-        app.router.add_post(base, take_backup)
-        app.router.add_get(base, list_backups)
-        app.router.add_get(base + "/{backup}", get_backup)
-        app.router.add_delete(base + "/{backup}", delete_backup)
+    for base in ACTUATOR_BASES:
+        app.router.add_post(base, actuator_take)
+        app.router.add_get(base, actuator_list)
+        app.router.add_get(base + "/{backup}", actuator_get)
+        app.router.add_delete(base + "/{backup}", actuator_delete)
+
+
+# -- the 8.10 REST API ------------------------------------------------------------------------
+
+
+async def rest_take(request: web.Request) -> web.Response:
+    backup_id = await take(request.app[CLIENT], await _requested_id(request))
+    return _json({"backupId": backup_id}, status=202)
+
+
+async def rest_list(request: web.Request) -> web.Response:
+    raw = request.query.get("prefix", "*")
+    if not raw.endswith("*"):
+        raise InvalidArgument(f"Expected a prefix ending with '*', but got '{raw[:40]}'.")
+    return _json(await listing(request.app[CLIENT], parse_prefix(raw[:-1])))
+
+
+async def rest_get(request: web.Request) -> web.Response:
+    backup_id = parse_selector(request.match_info["backupId"], "a backup ID")
+    return _json(await status(request.app[CLIENT], backup_id))
+
+
+async def rest_delete(request: web.Request) -> web.Response:
+    backup_id = parse_selector(request.match_info["backupId"], "a backup ID")
+    await delete(request.app[CLIENT], backup_id)
+    return web.Response(status=204)
+
+
+def add_rest_routes(app: web.Application, client: BrokerClient) -> None:
+    """Add the backup endpoints of the REST API (A.7) to the REST app."""
+    app[CLIENT] = client
+    app[FANOUT_JITTER_S] = 0.0
+    app.router.add_post(REST_BASE, rest_take)
+    app.router.add_get(REST_BASE, rest_list)
+    app.router.add_get(REST_BASE + "/{backupId}", rest_get)
+    app.router.add_delete(REST_BASE + "/{backupId}", rest_delete)

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import operations, recovery
+from gateway import backups, operations, recovery
 from gateway.client import BrokerClient
 from gateway.errors import problem_details
 from gateway.operations import JobActivation, check
@@ -492,4 +492,5 @@ def rest_app(client: BrokerClient) -> web.Application:
     app.router.add_post("/v2/messages/publication", publish_message)
     app.router.add_get("/v2/topology", topology)
     recovery.add_rest_routes(app, client)
+    backups.add_rest_routes(app, client)
     return app

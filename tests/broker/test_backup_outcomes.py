@@ -12,11 +12,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from broker.backup import NOT_TAKEN, RECORDED_FILE, BackupService
+from broker.core import BackupPlan, Release
 from broker.partition import Partition, PartitionConfig
-from storage.backup.api import BackupIdentifier
+from storage.backup.api import Backup, BackupDescriptor, BackupIdentifier
 from storage.backup.filesystem import FilesystemBackupStore
 from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
@@ -152,3 +154,37 @@ async def test_a_backup_deleted_while_its_failure_is_unwritten_stays_deleted(
     async with asyncio.timeout(30):
         await backups.wait_idle()
     assert (await store.get_status(backup_id(4))).status_code == BackupState.DOES_NOT_EXIST
+
+
+class _NothingHeld:
+    """A partition that holds nothing: a plan that failed must not ask for anything."""
+
+    def hold(self, plan: BackupPlan) -> Release:
+        raise AssertionError(f"a failed plan asked to hold {plan}")
+
+
+async def test_a_completed_copy_wins_before_a_failed_plan(
+    tmp_path: Path, store: FilesystemBackupStore
+) -> None:
+    """Node 1 already holds backup 4 of the partition COMPLETED; node 0 creates checkpoint 4
+    but cannot take it (no snapshot before the checkpoint): the existing copies are looked at
+    first, so nothing is written and the backup stays COMPLETED (REFERENCE §4.1). Without that
+    copy the same plan is recorded FAILED with its reason."""
+    other = BackupIdentifier(NodeId(1), PartitionId(PARTITION), BackupId(4))
+    await store.save(Backup(other, BackupDescriptor(None, 7, 1, "8.10.0"), {}, {}))
+    failed = BackupPlan(PARTITION, 4, 7, failure="Cannot find a snapshot")
+    backups = service(store, tmp_path / "partition")
+    backups.checkpoint_created(failed, _NothingHeld())
+    await backups.wait_idle()
+    assert (await store.get_status(backup_id(4))).status_code == BackupState.DOES_NOT_EXIST
+    assert (await backups.status(PartitionId(PARTITION), BackupId(4))).state == (
+        BackupState.COMPLETED
+    )
+
+    backups.checkpoint_created(attrs.evolve(failed, checkpoint_id=5), _NothingHeld())
+    await backups.wait_idle()
+    status = await store.get_status(backup_id(5))
+    assert (status.status_code, status.failure_reason) == (
+        BackupState.FAILED,
+        "Cannot find a snapshot",
+    )

@@ -48,8 +48,9 @@ async def test_the_documented_curl_commands_work_verbatim(tmp_path: Path) -> Non
         assert (status, body) == (
             202,
             {
+                "backupId": 100,
                 "message": "A backup with id 100 has been scheduled. Use GET actuator/backups/100 "
-                "to monitor the status."
+                "to monitor the status.",
             },
         )
         info = await cluster.api.wait_for_backup(100)
@@ -100,8 +101,8 @@ async def test_the_documented_curl_commands_work_verbatim(tmp_path: Path) -> Non
             {"Content-Type": "application/json"},
         )
         assert status == 409 and body["message"] == (
-            "Requested backup has id 100. The latest backup has id 100. Id of new backups must "
-            "be higher than the previous one."
+            "Requested backup has ID 100. The latest backup has ID 100. The backup ID must be "
+            "greater than the ID of previous backups that are completed, failed, or deleted."
         )
 
 
@@ -124,9 +125,11 @@ async def test_many_simultaneous_posts_of_one_id_give_exactly_one_202(tmp_path: 
         assert (await cluster.api.wait_for_backup(7))["state"] == "COMPLETED"
 
 
-async def test_without_a_store_backup_calls_are_400_and_checkpoints_still_advance(
+async def test_without_a_store_backup_calls_are_400_and_no_id_is_consumed(
     tmp_path: Path,
 ) -> None:
+    """No store: every backup call is 400 with Zeebe's message, and the refused POST wrote no
+    checkpoint on any partition (REFERENCE §1, corrected)."""
     message = (
         "Cannot process backup requests. No backup store is configured. To use this "
         "feature, configure backup in broker configuration."
@@ -143,7 +146,7 @@ async def test_without_a_store_backup_calls_are_400_and_checkpoints_still_advanc
                 {"message": message},
             )
         partitions = await cluster.api.call("GET", f"{cluster.management_url}/actuator/partitions")
-        assert {p["checkpointId"] for p in partitions.values()} == {5}
+        assert {p["checkpointId"] for p in partitions.values()} == {-1}
 
 
 async def test_backup_restore_is_a_consistent_cut_and_the_cluster_works_on(tmp_path: Path) -> None:

@@ -231,8 +231,9 @@ async def test_live_responses_validate_against_the_documented_schemas(tmp_path: 
         assert await checked(cluster, "POST", "/actuator/backups", b'{"backupId": 100}') == (
             202,
             {
+                "backupId": 100,
                 "message": "A backup with id 100 has been scheduled. Use GET "
-                "actuator/backups/100 to monitor the status."
+                "actuator/backups/100 to monitor the status.",
             },
         )
         await poll(cluster, "/actuator/backups/100", "IN_PROGRESS")
@@ -282,8 +283,8 @@ async def test_live_responses_validate_against_the_documented_schemas(tmp_path: 
             status, conflict = await checked(cluster, "POST", base, b'{"backupId": 150}')
             assert status == 409
             assert conflict["message"] == (
-                "Requested backup has id 150. The latest backup has id 200. Id of new backups "
-                "must be higher than the previous one."
+                "Requested backup has ID 150. The latest backup has ID 200. The backup ID must "
+                "be greater than the ID of previous backups that are completed, failed, or deleted."
             )
             for body in [b'{"backupId": 0}', b'{"backupId": "12a"}', b"{not json", None]:
                 status, bad = await checked(cluster, "POST", base, body)

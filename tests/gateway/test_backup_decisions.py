@@ -1,4 +1,5 @@
-"""The gateway's pure backup decisions: id parsing, 202/409 and state aggregation."""
+"""The gateway's pure backup decisions: id parsing, the id to take, 202/409, state aggregation
+and the two views of a BackupInfo (actuator and REST)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.backups import (
+    GENERATED_ID_GIVEN,
+    actuator_view,
     aggregate,
     aggregate_list,
+    backup_id_to_take,
     parse_backup_id,
-    parse_path_id,
+    parse_prefix,
+    parse_selector,
     take_backup_outcome,
 )
 from zeebe_sim.cli import main as cli_main
@@ -54,11 +59,49 @@ def test_invalid_backup_ids_are_400(raw: object) -> None:
         parse_backup_id(raw)
 
 
-@pytest.mark.parametrize("raw", ["0", "abc", "-1", "9223372036854775808", "1.5"])
-def test_invalid_path_ids(raw: str) -> None:
-    """Path ids must be digits of a positive int64."""
-    with pytest.raises(InvalidArgument):
-        parse_path_id(raw)
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("7", 7), ("+7", 7), ("007", 7), ("0", 0), ("-1", -1), ("-9223372036854775808", -(2**63))],
+)
+def test_path_ids_are_read_as_zeebe_reads_a_long(raw: str, expected: int) -> None:
+    """Any long, sign included (an id <= 0 is one no backup has: GET 404, DELETE 204)."""
+    assert parse_selector(raw, "a backup ID") == expected
+
+
+@pytest.mark.parametrize("raw", ["abc", "9223372036854775808", "1.5", "7\n", " 7", "", "1" * 5000])
+def test_invalid_path_ids_are_400_with_the_newest_message(raw: str) -> None:
+    """Not a long (beyond int64 included): 400 "Expected a backup ID or prefix ending with
+    '*', but got '<x>'." (the DELETE variant names 'state')."""
+    with pytest.raises(InvalidArgument) as caught:
+        parse_selector(raw, "a backup ID or prefix ending with '*'")
+    assert caught.value.message == (
+        f"Expected a backup ID or prefix ending with '*', but got '{raw[:40]}'."
+    )
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", ""), ("17", "17"), ("-1", None), ("-", None)])
+def test_any_decimal_prefix_is_a_listing(raw: str, expected: str | None) -> None:
+    """Digits list by prefix, "" lists all; a sign matches no backup id (an empty list)."""
+    assert parse_prefix(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["1x", "abc", "+1", "1 "])
+def test_a_prefix_that_is_not_decimal_is_400(raw: str) -> None:
+    with pytest.raises(InvalidArgument, match="prefix ending with"):
+        parse_prefix(raw)
+
+
+def test_the_id_to_take_given_or_generated() -> None:
+    """Without generated ids the given id is taken, and none is 400; in generated-id mode the
+    id is epoch milliseconds plus the offset, and a given id is 400 (A.6)."""
+    assert backup_id_to_take(BackupId(5), None, 1_000) == 5
+    with pytest.raises(InvalidArgument, match=r"^A backupId must be provided and it must be > 0$"):
+        backup_id_to_take(None, None, 1_000)
+    assert backup_id_to_take(None, 0, 1_764_000_000_000) == 1_764_000_000_000
+    assert backup_id_to_take(None, 20251104131520, 1_000) == 20251104132520
+    with pytest.raises(InvalidArgument) as caught:
+        backup_id_to_take(BackupId(5), 0, 1_000)
+    assert caught.value.message == GENERATED_ID_GIVEN
 
 
 def test_202_when_one_created_and_the_highest_id_is_ours() -> None:
@@ -80,8 +123,8 @@ def test_409_otherwise_with_zeebes_message(answers: list[TakeBackupResponse]) ->
     with pytest.raises(AlreadyExists) as caught:
         take_backup_outcome(5, answers)
     assert caught.value.message == (
-        f"Requested backup has id 5. The latest backup has id {latest}. "
-        "Id of new backups must be higher than the previous one."
+        f"Requested backup has ID 5. The latest backup has ID {latest}. The backup ID must be "
+        "greater than the ID of previous backups that are completed, failed, or deleted."
     )
 
 
@@ -116,7 +159,8 @@ def test_aggregation_over_every_combination_of_three_partitions(states: tuple[st
         assert info["failureReason"].startswith("Backup on partition ")
         assert "Unknown reason" in info["failureReason"]
     else:
-        assert "failureReason" not in info
+        assert info["failureReason"] is None
+        assert "failureReason" not in actuator_view(info)
 
 
 def test_failure_reason_concatenates_failed_partitions_in_order() -> None:
@@ -153,7 +197,34 @@ def test_list_counts_missing_partitions_as_does_not_exist(found: dict[int, list[
             3 - len(found[info["backupId"]])
         )
         assert info["state"] == _expected(states)
-        assert all("brokerId" not in d for d in info["details"])  # list details are reduced
+        # Every field in the REST view; the actuator's list details are reduced.
+        assert all(len(d) == 9 for d in info["details"])
+        listed = actuator_view(info, listed=True)["details"]
+        assert all(set(d) <= {"partitionId", "state", "failureReason", "createdAt"} for d in listed)
+
+
+def test_the_actuator_leaves_out_what_a_failed_partition_never_had() -> None:
+    """In a status, a FAILED partition shows its reason, times and snapshot, not a version or
+    position; the REST view has every field, null where unknown (A.7); a list shows the
+    version on every entry, FAILED too (REFERENCE §1)."""
+    statuses = [
+        _status(1, "FAILED", 1, failure_reason="x", created_at="t", broker_version="8.10.0"),
+        _status(2, "COMPLETED", 1, created_at="t", checkpoint_position=5, broker_version="8"),
+    ]
+    info = aggregate(BackupId(1), statuses)
+    assert info["details"][0]["brokerVersion"] == "8.10.0"
+    assert info["details"][0]["lastUpdatedAt"] is None
+    shown = actuator_view(info)["details"]
+    assert shown[0] == {"partitionId": 1, "state": "FAILED", "failureReason": "x", "createdAt": "t"}
+    assert shown[1] == {
+        "partitionId": 2,
+        "state": "COMPLETED",
+        "createdAt": "t",
+        "checkpointPosition": 5,
+        "brokerVersion": "8",
+    }
+    listed = actuator_view(info, listed=True)["details"]
+    assert [d["brokerVersion"] for d in listed] == ["8.10.0", "8"]
 
 
 @pytest.mark.parametrize("raw", ["0", "-3", "9223372036854775808", "1.5", "abc"])

@@ -66,8 +66,9 @@ async def test_the_documented_backup_cycle(tmp_path: Path) -> None:
         assert await checked(cluster, "POST", "/actuator/backups", b'{ "backupId": "100" }') == (
             202,
             {
+                "backupId": 100,
                 "message": "A backup with id 100 has been scheduled. Use GET actuator/backups/100 "
-                "to monitor the status."
+                "to monitor the status.",
             },
         )
         info = await settled(cluster, 100)
@@ -98,11 +99,11 @@ async def test_the_documented_backup_cycle(tmp_path: Path) -> None:
         assert await checked(cluster, "DELETE", "/actuator/backupRuntime/100") == (204, None)
         status, body = await checked(cluster, "POST", "/actuator/backups", b'{"backupId": 100}')
         assert status == 409 and body["message"] == (
-            "Requested backup has id 100. The latest backup has id 100. Id of new backups must "
-            "be higher than the previous one."
+            "Requested backup has ID 100. The latest backup has ID 100. The backup ID must be "
+            "greater than the ID of previous backups that are completed, failed, or deleted."
         )
         status, body = await checked(cluster, "POST", "/actuator/backupRuntime", b'{"backupId": 7}')
-        assert status == 409 and "The latest backup has id 100" in body["message"]
+        assert status == 409 and "The latest backup has ID 100" in body["message"]
         assert (await checked(cluster, "POST", "/actuator/backups", b'{"backupId": 101}'))[0] == 202
         assert (await settled(cluster, 101))["state"] == "COMPLETED"
 
@@ -130,27 +131,25 @@ BAD_BODIES = [
 ]
 HUGE = "1" * 5000
 BAD_PATHS = [
-    ("GET", "/0"),
     ("GET", "/abc"),
-    ("GET", "/-1"),
     ("GET", "/99999999999999999999"),
     ("GET", "/1x*"),
     ("GET", f"/{HUGE}"),
     ("GET", f"/{HUGE}x*"),
     ("GET", "/7%0A"),
-    ("DELETE", "/0"),
-    ("DELETE", "/-1"),
     ("DELETE", "/9223372036854775808"),
+    ("DELETE", "/abc"),
     ("DELETE", f"/{HUGE}"),
     ("DELETE", "/7%0A"),
 ]
 
 
 async def test_bad_backup_input_is_a_documented_400_never_500(tmp_path: Path) -> None:
-    """Ids 0, negative, fractional, non-numeric, beyond int64 or beyond Python's int
+    """POST ids 0, negative, fractional, non-numeric, beyond int64 or beyond Python's int
     conversion limit, with whitespace other than spaces; a missing body, broken or deeply
     nested JSON: 400 with Zeebe's message under both bases, never a 500 nor another backup;
-    a body over the size limit is 413."""
+    a body over the size limit is 413; a path id that is not a long is 400 with the newest
+    line's message."""
     async with inprocess_cluster(tmp_path, brokers=1, partitions=1) as cluster:
         for base in BASES:
             for body in BAD_BODIES:
@@ -162,10 +161,42 @@ async def test_bad_backup_input_is_a_documented_400_never_500(tmp_path: Path) ->
             for method, suffix in BAD_PATHS:
                 status, answer = await checked(cluster, method, base + suffix)
                 assert status == 400, (method, suffix, answer)
+                expected = (
+                    "a backup ID or 'state'"
+                    if method == "DELETE"
+                    else ("a backup ID or prefix ending with '*'")
+                )
+                assert answer["message"].startswith(f"Expected {expected}, but got '"), answer
             too_large = b'{"backupId": 300, "padding": "' + b"x" * 2**20 + b'"}'
             assert (await checked(cluster, "POST", base, too_large))[0] == 413
         # Nothing was taken by any of it.
         assert await checked(cluster, "GET", "/actuator/backups") == (200, [])
+
+
+async def test_ids_at_or_below_zero_are_404_and_204_and_signed_prefixes_list_nothing(
+    tmp_path: Path,
+) -> None:
+    """GET of backup 0, -1 or +0 is 404 "Backup with id N does not exist" and DELETE of them
+    204, as the newest line answers (REFERENCE §1: the range of a path id is not validated);
+    a prefix with a sign, `-1*`, is a listing that matches nothing; a JSON POST whose
+    Content-Type is not JSON is 415."""
+    async with inprocess_cluster(tmp_path, brokers=1, partitions=1) as cluster:
+        assert (await checked(cluster, "POST", "/actuator/backups", b'{"backupId": 3}'))[0] == 202
+        await settled(cluster, 3)
+        for base in BASES:
+            for given, shown in (("0", 0), ("-1", -1), ("+0", 0), ("-3", -3)):
+                assert await checked(cluster, "GET", f"{base}/{given}") == (
+                    404,
+                    {"message": f"Backup with id {shown} does not exist"},
+                )
+                assert await checked(cluster, "DELETE", f"{base}/{given}") == (204, None)
+            assert await checked(cluster, "GET", f"{base}/-1*") == (200, [])
+            assert (await checked(cluster, "GET", f"{base}/+3"))[1]["state"] == "COMPLETED"
+            status, answer = await raw(
+                cluster, "POST", base, b'{"backupId": 9}', {"Content-Type": "text/plain"}
+            )
+            assert status == 415 and "text/plain" in answer["message"]
+        assert (await checked(cluster, "GET", "/actuator/backups/3"))[1]["state"] == "COMPLETED"
 
 
 async def test_an_undocumented_method_is_405_naming_the_allowed_ones(tmp_path: Path) -> None:
@@ -188,11 +219,12 @@ async def test_many_simultaneous_posts_of_one_id_give_exactly_one_202(tmp_path: 
         assert (await settled(cluster, 7))["state"] == "COMPLETED"
 
 
-async def test_without_a_store_every_operation_is_400_and_checkpoints_still_advance(
+async def test_without_a_store_every_operation_is_400_and_no_id_is_consumed(
     tmp_path: Path,
 ) -> None:
     """No backup store: every operation under both bases is a documented 400 with Zeebe's
-    message, and yet the POST made every partition take checkpoint 5 (as Zeebe does)."""
+    message, and the refused POST wrote no checkpoint (REFERENCE §1, corrected: the broker
+    refuses before writing one)."""
     async with inprocess_cluster(tmp_path, backups=False) as cluster:
         for base in BASES:
             for method, path, body in [
@@ -204,7 +236,7 @@ async def test_without_a_store_every_operation_is_400_and_checkpoints_still_adva
             ]:
                 assert await checked(cluster, method, path, body) == (400, {"message": NO_STORE})
         partitions = await cluster.api.call("GET", f"{cluster.management_url}/actuator/partitions")
-        assert {p["checkpointId"] for p in partitions.values()} == {5}
+        assert {p["checkpointId"] for p in partitions.values()} == {-1}
 
 
 async def test_deleting_an_in_progress_backup_fails_it_first_and_it_never_comes_back(
