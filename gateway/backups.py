@@ -26,7 +26,8 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -36,6 +37,8 @@ from zeebe_sim.ground.backups import (
     BACKUP_ID_MAX,
     ID_REQUIRED,
     BackupState,
+    CheckpointInfo,
+    CheckpointType,
     aggregate_states,
     parse_backup_id,
 )
@@ -47,6 +50,8 @@ from zeebe_sim.ground.errors import (
 )
 from zeebe_sim.ground.ids import NO_CHECKPOINT, BackupId, PartitionId
 from zeebe_sim.ground.protocol import (
+    BackupRuntimeStateRequest,
+    BackupRuntimeStateResponse,
     BackupStatusRequest,
     BackupStatusResponse,
     DeleteBackupRequest,
@@ -73,6 +78,7 @@ DETAIL_FIELDS = {
     "createdAt": "created_at",
     "lastUpdatedAt": "last_updated_at",
     "snapshotId": "snapshot_id",
+    "firstLogPosition": "first_log_position",
     "checkpointPosition": "checkpoint_position",
     "brokerId": "broker_id",
     "brokerVersion": "broker_version",
@@ -213,7 +219,7 @@ def aggregate_list(
 def actuator_view(info: dict[str, Any], listed: bool = False) -> dict[str, Any]:
     """The actuator's BackupInfo: absent fields left out; in a list only the list fields per
     partition, in a status a FAILED partition without what it never had (REFERENCE §1)."""
-    view = {k: v for k, v in info.items() if v is not None and k != "details"}
+    view: dict[str, Any] = {k: v for k, v in info.items() if v is not None and k != "details"}
 
     def shown(detail: dict[str, Any]) -> Iterable[str]:
         if listed:
@@ -222,6 +228,70 @@ def actuator_view(info: dict[str, Any], listed: bool = False) -> dict[str, Any]:
 
     view["details"] = [{k: d[k] for k in shown(d) if d[k] is not None} for d in info["details"]]
     return view
+
+
+def _timestamp(epoch_ms: int) -> str:
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _checkpoint_state(info: CheckpointInfo, partition_id: int) -> dict[str, Any]:
+    return {
+        "checkpointId": info.checkpoint_id,
+        "checkpointType": info.checkpoint_type.value,
+        "partitionId": partition_id,
+        "checkpointPosition": info.checkpoint_position,
+        "checkpointTimestamp": _timestamp(info.checkpoint_timestamp_ms),
+    }
+
+
+def _backup_state(info: CheckpointInfo, partition_id: int | None) -> dict[str, Any]:
+    """A backup's checkpoint; its type is a backup type, so a MARKER shows as null (A.6)."""
+    return {
+        "checkpointId": info.checkpoint_id,
+        "checkpointType": (
+            None if info.checkpoint_type is CheckpointType.MARKER else info.checkpoint_type.value
+        ),
+        "partitionId": partition_id,
+        "checkpointPosition": info.checkpoint_position,
+        "firstLogPosition": info.first_log_position,
+        "checkpointTimestamp": _timestamp(info.checkpoint_timestamp_ms),
+    }
+
+
+def runtime_state_json(answers: list[BackupRuntimeStateResponse]) -> dict[str, Any]:
+    """RuntimeBackupState (A.6, A.7) from every partition's answer: the latest checkpoint of
+    any type, the latest confirmed backup, every range with its oldest and newest backup (no
+    partition inside a range: null); each list by partition. Every field, None if unknown."""
+    answers = sorted(answers, key=lambda a: a.partition_id)
+    return {
+        "checkpointStates": [
+            _checkpoint_state(a.checkpoint, a.partition_id)
+            for a in answers
+            if a.checkpoint is not None
+        ],
+        "backupStates": [
+            _backup_state(a.backup, a.partition_id) for a in answers if a.backup is not None
+        ],
+        "ranges": [
+            {
+                "partitionId": a.partition_id,
+                "start": _backup_state(start, None),
+                "end": _backup_state(end, None),
+            }
+            for a in answers
+            for start, end in a.ranges
+        ],
+    }
+
+
+def without_nulls(value: Any) -> Any:
+    """The actuator's form of a REST body: absent fields left out, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
 
 
 # -- operations, shared by both APIs ----------------------------------------------------------
@@ -307,6 +377,15 @@ async def delete(client: BrokerClient, backup_id: BackupId) -> None:
         await _fan_out(client, lambda p: DeleteBackupRequest(p, backup_id))
 
 
+async def runtime_state(
+    client: BrokerClient, action: Literal["GET", "RESET", "SYNC"]
+) -> dict[str, Any]:
+    """Every partition's runtime state after ``action`` (RESET clears it, SYNC writes it to the
+    store's metadata again); a partition that cannot answer fails the whole request."""
+    answers = await _fan_out(client, lambda p: BackupRuntimeStateRequest(p, action))
+    return runtime_state_json([a for a in answers if isinstance(a, BackupRuntimeStateResponse)])
+
+
 async def _requested_id(request: web.Request) -> BackupId | None:
     """``backupId`` of a POST body; ``None`` without a body or without the field (a null
     included: the REST API's field is nullable).
@@ -367,6 +446,19 @@ async def actuator_delete(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def actuator_state(request: web.Request) -> web.Response:
+    return _json(without_nulls(await runtime_state(request.app[CLIENT], "GET")))
+
+
+async def actuator_reset_state(request: web.Request) -> web.Response:
+    await runtime_state(request.app[CLIENT], "RESET")
+    return web.Response(status=204)
+
+
+async def actuator_sync_state(request: web.Request) -> web.Response:
+    return _json(without_nulls(await runtime_state(request.app[CLIENT], "SYNC")))
+
+
 def _json(body: Any, status: int = 200) -> web.Response:
     # One encoder call with compact separators: a list of 10,000 backups is several MB.
     return web.Response(
@@ -384,6 +476,10 @@ def add_routes(app: web.Application, client: BrokerClient, fanout_jitter_s: floa
     app[CLIENT] = client
     app[FANOUT_JITTER_S] = fanout_jitter_s
     for base in ACTUATOR_BASES:
+        # Before ".../{backup}", which "state" would also match.
+        app.router.add_get(f"{base}/{STATE}", actuator_state)
+        app.router.add_delete(f"{base}/{STATE}", actuator_reset_state)
+        app.router.add_post(f"{base}/{STATE}/sync", actuator_sync_state)
         app.router.add_post(base, actuator_take)
         app.router.add_get(base, actuator_list)
         app.router.add_get(base + "/{backup}", actuator_get)
@@ -416,10 +512,26 @@ async def rest_delete(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def rest_state(request: web.Request) -> web.Response:
+    return _json(await runtime_state(request.app[CLIENT], "GET"))
+
+
+async def rest_reset_state(request: web.Request) -> web.Response:
+    await runtime_state(request.app[CLIENT], "RESET")
+    return web.Response(status=204)
+
+
+async def rest_sync_state(request: web.Request) -> web.Response:
+    return _json(await runtime_state(request.app[CLIENT], "SYNC"))
+
+
 def add_rest_routes(app: web.Application, client: BrokerClient) -> None:
     """Add the backup endpoints of the REST API (A.7) to the REST app."""
     app[CLIENT] = client
     app[FANOUT_JITTER_S] = 0.0
+    app.router.add_get(f"{REST_BASE}/{STATE}", rest_state)
+    app.router.add_delete(f"{REST_BASE}/{STATE}", rest_reset_state)
+    app.router.add_post(f"{REST_BASE}/{STATE}/sync", rest_sync_state)
     app.router.add_post(REST_BASE, rest_take)
     app.router.add_get(REST_BASE, rest_list)
     app.router.add_get(REST_BASE + "/{backupId}", rest_get)

@@ -95,6 +95,9 @@ class BrokerClient:
         self.partition_count = 0
         self.cluster_size = 0
         self.replication_factor = 1
+        # None: clients give backup ids; an int: the cluster generates them as epoch
+        # milliseconds plus this offset (continuous backups or a schedule are configured).
+        self.backup_id_offset: int | None = None
         self._connections: dict[NodeId, Connection] = {}
         self._round_robin = itertools.count()
         self._refreshing: asyncio.Task[None] | None = None
@@ -186,6 +189,7 @@ class BrokerClient:
         self.partition_count = answer.partition_count
         self.cluster_size = answer.cluster_size
         self.replication_factor = answer.replication_factor
+        self.backup_id_offset = answer.backup_id_offset
         self.leaders = leaders_of(self.brokers)
         if self.partition_count:
             self._topology_known.set()

@@ -198,7 +198,7 @@ def test_list_counts_missing_partitions_as_does_not_exist(found: dict[int, list[
         )
         assert info["state"] == _expected(states)
         # Every field in the REST view; the actuator's list details are reduced.
-        assert all(len(d) == 9 for d in info["details"])
+        assert all(len(d) == 10 for d in info["details"])
         listed = actuator_view(info, listed=True)["details"]
         assert all(set(d) <= {"partitionId", "state", "failureReason", "createdAt"} for d in listed)
 
