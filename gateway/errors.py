@@ -41,6 +41,7 @@ STATUS_BY_ERROR: dict[type[errors.ZeebeSimError], int] = {
     errors.PartitionLeaderMismatch: 502,
     errors.RequestTimeout: 504,
     errors.BackupNotConfigured: 400,
+    errors.UnsupportedMessage: 400,  # Zeebe's UNSUPPORTED_MESSAGE (reference A.6)
     # The Backup API waits for a leader until the request timeout and then answers 504
     # (REFERENCE.md §1, Zeebe's BackupErrorResponseTest).
     NoLeader: 504,

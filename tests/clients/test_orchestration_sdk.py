@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from camunda_orchestration_sdk import CamundaAsyncClient
+from camunda_orchestration_sdk.errors import ConflictError, NotFoundError
 from camunda_orchestration_sdk.models import (
     CancelProcessInstanceRequest,
     CursorBasedForwardPagination,
@@ -36,6 +37,7 @@ from camunda_orchestration_sdk.models import (
     SetVariableRequest,
     SetVariableRequestVariables,
     SortOrderEnum,
+    TakeRuntimeBackupRequest,
 )
 from camunda_orchestration_sdk.models.process_instance_creation_instruction_base_variables import (
     ProcessInstanceCreationInstructionBaseVariables,
@@ -356,3 +358,33 @@ async def test_activation_long_polls_until_a_job_appears(
         )
     )
     assert empty.jobs == [] and time.perf_counter() - start >= 0.3
+
+
+async def test_the_sdk_takes_lists_gets_and_deletes_runtime_backups(
+    cluster: RunningCluster, sdk: CamundaAsyncClient
+) -> None:
+    """Camunda's client against /v2/backups/runtime (8.10): take_runtime_backup answers the
+    id; get_runtime_backup parses the BackupInfo (every field required, null allowed) and
+    reaches COMPLETED on all three partitions; list_runtime_backups is newest first and by
+    prefix; a repeated id raises ConflictError; delete, then get_runtime_backup raises
+    NotFoundError."""
+    for backup_id in (21, 25):
+        taken = await sdk.take_runtime_backup(data=TakeRuntimeBackupRequest(backup_id=backup_id))
+        assert taken.backup_id == backup_id
+
+        async def completed(backup_id: int = backup_id) -> Any:
+            info = await sdk.get_runtime_backup(backup_id)
+            return info if info.state.value == "COMPLETED" else None
+
+        info = await eventually(completed, timeout_s=60)
+    assert [d.partition_id for d in info.details] == [1, 2, 3]
+    assert all(d.state.value == "COMPLETED" and d.broker_version for d in info.details)
+    assert [b.backup_id for b in await sdk.list_runtime_backups()] == [25, 21]
+    assert [b.backup_id for b in await sdk.list_runtime_backups(prefix="2*")] == [25, 21]
+    assert await sdk.list_runtime_backups(prefix="3*") == []
+    with pytest.raises(ConflictError):
+        await sdk.take_runtime_backup(data=TakeRuntimeBackupRequest(backup_id=25))
+    await sdk.delete_runtime_backup(21)
+    with pytest.raises(NotFoundError):
+        await sdk.get_runtime_backup(21)
+    assert [b.backup_id for b in await sdk.list_runtime_backups()] == [25]
