@@ -418,10 +418,9 @@ class BackupService:
 
     async def _copies(self, partition_id: PartitionId, backup_id: BackupId) -> list[BackupStatus]:
         store = self._require_store()
-        statuses = await store.list(
-            BackupIdentifierWildcard(partition_id=partition_id, checkpoint_prefix=str(backup_id))
+        return await store.list(
+            BackupIdentifierWildcard(partition_id=partition_id, checkpoint_id=backup_id)
         )
-        return [s for s in statuses if s.id.checkpoint_id == backup_id]
 
     async def status(self, partition_id: PartitionId, backup_id: BackupId) -> PartitionBackupStatus:
         identifier = BackupIdentifier(self.node_id, partition_id, backup_id)
@@ -435,18 +434,18 @@ class BackupService:
         return detail(partition_id, backup_id, best_copy(copies))
 
     async def list_backups(
-        self, partition_id: PartitionId, prefix: str | None
-    ) -> list[PartitionBackupStatus]:
-        store = self._require_store()
-        statuses = await store.list(
-            BackupIdentifierWildcard(
-                partition_id=PartitionId(partition_id), checkpoint_prefix=prefix
-            )
-        )
+        self, partition_id: PartitionId, prefix: str | None, known_version: str | None = None
+    ) -> tuple[str | None, list[PartitionBackupStatus] | None]:
+        """The listing's version and, unless it is ``known_version``, each backup's best copy
+        whose id starts with ``prefix``."""
+        listing = await self._require_store().partition_listing(partition_id)
+        if listing.version is not None and listing.version == known_version:
+            return listing.version, None
         by_id: dict[BackupId, list[BackupStatus]] = {}
-        for status in statuses:
-            by_id.setdefault(status.id.checkpoint_id, []).append(status)
-        return [
+        for status in listing.statuses:
+            if not prefix or str(status.id.checkpoint_id).startswith(prefix):
+                by_id.setdefault(status.id.checkpoint_id, []).append(status)
+        return listing.version, [
             detail(partition_id, backup_id, best_copy(copies))
             for backup_id, copies in sorted(by_id.items())
         ]

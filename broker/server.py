@@ -317,9 +317,10 @@ class Broker:
             return BackupStatusResponse(status)
         if isinstance(message, ListBackupsRequest):
             self._partition(message.partition_id)
-            return ListBackupsResponse(
-                await self.backups.list_backups(message.partition_id, message.prefix)
+            version, statuses = await self.backups.list_backups(
+                message.partition_id, message.prefix, message.known_version
             )
+            return ListBackupsResponse(statuses or [], version, unchanged=statuses is None)
         if isinstance(message, DeleteBackupRequest):
             await self._delete_backup(message)
             return DeleteBackupResponse()

@@ -303,8 +303,9 @@ async def _fan_out(
     *,
     idempotent: bool = True,
     delay_s: Callable[[], float] = lambda: 0.0,
-) -> list[Message]:
-    """One request per partition, concurrently; the first error wins (mapped by status).
+) -> dict[PartitionId, Message]:
+    """One request per partition, concurrently; each partition's answer. The first error
+    wins (mapped by status).
 
     Raises:
         BrokerUnavailable: no partition is known at all (HTTP 502, Zeebe's incomplete
@@ -325,7 +326,7 @@ async def _fan_out(
             await asyncio.sleep(delay)
         return await client.to_partition(partition, make(partition), idempotent=idempotent)
 
-    return list(await asyncio.gather(*(one(p) for p in partitions)))
+    return dict(zip(partitions, await asyncio.gather(*(one(p) for p in partitions)), strict=True))
 
 
 async def take(client: BrokerClient, requested: BackupId | None, jitter_s: float = 0.0) -> BackupId:
@@ -343,7 +344,9 @@ async def take(client: BrokerClient, requested: BackupId | None, jitter_s: float
         idempotent=False,
         delay_s=lambda: random.uniform(0, jitter_s) if jitter_s else 0.0,
     )
-    take_backup_outcome(backup_id, [a for a in answers if isinstance(a, TakeBackupResponse)])
+    take_backup_outcome(
+        backup_id, [a for a in answers.values() if isinstance(a, TakeBackupResponse)]
+    )
     return backup_id
 
 
@@ -355,20 +358,71 @@ async def status(client: BrokerClient, backup_id: BackupId) -> dict[str, Any]:
     """
     if backup_id > 0:
         answers = await _fan_out(client, lambda p: BackupStatusRequest(p, backup_id))
-        statuses = [a.status for a in answers if isinstance(a, BackupStatusResponse)]
+        statuses = [a.status for a in answers.values() if isinstance(a, BackupStatusResponse)]
         info = aggregate(backup_id, statuses)
         if info["state"] != BackupState.DOES_NOT_EXIST.value:
             return info
     raise NotFound(f"Backup with id {backup_id} does not exist")
 
 
-async def listing(client: BrokerClient, prefix: str | None) -> list[dict[str, Any]]:
-    """Every backup whose id starts with ``prefix`` ("" for all), newest first."""
-    if prefix is None:
-        return []
-    answers = await _fan_out(client, lambda p: ListBackupsRequest(p, prefix or None))
-    lists = [a.statuses for a in answers if isinstance(a, ListBackupsResponse)]
-    return aggregate_list(client.partition_ids(), lists)
+class Listings:
+    """One API's listings (every backup whose id starts with a prefix, newest first, as a
+    rendered body), reused while nothing changed.
+
+    Why: with thousands of backups, a listing is megabytes of statuses to read, send, merge
+    and encode. Each partition's leader answers with its listing's version (the store's,
+    see ``storage/backup/filesystem.py``); this keeps each partition's last statuses per
+    prefix and sends their version along, so an unchanged partition answers "unchanged"
+    and nothing else, and keeps the last body per prefix with the versions it was made
+    from. Every list still asks every partition: a change anywhere is seen at once. A store
+    that cannot version its listing (S3) answers no version, and nothing is reused."""
+
+    PREFIXES_MAX = 4
+
+    def __init__(self, render: Callable[[list[dict[str, Any]]], bytes]) -> None:
+        self._render = render
+        self._statuses: dict[tuple[str, PartitionId], tuple[str, list[PartitionBackupStatus]]]
+        self._statuses = {}
+        self._bodies: dict[str, tuple[tuple[str | None, ...], bytes]] = {}
+
+    async def body(self, client: BrokerClient, prefix: str | None) -> bytes:
+        """The rendered list of the backups whose id starts with ``prefix`` ("" for all;
+        ``None``, a prefix no id can have: none)."""
+        if prefix is None:
+            return self._render([])
+
+        def request(partition: PartitionId) -> ListBackupsRequest:
+            known = self._statuses.get((prefix, partition))
+            return ListBackupsRequest(partition, prefix or None, known[0] if known else None)
+
+        answers = await _fan_out(client, request)
+        lists, versions = [], []
+        for partition, answer in answers.items():
+            assert isinstance(answer, ListBackupsResponse), answer
+            statuses = answer.statuses
+            if answer.unchanged:
+                statuses = self._statuses[(prefix, partition)][1]
+            elif answer.version is not None:
+                self._statuses[(prefix, partition)] = (answer.version, statuses)
+            lists.append(statuses)
+            versions.append(answer.version)
+        key = tuple(versions)
+        cached = self._bodies.get(prefix)
+        if cached is not None and cached[0] == key and None not in key:
+            return cached[1]
+        body = self._render(aggregate_list(list(answers), lists))
+        if None not in key:
+            self._bodies.pop(prefix, None)
+            self._bodies[prefix] = (key, body)
+            while len(self._bodies) > self.PREFIXES_MAX:
+                oldest = next(iter(self._bodies))
+                del self._bodies[oldest]
+                for partition_key in [k for k in self._statuses if k[0] == oldest]:
+                    del self._statuses[partition_key]
+        return body
+
+
+LISTINGS = web.AppKey("backup-listings", Listings)
 
 
 async def delete(client: BrokerClient, backup_id: BackupId) -> None:
@@ -383,7 +437,9 @@ async def runtime_state(
     """Every partition's runtime state after ``action`` (RESET clears it, SYNC writes it to the
     store's metadata again); a partition that cannot answer fails the whole request."""
     answers = await _fan_out(client, lambda p: BackupRuntimeStateRequest(p, action))
-    return runtime_state_json([a for a in answers if isinstance(a, BackupRuntimeStateResponse)])
+    return runtime_state_json(
+        [a for a in answers.values() if isinstance(a, BackupRuntimeStateResponse)]
+    )
 
 
 async def _requested_id(request: web.Request) -> BackupId | None:
@@ -427,15 +483,14 @@ async def actuator_take(request: web.Request) -> web.Response:
 
 
 async def actuator_list(request: web.Request) -> web.Response:
-    return _json([actuator_view(i, listed=True) for i in await listing(request.app[CLIENT], "")])
+    return _json_body(await request.app[LISTINGS].body(request.app[CLIENT], ""))
 
 
 async def actuator_get(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
     raw = request.match_info["backup"]
     if raw.endswith("*"):
-        found = await listing(client, parse_prefix(raw[:-1]))
-        return _json([actuator_view(i, listed=True) for i in found])
+        return _json_body(await request.app[LISTINGS].body(client, parse_prefix(raw[:-1])))
     backup_id = parse_selector(raw, "a backup ID or prefix ending with '*'")
     return _json(actuator_view(await status(client, backup_id)))
 
@@ -459,13 +514,17 @@ async def actuator_sync_state(request: web.Request) -> web.Response:
     return _json(without_nulls(await runtime_state(request.app[CLIENT], "SYNC")))
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
+def _encoded(body: Any) -> bytes:
     # One encoder call with compact separators: a list of 10,000 backups is several MB.
-    return web.Response(
-        text=json.dumps(body, separators=(",", ":")),
-        status=status,
-        content_type="application/json",
-    )
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return _json_body(_encoded(body), status)
+
+
+def _json_body(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def add_routes(app: web.Application, client: BrokerClient, fanout_jitter_s: float = 0.0) -> None:
@@ -475,6 +534,7 @@ def add_routes(app: web.Application, client: BrokerClient, fanout_jitter_s: floa
     cuts likely."""
     app[CLIENT] = client
     app[FANOUT_JITTER_S] = fanout_jitter_s
+    app[LISTINGS] = Listings(lambda infos: _encoded([actuator_view(i, True) for i in infos]))
     for base in ACTUATOR_BASES:
         # Before ".../{backup}", which "state" would also match.
         app.router.add_get(f"{base}/{STATE}", actuator_state)
@@ -498,7 +558,7 @@ async def rest_list(request: web.Request) -> web.Response:
     raw = request.query.get("prefix", "*")
     if not raw.endswith("*"):
         raise InvalidArgument(f"Expected a prefix ending with '*', but got '{raw[:40]}'.")
-    return _json(await listing(request.app[CLIENT], parse_prefix(raw[:-1])))
+    return _json_body(await request.app[LISTINGS].body(request.app[CLIENT], parse_prefix(raw[:-1])))
 
 
 async def rest_get(request: web.Request) -> web.Response:
@@ -529,6 +589,7 @@ def add_rest_routes(app: web.Application, client: BrokerClient) -> None:
     """Add the backup endpoints of the REST API (A.7) to the REST app."""
     app[CLIENT] = client
     app[FANOUT_JITTER_S] = 0.0
+    app[LISTINGS] = Listings(_encoded)
     app.router.add_get(f"{REST_BASE}/{STATE}", rest_state)
     app.router.add_delete(f"{REST_BASE}/{STATE}", rest_reset_state)
     app.router.add_post(f"{REST_BASE}/{STATE}/sync", rest_sync_state)

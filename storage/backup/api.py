@@ -59,16 +59,20 @@ def _check_prefix(_: object, __: attrs.Attribute[str | None], value: str | None)
 @attrs.frozen
 class BackupIdentifierWildcard:
     """A set of backups: ``None`` matches anything; ``checkpoint_prefix`` matches the checkpoint
-    ids whose decimal form starts with it (``"17"`` matches 17, 170, 1712, ...)."""
+    ids whose decimal form starts with it (``"17"`` matches 17, 170, 1712, ...);
+    ``checkpoint_id`` matches one id exactly (the copies of one backup, read without walking
+    the others)."""
 
     node_id: NodeId | None = None
     partition_id: PartitionId | None = None
     checkpoint_prefix: str | None = attrs.field(default=None, validator=_check_prefix)
+    checkpoint_id: BackupId | None = None
 
     def matches(self, id: BackupIdentifier) -> bool:
         return (
             (self.node_id is None or id.node_id == self.node_id)
             and (self.partition_id is None or id.partition_id == self.partition_id)
+            and (self.checkpoint_id is None or id.checkpoint_id == self.checkpoint_id)
             and (
                 self.checkpoint_prefix is None
                 or str(id.checkpoint_id).startswith(self.checkpoint_prefix)
@@ -176,6 +180,16 @@ class RuntimeMetadata:
     ranges: list[tuple[int, int]]
 
 
+@attrs.frozen
+class PartitionListing:
+    """Every copy of every backup of one partition, sorted by (checkpoint, node), and the
+    store's version of that listing: the same version means the same listing (``None``: the
+    store cannot tell cheaply, e.g. S3, so nobody may reuse an earlier listing)."""
+
+    version: str | None
+    statuses: list[BackupStatus]
+
+
 class BackupStore(Protocol):
     """Where partition backups are kept. See the module docstring for the shared semantics."""
 
@@ -194,6 +208,12 @@ class BackupStore(Protocol):
     async def list(self, wildcard: BackupIdentifierWildcard) -> list[BackupStatus]:
         """Statuses of every backup matching ``wildcard``, sorted by (checkpoint, partition,
         node). Raises BackupStoreError on I/O."""
+        ...
+
+    async def partition_listing(self, partition_id: PartitionId) -> PartitionListing:
+        """Every copy of every backup of the partition, with the listing's version; cheap
+        while nothing changed (a listing is cached, and its version checked, where the store
+        can do that cheaply). Raises BackupStoreError on I/O."""
         ...
 
     async def delete(self, id: BackupIdentifier) -> None:

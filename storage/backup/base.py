@@ -54,6 +54,7 @@ from storage.backup.api import (
     BackupIdentifierWildcard,
     BackupStatus,
     FileRef,
+    PartitionListing,
     RestoredBackup,
     RuntimeMetadata,
 )
@@ -295,6 +296,15 @@ class ObjectBackend(Protocol):
         """Manifests (id from their location, raw bytes) of at least the matching backups."""
         ...
 
+    async def list_partition(
+        self, partition_id: PartitionId, known_version: str | None
+    ) -> tuple[str | None, list[tuple[BackupIdentifier, bytes]] | None]:
+        """The partition's listing version and its manifests, read consistently (no manifest
+        of the partition changes between the two); ``None`` manifests when the version is
+        ``known_version`` (nothing changed since). A version of ``None``: the backend cannot
+        tell cheaply, and every call lists."""
+        ...
+
     async def write_content(self, id: BackupIdentifier, source: ContentSource) -> None: ...
 
     async def read_content(
@@ -355,6 +365,9 @@ class ManifestBackupStore:
         # IN_PROGRESS manifest and uploading, so that a backup can be caught in flight.
         self._upload_delay_s = upload_delay_s
         self._closed = False
+        # The last listing of each partition, reused while the backend's version is unchanged
+        # (thousands of manifests are not read and decoded again for every list and status).
+        self._listings: dict[PartitionId, PartitionListing] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._backend.description})"
@@ -506,9 +519,29 @@ class ManifestBackupStore:
             return BackupStatus(id, BackupState.DOES_NOT_EXIST)
         return self._decode_status(id, current[0])
 
+    async def partition_listing(self, partition_id: PartitionId) -> PartitionListing:
+        """Every copy of the partition's backups, sorted by (checkpoint, node); the cached
+        listing while the backend's version says nothing changed."""
+        self._check_open()
+        cached = self._listings.get(partition_id)
+        version, found = await self._backend.list_partition(
+            partition_id, cached.version if cached is not None else None
+        )
+        if found is None and cached is not None:
+            return cached
+        statuses = [self._decode_status(id, raw) for id, raw in found or ()]
+        statuses.sort(key=lambda s: (s.id.checkpoint_id, s.id.node_id))
+        listing = PartitionListing(version, statuses)
+        if version is not None:
+            self._listings[partition_id] = listing
+        return listing
+
     async def list(self, wildcard: BackupIdentifierWildcard) -> list[BackupStatus]:
         """Statuses of the matching backups, sorted by (checkpoint, partition, node)."""
         self._check_open()
+        if wildcard.partition_id is not None and wildcard.checkpoint_id is None:
+            listing = await self.partition_listing(wildcard.partition_id)
+            return [s for s in listing.statuses if wildcard.matches(s.id)]
         found = await self._backend.list_manifests(wildcard)
         statuses = [self._decode_status(id, raw) for id, raw in found if wildcard.matches(id)]
         statuses.sort(key=lambda s: (s.id.checkpoint_id, s.id.partition_id, s.id.node_id))

@@ -21,8 +21,15 @@ them may be killed at any instant:
 - Content files are written under their final names and fsynced: a content file is only trusted
   once a COMPLETED manifest lists it with its size and checksum, so a temp-and-rename dance would
   buy nothing.
-- Emptied ``<p>`` and ``<c>`` directories are removed, so that ``list`` stays cheap after many
-  deletes; a writer whose parent directory vanishes under it simply creates it again.
+- Emptied ``<c>`` directories are removed, so that ``list`` stays cheap after many deletes; a
+  writer whose parent directory vanishes under it simply creates it again.
+- A partition's listing has a version, ``<base>/manifests/<p>/.listing`` (a random token), so
+  that thousands of manifests are not read again for every list and status while nothing
+  changed. Every manifest change holds an exclusive ``flock`` on that file, writes a new token
+  *before* changing the manifest, and releases the lock after; a listing holds a shared lock
+  while it reads the token and walks. So no listing sees a token and a manifest change that it
+  does not reflect, a writer killed half-way (the lock dies with it) leaves a new token, and a
+  cached listing is reused only when nothing changed.
 
 All blocking I/O runs in ``asyncio.to_thread``.
 """
@@ -30,6 +37,7 @@ All blocking I/O runs in ``asyncio.to_thread``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -37,7 +45,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -68,6 +76,8 @@ _TEMP_SUFFIX: Final = ".tmp"
 # How often a writer re-creates a directory that a concurrent delete pruned under it.
 _MKDIR_RETRIES_MAX: Final = 5
 _DECIMAL: Final = re.compile(r"[1-9][0-9]*|0")
+_LISTING_FILE: Final = ".listing"
+_NO_BACKUPS: Final = "none"  # the version of a partition whose manifest directory is absent
 
 T = TypeVar("T")
 
@@ -79,6 +89,10 @@ class _FilesystemBackend:
         self.contents = base_path / "contents"
         self.description = f"filesystem backup store at {base_path}"
         self._chunk_bytes = chunk_bytes
+
+    def _changing(self, id: BackupIdentifier) -> contextlib.AbstractContextManager[str]:
+        """Held around every change of a manifest of ``id``'s partition (module docstring)."""
+        return _listing_lock(self.manifests / str(id.partition_id), exclusive=True)
 
     def manifest_dir(self, id: BackupIdentifier) -> Path:
         return self.manifests / str(id.partition_id) / str(id.checkpoint_id) / str(id.node_id)
@@ -112,6 +126,10 @@ class _FilesystemBackend:
         directory = self.manifest_dir(id)
 
         def create() -> Version:
+            with self._changing(id):
+                return create_locked()
+
+        def create_locked() -> Version:
             for _ in range(_MKDIR_RETRIES_MAX):
                 temp = directory / f"{_TEMP_PREFIX}{uuid.uuid4().hex}{_TEMP_SUFFIX}"
                 try:
@@ -136,7 +154,7 @@ class _FilesystemBackend:
         directory = self.manifest_dir(id)
 
         def replace() -> Version:
-            with _LockedDir(directory) as locked:
+            with self._changing(id), _LockedDir(directory) as locked:
                 if not locked:
                     raise ManifestConflict(str(directory))
                 try:
@@ -160,7 +178,7 @@ class _FilesystemBackend:
         directory = self.manifest_dir(id)
 
         def delete() -> None:
-            with _LockedDir(directory) as locked:
+            with self._changing(id), _LockedDir(directory) as locked:
                 if not locked:
                     return
                 (directory / MANIFEST_NAME).unlink(missing_ok=True)
@@ -175,33 +193,46 @@ class _FilesystemBackend:
     async def list_manifests(
         self, wildcard: BackupIdentifierWildcard
     ) -> list[tuple[BackupIdentifier, bytes]]:
-        # Walks only the manifest tree, and only the branches the wildcard can match: the
-        # partition and node levels are exact names, the checkpoint level a name prefix.
-        def walk() -> list[tuple[BackupIdentifier, bytes]]:
-            found = []
-            for p in _decimal_entries(self.manifests):
-                if wildcard.partition_id is not None and p != wildcard.partition_id:
-                    continue
-                p_dir = self.manifests / str(p)
-                for c in _decimal_entries(p_dir):
-                    if wildcard.checkpoint_prefix and not str(c).startswith(
-                        wildcard.checkpoint_prefix
-                    ):
-                        continue
-                    c_dir = p_dir / str(c)
-                    for n in _decimal_entries(c_dir):
-                        if wildcard.node_id is not None and n != wildcard.node_id:
-                            continue
-                        try:
-                            data = (c_dir / str(n) / MANIFEST_NAME).read_bytes()
-                        except (FileNotFoundError, NotADirectoryError):
-                            continue  # being created or deleted right now
-                        found.append(
-                            (BackupIdentifier(NodeId(n), PartitionId(p), BackupId(c)), data)
-                        )
-            return found
+        return await self._io("Listing backups", lambda: self._walk(wildcard))
 
-        return await self._io("Listing backups", walk)
+    def _walk(self, wildcard: BackupIdentifierWildcard) -> list[tuple[BackupIdentifier, bytes]]:
+        # Walks only the manifest tree, and only the branches the wildcard can match: the
+        # partition and node levels are exact names, the checkpoint level a name prefix (or
+        # an exact name).
+        found = []
+        for p in _decimal_entries(self.manifests):
+            if wildcard.partition_id is not None and p != wildcard.partition_id:
+                continue
+            p_dir = self.manifests / str(p)
+            exact = wildcard.checkpoint_id
+            for c in [exact] if exact is not None else _decimal_entries(p_dir):
+                if wildcard.checkpoint_prefix and not str(c).startswith(wildcard.checkpoint_prefix):
+                    continue
+                c_dir = p_dir / str(c)
+                for n in _decimal_entries(c_dir):
+                    if wildcard.node_id is not None and n != wildcard.node_id:
+                        continue
+                    try:
+                        data = (c_dir / str(n) / MANIFEST_NAME).read_bytes()
+                    except (FileNotFoundError, NotADirectoryError):
+                        continue  # being created or deleted right now
+                    found.append((BackupIdentifier(NodeId(n), PartitionId(p), BackupId(c)), data))
+        return found
+
+    async def list_partition(
+        self, partition_id: PartitionId, known_version: str | None
+    ) -> tuple[str | None, list[tuple[BackupIdentifier, bytes]] | None]:
+        p_dir = self.manifests / str(partition_id)
+
+        def listing() -> tuple[str | None, list[tuple[BackupIdentifier, bytes]] | None]:
+            if not p_dir.is_dir():
+                return _NO_BACKUPS, [] if known_version != _NO_BACKUPS else None
+            with _listing_lock(p_dir, exclusive=False) as version:
+                if version == known_version:
+                    return version, None
+                return version, self._walk(BackupIdentifierWildcard(partition_id=partition_id))
+
+        return await self._io("Listing backups", listing)
 
     # -- contents --------------------------------------------------------------------------------
 
@@ -314,6 +345,30 @@ class _FilesystemBackend:
 
     async def close(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def _listing_lock(partition_dir: Path, *, exclusive: bool) -> Iterator[str]:
+    """Hold the partition's listing lock (module docstring); yields the listing's version.
+    Exclusive: a writer's, which writes a new version first. Shared: a reader's; a listing
+    file that has no version yet (made by a reader, or a store written by hand) gets one."""
+    if exclusive:
+        _make_dirs_durable(partition_dir)
+    fd = os.open(partition_dir / _LISTING_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        version = os.pread(fd, 64, 0).decode("ascii", "replace")
+        if not exclusive and not version:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            version = os.pread(fd, 64, 0).decode("ascii", "replace")
+            exclusive = not version
+        if exclusive:
+            version = uuid.uuid4().hex
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, version.encode("ascii"), 0)
+        yield version
+    finally:
+        os.close(fd)  # releases the flock
 
 
 class _LockedDir:

@@ -85,6 +85,18 @@ class _MemoryBackend:
         key = manifest_key(id)
         self.medium.objects.pop(key, None)
         self.medium.manifest_versions.pop(key, None)
+        self.medium.next_version += 1  # a listing's version (below) changes with every change
+
+    async def list_partition(
+        self, partition_id: PartitionId, known_version: str | None
+    ) -> tuple[str | None, list[tuple[BackupIdentifier, bytes]] | None]:
+        # One event-loop step: no manifest changes in between.
+        version = str(self.medium.next_version)
+        if version == known_version:
+            return version, None
+        return version, await self.list_manifests(
+            BackupIdentifierWildcard(partition_id=partition_id)
+        )
 
     async def list_manifests(
         self, wildcard: BackupIdentifierWildcard

@@ -257,6 +257,8 @@ class _S3Backend:
     ) -> list[tuple[BackupIdentifier, bytes]]:
         what = "Listing backups"
         prefix = wildcard.checkpoint_prefix or None
+        if wildcard.checkpoint_id is not None:
+            prefix = f"{wildcard.checkpoint_id}/"  # one backup's keys only
         if wildcard.partition_id is not None:
             partitions: list[str | None] = [str(wildcard.partition_id)]
         elif prefix is not None:
@@ -290,6 +292,12 @@ class _S3Backend:
 
         results = await gather_bounded([read(id) for id in ids], MANIFEST_READ_CONCURRENCY_MAX)
         return [r for r in results if r is not None]
+
+    async def list_partition(
+        self, partition_id: PartitionId, known_version: str | None
+    ) -> tuple[str | None, list[tuple[BackupIdentifier, bytes]] | None]:
+        # No cheap version of a bucket's listing: every call lists.
+        return None, await self.list_manifests(BackupIdentifierWildcard(partition_id=partition_id))
 
     async def _pages(
         self, what: str, prefix: str | None, offset: str | None = None

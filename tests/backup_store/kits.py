@@ -215,7 +215,12 @@ class FilesystemKit(StoreKit):
     async def stored_paths(self) -> set[str]:
         if not self.base.exists():
             return set()
-        return {p.relative_to(self.base).as_posix() for p in self.base.rglob("*") if p.is_file()}
+        # The listing versions are bookkeeping, as directories are (storage/backup/filesystem.py).
+        return {
+            p.relative_to(self.base).as_posix()
+            for p in self.base.rglob("*")
+            if p.is_file() and p.name != ".listing"
+        }
 
     def directories(self) -> set[str]:
         return {p.relative_to(self.base).as_posix() for p in self.base.rglob("*") if p.is_dir()}

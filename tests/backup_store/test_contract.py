@@ -20,7 +20,7 @@ from storage.backup.api import (
 )
 from zeebe_sim.ground.backups import BackupState, CheckpointInfo, CheckpointType
 from zeebe_sim.ground.errors import AlreadyExists, BackupStoreError, InvalidState, StorageCorruption
-from zeebe_sim.ground.ids import NodeId, PartitionId
+from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
 
 from .kits import (
     FakeClock,
@@ -654,3 +654,41 @@ async def test_a_backup_being_deleted_shows_deleted_and_a_repeated_delete_finish
     await store.delete(id)
     assert (await store.get_status(id)).status_code == BackupState.DOES_NOT_EXIST
     assert not {p for p in await kit.stored_paths() if not p.startswith("metadata/")}
+
+
+async def test_a_listing_reflects_every_change_made_through_another_store(
+    kit: StoreKit, tmp_path: Path
+) -> None:
+    """Two stores on one medium (two brokers): whatever one saves, fails or deletes, the other's
+    next listing of the partition shows it, although listings are cached; while nothing
+    changes the same listing (same version) is answered again."""
+    reader, writer = kit.open(), kit.open()
+    partition = PartitionId(1)
+    assert (await reader.partition_listing(partition)).statuses == []
+    for checkpoint in range(1, 6):
+        await writer.save(small_backup(tmp_path, bid(checkpoint=checkpoint)))
+        listed = await reader.list(BackupIdentifierWildcard(partition_id=partition))
+        assert [s.id.checkpoint_id for s in listed] == list(range(1, checkpoint + 1))
+    await writer.mark_failed(bid(checkpoint=6), "nobody took it")
+    await writer.delete(bid(checkpoint=2))
+    listing = await reader.partition_listing(partition)
+    assert [(s.id.checkpoint_id, s.status_code.name) for s in listing.statuses] == [
+        (1, "COMPLETED"),
+        (3, "COMPLETED"),
+        (4, "COMPLETED"),
+        (5, "COMPLETED"),
+        (6, "FAILED"),
+    ]
+    again = await reader.partition_listing(partition)
+    assert again.statuses == listing.statuses
+    if listing.version is not None:  # a store that can tell cheaply reuses its listing
+        assert again is listing
+    # A prefix and one exact id are answered from the same listing.
+    prefixed = await reader.list(
+        BackupIdentifierWildcard(partition_id=partition, checkpoint_prefix="4")
+    )
+    assert [s.id.checkpoint_id for s in prefixed] == [4]
+    exact = await reader.list(
+        BackupIdentifierWildcard(partition_id=partition, checkpoint_id=BackupId(5))
+    )
+    assert [s.id.checkpoint_id for s in exact] == [5]

@@ -59,20 +59,21 @@ async def test_no_temp_files_are_left_behind(fs_kit: FilesystemKit, tmp_path: Pa
     )
     await store.delete(bid(checkpoint=1))
 
-    names = [p.name for p in fs_kit.base.rglob("*")]
+    names = [p.name for p in fs_kit.base.rglob("*") if p.name != ".listing"]
     assert [n for n in names if n.startswith(".") or n.endswith(".tmp")] == []
 
 
 async def test_delete_prunes_empty_directories(fs_kit: FilesystemKit, tmp_path: Path) -> None:
-    """Deleting every backup leaves only the two empty roots, so list() stays cheap after
-    thousands of deletes."""
+    """Deleting every backup leaves only the two roots and each partition's directory with its
+    listing version (one per partition), so list() stays cheap after thousands of deletes."""
     store = fs_kit.open()
     ids = [bid(node=n, partition=p, checkpoint=c) for n in (0, 1) for p in (1, 2) for c in (7, 8)]
     for id in ids:
         await store.save(small_backup(tmp_path, id))
     for id in ids:
         await store.delete(id)
-    assert fs_kit.directories() == {"manifests", "contents"}
+    assert fs_kit.directories() == {"manifests", "contents", "manifests/1", "manifests/2"}
+    assert {p.name for p in (fs_kit.base / "manifests").rglob("*") if p.is_file()} == {".listing"}
 
 
 async def test_stale_temp_file_from_a_killed_writer_is_harmless(

@@ -345,3 +345,35 @@ async def test_a_backup_with_an_unreadable_manifest_is_shown_failed(tmp_path: Pa
         assert status == 200 and info["state"] == "FAILED"
         status, listed = await checked(cluster, "GET", "/actuator/backups")
         assert status == 200 and listed[0]["state"] == "FAILED"
+
+
+async def test_listings_follow_every_change_although_they_are_reused(tmp_path: Path) -> None:
+    """Lists are answered from the last listing while every partition says it is unchanged:
+    interleaved with takes and deletes, every list (all, and by prefixes the gateway keeps)
+    shows exactly the backups that exist, newest first, with their current state."""
+    async with inprocess_cluster(tmp_path, brokers=2, partitions=2) as cluster:
+        existing: set[int] = set()
+        prefixes = ["", "1", "12", "-1"]
+
+        async def lists_match() -> None:
+            for prefix in prefixes:
+                path = "/actuator/backups" + (f"/{prefix}*" if prefix else "")
+                for _ in range(2):  # the second answer comes from the kept listing
+                    status, listed = await checked(cluster, "GET", path)
+                    expected = sorted(
+                        (b for b in existing if str(b).startswith(prefix) and prefix != "-1"),
+                        reverse=True,
+                    )
+                    assert status == 200 and [b["backupId"] for b in listed] == expected, path
+                    assert all(b["state"] == "COMPLETED" for b in listed)
+
+        for backup_id in (1, 2, 3, 12, 13, 21, 30):
+            body = f'{{"backupId": {backup_id}}}'.encode()
+            assert (await checked(cluster, "POST", "/actuator/backups", body))[0] == 202
+            await settled(cluster, backup_id)
+            existing.add(backup_id)
+            await lists_match()
+        for backup_id in (12, 2, 30):
+            assert await checked(cluster, "DELETE", f"/actuator/backups/{backup_id}") == (204, None)
+            existing.discard(backup_id)
+            await lists_match()

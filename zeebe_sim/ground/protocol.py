@@ -386,13 +386,19 @@ class BackupStatusResponse(Message):
 class ListBackupsRequest(Message):
     partition_id: PartitionId
     prefix: str | None = None  # decimal prefix of the backup id; None = all
+    # The listing version the asker holds: if the partition's listing is still at it, the
+    # answer is ``unchanged`` and carries no statuses (thousands of them need not travel).
+    known_version: str | None = None
 
 
 @attrs.frozen
 class ListBackupsResponse(Message):
-    """Per backup id, the partition's best copy."""
+    """Per backup id, the partition's best copy; ``version`` names this listing (None: the
+    store cannot tell, so it must not be reused)."""
 
     statuses: list[PartitionBackupStatus]
+    version: str | None = None
+    unchanged: bool = False
 
 
 @attrs.frozen
