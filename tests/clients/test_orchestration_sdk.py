@@ -366,7 +366,8 @@ async def test_the_sdk_takes_lists_gets_and_deletes_runtime_backups(
     """Camunda's client against /v2/backups/runtime (8.10): take_runtime_backup answers the
     id; get_runtime_backup parses the BackupInfo (every field required, null allowed) and
     reaches COMPLETED on all three partitions; list_runtime_backups is newest first and by
-    prefix; a repeated id raises ConflictError; delete, then get_runtime_backup raises
+    prefix; a repeated id raises ConflictError; the runtime state (and its sync) parses and
+    names backup 25 confirmed on every partition; delete, then get_runtime_backup raises
     NotFoundError."""
     for backup_id in (21, 25):
         taken = await sdk.take_runtime_backup(data=TakeRuntimeBackupRequest(backup_id=backup_id))
@@ -384,6 +385,18 @@ async def test_the_sdk_takes_lists_gets_and_deletes_runtime_backups(
     assert await sdk.list_runtime_backups(prefix="3*") == []
     with pytest.raises(ConflictError):
         await sdk.take_runtime_backup(data=TakeRuntimeBackupRequest(backup_id=25))
+
+    async def confirmed() -> Any:
+        state = await sdk.get_runtime_backup_state()
+        return state if len(state.backup_states) == 3 else None
+
+    state = await eventually(confirmed, timeout_s=30)
+    assert [c.partition_id for c in state.checkpoint_states] == [1, 2, 3]
+    assert {(b.checkpoint_id, b.checkpoint_type.value) for b in state.backup_states} == {
+        (25, "MANUAL_BACKUP")
+    }
+    synced = await sdk.sync_runtime_backup_state()
+    assert [b.checkpoint_id for b in synced.backup_states] == [25, 25, 25]
     await sdk.delete_runtime_backup(21)
     with pytest.raises(NotFoundError):
         await sdk.get_runtime_backup(21)

@@ -31,6 +31,7 @@ DETAIL_FIELDS = {
     "state",
     "createdAt",
     "lastUpdatedAt",
+    "firstLogPosition",
     "checkpointPosition",
     "brokerId",
     "brokerVersion",
