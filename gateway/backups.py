@@ -32,7 +32,8 @@ from typing import Any, Literal
 from aiohttp import web
 
 from gateway.client import BrokerClient
-from gateway.rest_input import json_body
+from gateway.errors import UnsupportedMediaType
+from gateway.rest_input import is_json
 from zeebe_sim.ground.backups import (
     BACKUP_ID_MAX,
     ID_REQUIRED,
@@ -444,34 +445,37 @@ async def runtime_state(
 
 async def _requested_id(request: web.Request) -> BackupId | None:
     """``backupId`` of a POST body; ``None`` without a body or without the field (a null
-    included: the REST API's field is nullable).
+    included: the REST API's field is nullable). Other properties are ignored, whatever they
+    hold.
 
     Raises:
-        InvalidArgument: the body or id is bad (400), or what ``json_body`` raises (415, 413).
+        UnsupportedMediaType: a body that is not JSON (415).
+        InvalidArgument: the body or id is bad (400).
     """
-    body = await json_body(request, optional=True)
-    raw = body.get("backupId")
-    return None if raw is None else parse_backup_id(raw)
+    raw = await request.read()
+    if not raw:
+        return None
+    # No Content-Type at all is read as JSON (curl -d without -H), as in the REST API.
+    if "Content-Type" in request.headers and not is_json(request.content_type):
+        raise UnsupportedMediaType(
+            f"Content-Type '{request.content_type}' is not supported: send application/json"
+        )
+    try:
+        body = json.loads(raw)  # bytes: UTF-8, -16 or -32, as RFC 8259 allows
+    except (ValueError, RecursionError) as exc:  # bad JSON or encoding, nested too deep
+        raise InvalidArgument(f"{ID_REQUIRED}, but the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidArgument(f"{ID_REQUIRED}, but the body is not a JSON object")
+    given = body.get("backupId")
+    return None if given is None else parse_backup_id(given)
 
 
 # -- the actuator -----------------------------------------------------------------------------
 
 
-async def _actuator_requested_id(request: web.Request) -> BackupId | None:
-    try:
-        return await _requested_id(request)
-    except InvalidArgument as exc:
-        if type(exc) is not InvalidArgument or exc.message.startswith(ID_REQUIRED):
-            raise
-        message = f"{ID_REQUIRED}, but {exc.message[0].lower()}{exc.message[1:]}"
-        raise InvalidArgument(message) from exc
-
-
 async def actuator_take(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
-    backup_id = await take(
-        client, await _actuator_requested_id(request), request.app[FANOUT_JITTER_S]
-    )
+    backup_id = await take(client, await _requested_id(request), request.app[FANOUT_JITTER_S])
     return web.json_response(
         {
             "backupId": backup_id,

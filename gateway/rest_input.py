@@ -96,7 +96,7 @@ def _charset(request: web.BaseRequest) -> str:
     return name
 
 
-def _is_json(content_type: str) -> bool:
+def is_json(content_type: str) -> bool:
     return content_type == "application/json" or (
         content_type.startswith("application/") and content_type.endswith("+json")
     )
@@ -112,7 +112,7 @@ async def json_body(request: web.Request, *, optional: bool = False) -> dict[str
     if not raw and optional:
         return {}
     # No Content-Type at all is read as JSON (curl -d without -H); any other type is not.
-    if "Content-Type" in request.headers and not _is_json(request.content_type):
+    if "Content-Type" in request.headers and not is_json(request.content_type):
         raise UnsupportedMediaType(
             f"Content-Type '{request.content_type}' is not supported: send application/json"
         )

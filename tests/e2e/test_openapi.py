@@ -250,6 +250,7 @@ async def test_live_responses_validate_against_the_documented_schemas(tmp_path: 
                 "state",
                 "createdAt",
                 "lastUpdatedAt",
+                "firstLogPosition",
                 "checkpointPosition",
                 "brokerId",
                 "brokerVersion",
