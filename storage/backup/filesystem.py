@@ -29,7 +29,9 @@ them may be killed at any instant:
   *before* changing the manifest, and releases the lock after; a listing holds a shared lock
   while it reads the token and walks. So no listing sees a token and a manifest change that it
   does not reflect, a writer killed half-way (the lock dies with it) leaves a new token, and a
-  cached listing is reused only when nothing changed.
+  cached listing is reused only when nothing changed. Changes made by hand (a backup's
+  directory removed) are seen through the partition directory's mtime, or after at most
+  ``LISTING_REUSE_MAX_S``.
 
 All blocking I/O runs in ``asyncio.to_thread``.
 """
@@ -44,6 +46,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,6 +81,8 @@ _MKDIR_RETRIES_MAX: Final = 5
 _DECIMAL: Final = re.compile(r"[1-9][0-9]*|0")
 _LISTING_FILE: Final = ".listing"
 _NO_BACKUPS: Final = "none"  # the version of a partition whose manifest directory is absent
+# A listing is read again at least this often, so that manifests changed by hand are seen.
+LISTING_REUSE_MAX_S: Final = 10.0
 
 T = TypeVar("T")
 
@@ -227,7 +232,12 @@ class _FilesystemBackend:
         def listing() -> tuple[str | None, list[tuple[BackupIdentifier, bytes]] | None]:
             if not p_dir.is_dir():
                 return _NO_BACKUPS, [] if known_version != _NO_BACKUPS else None
-            with _listing_lock(p_dir, exclusive=False) as version:
+            with _listing_lock(p_dir, exclusive=False) as token:
+                # Changes made by hand, not through a store, do not change the token: removing
+                # or adding a backup's directory changes the directory's mtime, and anything
+                # else is seen within LISTING_REUSE_MAX_S.
+                bucket = int(time.time() // LISTING_REUSE_MAX_S)
+                version = f"{token}:{os.stat(p_dir).st_mtime_ns}:{bucket}"
                 if version == known_version:
                     return version, None
                 return version, self._walk(BackupIdentifierWildcard(partition_id=partition_id))
