@@ -87,15 +87,15 @@ async def test_what_a_broker_does_not_lead_or_handle_is_an_error_answer(tmp_path
         await connection.close()
 
 
-async def test_a_checkpoint_request_without_a_store_still_checkpoints(tmp_path: Path) -> None:
-    """TAKE_BACKUP on a broker without a store answers BACKUP_NOT_CONFIGURED, and the
-    partition has taken the checkpoint all the same (Zeebe)."""
+async def test_a_checkpoint_request_without_a_store_takes_no_checkpoint(tmp_path: Path) -> None:
+    """TAKE_BACKUP on a broker without a store answers BACKUP_NOT_CONFIGURED before writing
+    anything: the partition's checkpoint does not move (REFERENCE §1, corrected)."""
     async with inprocess_cluster(tmp_path, brokers=1, partitions=1, backups=False) as cluster:
         connection = await Connection.open(cluster.broker_address(0), network=cluster.network)
         with pytest.raises(BackupNotConfigured):
             await connection.request(TakeBackupRequest(1, 5), 5)
         status = await connection.request(QueryRequest(1, "partitions", {}), 5)
-        assert isinstance(status, QueryResponse) and status.result["1"]["checkpointId"] == 5
+        assert isinstance(status, QueryResponse) and status.result["1"]["checkpointId"] == -1
         await connection.close()
 
 
