@@ -107,3 +107,21 @@ def test_states_are_not_compared_when_no_position_is_common() -> None:
     )
     assert report.ok
     assert any("states were not compared" in n for n in report.notes)
+
+
+def test_states_are_compared_before_a_deposed_leaders_tail() -> None:
+    """A deposed leader's uncommitted entry at position 3 created another process than the
+    new leader's: the states are compared at position 2, where the logs agree, so this is a
+    note and no violation (at position 3 they would differ)."""
+
+    def process(position: int, key: int) -> Record:
+        value = {"bpmnProcessId": "p", "version": key}
+        return Record(position, -1, key, 0, RecordType.EVENT, ValueType.PROCESS, "CREATED", value)
+
+    shared = [process(1, 1), process(2, 2)]
+    old = PartitionData(1, [*shared, process(3, 30)], node_id=0, entries=entries([1, 1, 1], salt=1))
+    new_log = entries([1, 1], salt=1) + entries([1, 1, 2], salt=2)[2:]
+    new = [PartitionData(1, [*shared, process(3, 31)], node_id=n, entries=new_log) for n in (1, 2)]
+    report = check([old, *new])
+    assert report.ok, report.render()
+    assert any("uncommitted tail from index 3" in n for n in report.notes)

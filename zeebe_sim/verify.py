@@ -423,6 +423,8 @@ def _check_replicas(group: list[PartitionData], report: Report) -> None:
     partition_id = group[0].partition_id
     by_index = [{e.index: e for e in data.entries} for data in group]
     common = set.intersection(*(set(entries) for entries in by_index))
+    # States are compared up to where the logs agree (before a deposed leader's tail).
+    agreed_position = None
     for index in sorted(common):
         entries = [entries[index] for entries in by_index]
         if len(set(entries)) == 1:
@@ -438,6 +440,7 @@ def _check_replicas(group: list[PartitionData], report: Report) -> None:
                 f"{index} (older terms than term {majority.term} of the others); Raft "
                 "truncates it when the replica rejoins"
             )
+            agreed_position = majority.first_position - 1
             break
         detail = "; ".join(
             f"{d.replica} has term {e.term}, positions {e.first_position}.."
@@ -452,16 +455,19 @@ def _check_replicas(group: list[PartitionData], report: Report) -> None:
             )
         )
         return
-    _check_replica_states(group, report)
+    _check_replica_states(group, report, agreed_position)
 
 
-def _check_replica_states(group: list[PartitionData], report: Report) -> None:
-    """Each replica's state at one position all of them can rebuild is the same."""
+def _check_replica_states(
+    group: list[PartitionData], report: Report, position_max: int | None
+) -> None:
+    """Each replica's state at one position all of them can rebuild (and not beyond
+    ``position_max``) is the same."""
     partition_id = group[0].partition_id
     ends = [d.records[-1].position if d.records else d.snapshot_position for d in group]
     # Every replica must be able to stop there: past its snapshot (and the snapshot's
     # follow-up events, already in its state), and not beyond its log.
-    position = min(ends)
+    position = min([*ends, *([position_max] if position_max is not None else [])])
     floor = max(max(d.snapshot_position, d.snapshot_followup_position) for d in group)
     if position < floor:
         report.notes.append(
