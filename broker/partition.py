@@ -84,6 +84,8 @@ GROUP_COMMANDS_MAX = 500
 # is written, so processing never waits long for the loop.
 SNAPSHOT_CHUNK_ENTRIES = 1_000
 TICK_S = 0.05
+# How long a replica that cannot process (yet) waits before looking at its inbox again.
+IDLE_S = 0.005
 # How soon a log that could not be reopened after a failed write is tried again.
 REOPEN_RETRY_S = 1.0
 
@@ -183,7 +185,7 @@ class Partition:
             await asyncio.to_thread(self.log.flush)
         except Exception as exc:
             # Reported as DEAD in the topology rather than taking the whole broker down.
-            self._processing_stopped(exc)
+            self.processing_stopped(exc)
             self.ready = True
             return
         self.core.reset_retries(_monotonic_ms())
@@ -377,16 +379,20 @@ class Partition:
                             # a snapshot is of committed state only; and a leader does not run
                             # far ahead of its followers
                             await replica.drained.wait()
+                        processed = self.log.last_index
                         await self._process_group()
-                        await asyncio.sleep(0)  # let the replica's executor run
+                        # let the replica's executor run; while this replica cannot process
+                        # (stepping down, or its log not yet caught up), do not spin
+                        idle = self.log.last_index == processed and not self._maintenance
+                        await asyncio.sleep(IDLE_S if idle else 0)
                         continue
                     await self._process_group()
         except Exception as exc:
             # Not restarted: the log and the state may disagree now (a command written without
             # its follow-ups); a restart recovers both from disk.
-            self._processing_stopped(exc)
+            self.processing_stopped(exc)
 
-    def _processing_stopped(self, exc: Exception) -> None:
+    def processing_stopped(self, exc: Exception) -> None:
         self.failure = f"processing stopped: {type(exc).__name__}: {exc}"
         log.critical("partition %s is dead: %s", self.partition_id, self.failure, exc_info=exc)
         error = InternalError(f"Partition {self.partition_id} is dead: {self.failure}")

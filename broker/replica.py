@@ -227,13 +227,18 @@ class Replica:
 
     async def run(self) -> None:
         """The executor: carries out the core's effects in order (owned by the partition)."""
-        while True:
-            await self._effects_ready.wait()
-            self._effects_ready.clear()
-            while self._effects:
-                batch = list(self._effects)
-                self._effects.clear()
-                await self._execute(batch)
+        try:
+            while True:
+                await self._effects_ready.wait()
+                self._effects_ready.clear()
+                while self._effects:
+                    batch = list(self._effects)
+                    self._effects.clear()
+                    await self._execute(batch)
+        except Exception as exc:
+            # Not restarted: the log may be behind what the core believes durable. A restart
+            # recovers both from disk; meanwhile the partition says it is DEAD.
+            self.partition.processing_stopped(exc)
 
     async def tick(self) -> None:
         """The core's timer: a ``Tick`` at its next deadline (owned by the partition)."""

@@ -10,10 +10,12 @@ import pytest
 from broker.raft.core import DurableState, RaftConfig, RaftCore
 from broker.raft.messages import (
     AppendRequest,
+    AppendResponse,
     Entry,
     Index,
     NotLeader,
     PersistTermVote,
+    PollResponse,
     Propose,
     Role,
     Send,
@@ -303,3 +305,40 @@ def test_without_priority_election_the_timeouts_are_randomized() -> None:
         times.add(sim.now)
         assert 1000 <= sim.now < 2000 + 40, f"seed {seed}"
     assert len(times) > 20 and len(winners) == 3
+
+
+def test_append_requests_stop_at_the_byte_bound() -> None:
+    """An append request holds entries up to ``append_batch_bytes_max`` data bytes (at least
+    one entry, however large), so that it fits a wire frame; the rest follows in later ones."""
+    config = RaftConfig(
+        election_timeout_ms=1000, heartbeat_interval_ms=100, append_batch_bytes_max=1000
+    )
+    durable = DurableState(term=Term(1), voted_for=NodeId(0))
+    core = RaftCore(
+        NodeId(0),
+        [NodeId(0), NodeId(1)],
+        now_ms=0,
+        random=random.Random(1).randrange,
+        snapshots=Disk(),
+        durable=durable,
+        config=config,
+    )
+    core.handle(Tick(), 5000)  # the election timer fires: the poll goes out
+    core.handle(PollResponse(Term(1), NodeId(1), True), 5001)
+    core.handle(VoteResponse(Term(2), NodeId(1), True), 5002)
+    assert core.role is Role.LEADER
+    effects = core.handle(Propose((b"a" * 600, b"b" * 600, b"c" * 2000)), 5003)
+    sizes = [
+        [len(e.data or b"") for e in effect.message.entries]
+        for effect in effects
+        if isinstance(effect, Send) and isinstance(effect.message, AppendRequest)
+    ]
+    assert sizes == [[600]]
+    ack = AppendResponse(Term(2), NodeId(1), True, Index(core.last_index - 2))
+    effects = core.handle(ack, 5004)
+    sizes = [
+        [len(e.data or b"") for e in effect.message.entries]
+        for effect in effects
+        if isinstance(effect, Send) and isinstance(effect.message, AppendRequest)
+    ]
+    assert sizes == [[600]]
