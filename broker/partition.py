@@ -175,6 +175,8 @@ class Partition:
             self.directory / LOG_DIR, segment_bytes_max=self.config.segment_bytes_max
         )
         if self.replica is not None:
+            # a fresh shell: a restart (in-place restore) keeps nothing of the old history
+            self.replica = Replica(self, self.replica.config, self.replica.send)
             await self._start_replica(self.replica)
             return
         unprocessed = self._recover()

@@ -127,7 +127,7 @@ class Replica:
     def __init__(self, partition: Partition, config: ReplicaConfig, send: SendFn) -> None:
         self.partition = partition
         self.config = config
-        self._send = send
+        self.send = send
         self.core: RaftCore
         self._effects: collections.deque[Effect] = collections.deque()
         self._effects_ready = asyncio.Event()
@@ -333,7 +333,7 @@ class Replica:
             await asyncio.to_thread(p.log.flush)
         for effect in later:
             if isinstance(effect, Send):
-                self._send(effect.to, to_wire(PartitionId(p.partition_id), effect.message))
+                self.send(effect.to, to_wire(PartitionId(p.partition_id), effect.message))
             elif isinstance(effect, Committed):
                 self._on_committed(effect.index)
             elif isinstance(effect, RoleChanged):
