@@ -443,15 +443,34 @@ class Partition:
         if not replica.can_process or self.log.last_index != replica.core.last_index:
             return
         results: list[Awaiting] = []
-        while self._inbox and len(results) < GROUP_COMMANDS_MAX and self._disk_refusal() is None:
-            queued = self._inbox.popleft()
-            taken.append(queued)
-            checkpoint = self.core.checkpoint_before(queued.command)
-            if checkpoint is not None:
-                checkpoint_result = self._process(checkpoint)
-                results.append((self.log.last_index, None, checkpoint_result))
-            result = self._process(queued.command)
-            results.append((self.log.last_index, queued.reply, result))
+        try:
+            while (
+                self._inbox and len(results) < GROUP_COMMANDS_MAX and self._disk_refusal() is None
+            ):
+                queued = self._inbox.popleft()
+                taken.append(queued)
+                checkpoint = self.core.checkpoint_before(queued.command)
+                if checkpoint is not None:
+                    checkpoint_result = self._process(checkpoint)
+                    results.append((self.log.last_index, None, checkpoint_result))
+                result = self._process(queued.command)
+                results.append((self.log.last_index, queued.reply, result))
+        except (ResourceExhausted, OSError) as exc:
+            # Out of disk mid-group: the group is refused, its entries cut from the log and
+            # the state rebuilt from the snapshot and the entries the core holds.
+            self._proposal = []
+            self.log.truncate_from_index(replica.core.last_index + 1)
+            replica.reset_state(self.snapshots.latest())
+            replica.apply_to(replica.core.last_index)
+            error = ResourceExhausted(
+                f"Expected to write to the log of partition {self.partition_id}, but "
+                f"writing failed: {exc}"
+            )
+            for queued in taken:
+                if queued.reply is not None and not queued.reply.done():
+                    queued.reply.set_exception(error)
+            self._taken = []
+            return
         replica.propose(self._take_proposal(), results)
         self._taken = []
 

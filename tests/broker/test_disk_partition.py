@@ -13,9 +13,11 @@ import pytest
 from broker.disk import MIB, DiskConfig, DiskMonitor
 from broker.engine.processor import Send
 from broker.partition import Partition, PartitionConfig
+from broker.replica import ReplicaConfig
 from tests.scenarios.bpmn_samples import process_xml
 from tests.tmpfs import fill, mounted_tmpfs
 from zeebe_sim.ground.errors import ResourceExhausted
+from zeebe_sim.ground.ids import NodeId
 from zeebe_sim.ground.records import ValueType
 from zeebe_sim.harness import eventually
 
@@ -29,7 +31,8 @@ THRESHOLDS = DiskConfig(
 class LocalPartition:
     """A single-partition cluster whose disk verdict comes from ``monitor``."""
 
-    def __init__(self, directory: Path, monitor: DiskMonitor) -> None:
+    def __init__(self, directory: Path, monitor: DiskMonitor, replicated: bool = False) -> None:
+        """``replicated``: a Raft replica (alone in its group) instead of the plain partition."""
         self.partition = Partition(
             1,
             1,
@@ -37,7 +40,17 @@ class LocalPartition:
             PartitionConfig(snapshot_period_s=3600, segment_bytes_max=64 * 1024),
             self._deliver,
             disk=monitor,
+            replication=ReplicaConfig(NodeId(0), (NodeId(0),), 1, 1) if replicated else None,
+            send_to_peer=lambda node, message: None,
         )
+
+    async def start(self) -> None:
+        await self.partition.start()
+
+        async def leading() -> bool:
+            return self.partition.leading
+
+        await eventually(leading, timeout_s=30)
 
     def _deliver(self, send: Send, checkpoint_id: int) -> None:
         self.partition.receive(send.value_type, send.intent, send.key, send.value, checkpoint_id)
@@ -120,16 +133,17 @@ async def monitor_task(small_disk: Path) -> AsyncIterator[DiskMonitor]:
     await asyncio.gather(task, return_exceptions=True)
 
 
+@pytest.mark.parametrize("replicated", [False, True], ids=["plain", "raft"])
 async def test_a_write_that_fails_for_lack_of_space_refuses_its_group_and_loses_nothing(
-    small_disk: Path, monitor_task: DiskMonitor
+    small_disk: Path, monitor_task: DiskMonitor, replicated: bool
 ) -> None:
     """The disk fills while bursts of commands are written: the commands whose group could not
     be written get RESOURCE_EXHAUSTED (and leave no trace in the state), every acknowledged
     instance is there, processing goes on once a filler file is deleted, and a restart
     recovers exactly the acknowledged instances."""
     directory = small_disk / "p1"
-    node = LocalPartition(directory, monitor_task)
-    await node.partition.start()
+    node = LocalPartition(directory, monitor_task, replicated)
+    await node.start()
     acknowledged: set[int] = set()
     refused = 0
     filler = fill(small_disk / "filler", leave_bytes=256 * 1024)
@@ -162,8 +176,8 @@ async def test_a_write_that_fails_for_lack_of_space_refuses_its_group_and_loses_
     finally:
         await node.partition.stop()
 
-    node = LocalPartition(directory, monitor_task)
-    await node.partition.start()
+    node = LocalPartition(directory, monitor_task, replicated)
+    await node.start()
     try:
         assert set(node.partition.state.instances) == acknowledged
         acknowledged.add(await node.create())
