@@ -35,6 +35,12 @@ restarted with backoff, and UNHEALTHY while they fail.
 Start-up recovers: newest valid snapshot, replay of the events after it, then processing of the
 commands that were written but not processed (e.g. the trailing ``CHECKPOINT CREATE`` of a
 restored backup).
+
+Replicated (a replication factor above 1): the partition is one replica of a Raft group, and
+``broker/replica.py`` owns its Raft core. Only the leader processes; a processed group is
+appended and proposed in one synchronous step, and its answers and effects wait until the
+group is committed instead of until the fsync. Followers' state follows the committed entries;
+start-up loads only the snapshot (the rest is applied as the core learns what is committed).
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ from broker.disk import DiskMonitor, DiskVerdict
 from broker.engine.processor import Engine, ProcessingResult, Response, Send
 from broker.engine.state import COLUMN_FAMILIES, State
 from broker.replica import Awaiting, Replica, ReplicaConfig, entry_data
+from broker.replica import SendFn as PeerSendFn
 from broker.waiters import Waiters
 from storage.log import SegmentedLog
 from storage.snapshots import Snapshot, SnapshotId, SnapshotStore
@@ -119,7 +126,7 @@ class Partition:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         disk: DiskMonitor | None = None,
         replication: ReplicaConfig | None = None,
-        send_to_peer: Callable[[Any, Any], None] | None = None,
+        send_to_peer: PeerSendFn | None = None,
         on_leader_change: Callable[[int, bool, int], None] | None = None,
     ) -> None:
         """``replication``: this replica's place in a replicated partition (None: the only
