@@ -3,11 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import pytest
+
+from broker.faults import Faults
 from broker.partition import PartitionConfig
 from broker.raft.core import RaftConfig
 from broker.server import Broker
+from zeebe_sim.ground.errors import PartitionLeaderMismatch
+from zeebe_sim.ground.ids import NodeId
+from zeebe_sim.ground.records import ValueType
 from zeebe_sim.harness import eventually
 from zeebe_sim.inprocess import InProcessCluster, inprocess_cluster
 
@@ -154,3 +161,44 @@ async def test_a_follower_behind_the_compacted_log_catches_up_by_snapshot(
         received = back.snapshots.latest()
         assert received is not None and received.id.index >= taken.id.index
         assert back.log.first_index != 1
+
+
+async def test_a_cut_off_leader_steps_down_and_fails_what_waits(tmp_path: Path) -> None:
+    """A leader cut off from both followers commits nothing more: a command submitted to it
+    waits, and when the leader steps down (no quorum heard) it is answered
+    PARTITION_LEADER_MISMATCH and never applied; the others elect a new leader in a newer
+    term, and the old one follows it once healed."""
+    async with inprocess_cluster(tmp_path, partitions=1, replication_factor=3) as cluster:
+        old = (await eventually(lambda: _all_led(cluster), timeout_s=30))[1]
+        await cluster.api.deploy(DEMO)
+        broker = cluster.brokers[old]
+        partition = broker.partitions[1]
+        assert partition.replica is not None
+        term = partition.replica.term
+        broker.faults = Faults(cut=frozenset(NodeId(n) for n in cluster.brokers if n != old))
+        waiting = partition.submit(
+            ValueType.PROCESS_INSTANCE_CREATION,
+            "CREATE",
+            -1,
+            {"bpmnProcessId": "demo-process", "variables": {"correlationKey": "cut"}},
+        )
+        with pytest.raises(PartitionLeaderMismatch):
+            await asyncio.wait_for(waiting, timeout=30)
+
+        async def new_leader() -> int | None:
+            node = leaders(cluster).get(1)
+            return node if node is not None and node != old else None
+
+        new = await eventually(new_leader, timeout_s=30)
+        new_partition = cluster.brokers[new].partitions[1]
+        assert new_partition.replica is not None and new_partition.replica.term > term
+        broker.faults = Faults()
+
+        async def follows() -> bool:
+            replica = partition.replica
+            return replica is not None and replica.role.name == "FOLLOWER" and replica.leader == new
+
+        await eventually(follows, timeout_s=30)
+        # nothing was created before the cut, and the refused command left no trace
+        assert not new_partition.state.instances
+        assert not partition.state.instances
