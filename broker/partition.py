@@ -91,6 +91,9 @@ GROUP_COMMANDS_MAX = 500
 # is written, so processing never waits long for the loop.
 SNAPSHOT_CHUNK_ENTRIES = 1_000
 TICK_S = 0.05
+# Entries after its snapshot a replica's Raft core may hold (in memory) before a snapshot is
+# taken whatever the snapshot period.
+RAFT_ENTRIES_IN_MEMORY_MAX = 100_000
 # How long a replica that cannot process (yet) waits before looking at its inbox again.
 IDLE_S = 0.005
 # How soon a log that could not be reopened after a failed write is tried again.
@@ -656,6 +659,9 @@ class Partition:
         while self.failure is None:  # a dead partition writes nothing, due commands included
             await asyncio.sleep(TICK_S)
             self.waiters.expire()
+            if self.replica is not None and self._raft_log_too_long(self.replica):
+                # the Raft core keeps the entries after its snapshot in memory: bound them
+                self.request_snapshot()
             if not self.leading:
                 if self.replica is not None and self.core.snapshot_due(_monotonic_ms()):
                     self.request_snapshot()
@@ -669,6 +675,15 @@ class Partition:
                 self.request_snapshot()
 
     # -- snapshots and compaction -------------------------------------------------------------
+
+    def _raft_log_too_long(self, replica: Replica) -> bool:
+        core = replica.core
+        base = core.snapshot.index if core.snapshot is not None else 0
+        return (
+            replica.applied_index - base > RAFT_ENTRIES_IN_MEMORY_MAX
+            and not self.core.snapshotting
+            and not self._maintenance
+        )
 
     def request_snapshot(self) -> asyncio.Future[Snapshot | None]:
         """Take a snapshot soon (between two processing groups); resolves when it is durable,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import broker.partition as partition_module
 from broker.faults import Faults
 from broker.partition import PartitionConfig
 from broker.raft.core import RaftConfig
@@ -202,3 +203,30 @@ async def test_a_cut_off_leader_steps_down_and_fails_what_waits(tmp_path: Path) 
         # nothing was created before the cut, and the refused command left no trace
         assert not new_partition.state.instances
         assert not partition.state.instances
+
+
+async def test_replicas_snapshot_when_the_raft_log_in_memory_grows_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Raft core holds the entries after its snapshot in memory: past a bound, every
+    replica takes a snapshot whatever the snapshot period (here an hour), so the bound holds."""
+    monkeypatch.setattr(partition_module, "RAFT_ENTRIES_IN_MEMORY_MAX", 40)
+    slow = PartitionConfig(snapshot_period_s=3600, retry_initial_s=0.2, retry_max_s=1.0)
+    async with inprocess_cluster(
+        tmp_path, partitions=1, replication_factor=3, partition=slow
+    ) as cluster:
+        await eventually(lambda: _all_led(cluster), timeout_s=30)
+        await cluster.api.deploy(DEMO)
+        for i in range(40):
+            await cluster.api.create_instance("demo-process", {"correlationKey": f"k{i}"})
+
+        async def bounded() -> bool:
+            for broker in cluster.brokers.values():
+                replica = broker.partitions[1].replica
+                assert replica is not None
+                core = replica.core
+                if core.snapshot is None or core.last_index - core.snapshot.index > 80:
+                    return False
+            return True
+
+        await eventually(bounded, timeout_s=30)
