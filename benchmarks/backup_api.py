@@ -8,8 +8,9 @@ The backups are made directly in the store: one COMPLETED manifest per partition
 written with the store's own manifest encoder into the filesystem layout, before the cluster
 starts (taking 10,000 real backups would take far longer and measure something else; list and
 status read only manifests). Then the cluster (3 brokers, 3 partitions) starts on that store
-and the two calls are timed, one at a time, after a warm-up; also ``/v2/backups/runtime`` and a
-prefix listing.
+and the two calls are timed, one at a time, after a warm-up; also ``/v2/backups/runtime``, a
+prefix listing, and the first list after a new backup (which reads the changed partitions'
+manifests again: listings are versioned and reused while nothing changed).
 
 Run: ``PYTHONPATH=. python benchmarks/backup_api.py [--backups 10000] [--rounds 30]``
 """
@@ -111,6 +112,17 @@ async def main(backups: int, rounds: int) -> None:
             report(f"GET /actuator/backups/1* ({length} backups)", times, None)
             times, length = await timed(session, f"{cluster.rest_url}/v2/backups/runtime", rounds)
             report(f"GET /v2/backups/runtime ({length} backups)", times, None)
+            # The first list after a change reads every manifest of the changed partitions
+            # again (a new backup changes all of them).
+            cold = []
+            for backup_id in range(backups + 1, backups + 4):
+                await cluster.api.take_backup(backup_id)
+                await cluster.api.wait_for_backup(backup_id)
+                start = time.perf_counter()
+                async with session.get(f"{management}/actuator/backups") as response:
+                    assert len(await response.json()) == backup_id
+                cold.append((time.perf_counter() - start) * 1000)
+            report("GET /actuator/backups, first after a backup", cold, None)
 
 
 if __name__ == "__main__":
