@@ -509,7 +509,8 @@ async def actuator_state(request: web.Request) -> web.Response:
     return _json(without_nulls(await runtime_state(request.app[CLIENT], "GET")))
 
 
-async def actuator_reset_state(request: web.Request) -> web.Response:
+async def reset_state(request: web.Request) -> web.Response:
+    """DELETE .../state, on both APIs: clear every partition's runtime state."""
     await runtime_state(request.app[CLIENT], "RESET")
     return web.Response(status=204)
 
@@ -542,7 +543,7 @@ def add_routes(app: web.Application, client: BrokerClient, fanout_jitter_s: floa
     for base in ACTUATOR_BASES:
         # Before ".../{backup}", which "state" would also match.
         app.router.add_get(f"{base}/{STATE}", actuator_state)
-        app.router.add_delete(f"{base}/{STATE}", actuator_reset_state)
+        app.router.add_delete(f"{base}/{STATE}", reset_state)
         app.router.add_post(f"{base}/{STATE}/sync", actuator_sync_state)
         app.router.add_post(base, actuator_take)
         app.router.add_get(base, actuator_list)
@@ -580,11 +581,6 @@ async def rest_state(request: web.Request) -> web.Response:
     return _json(await runtime_state(request.app[CLIENT], "GET"))
 
 
-async def rest_reset_state(request: web.Request) -> web.Response:
-    await runtime_state(request.app[CLIENT], "RESET")
-    return web.Response(status=204)
-
-
 async def rest_sync_state(request: web.Request) -> web.Response:
     return _json(await runtime_state(request.app[CLIENT], "SYNC"))
 
@@ -595,7 +591,7 @@ def add_rest_routes(app: web.Application, client: BrokerClient) -> None:
     app[FANOUT_JITTER_S] = 0.0
     app[LISTINGS] = Listings(_encoded)
     app.router.add_get(f"{REST_BASE}/{STATE}", rest_state)
-    app.router.add_delete(f"{REST_BASE}/{STATE}", rest_reset_state)
+    app.router.add_delete(f"{REST_BASE}/{STATE}", reset_state)
     app.router.add_post(f"{REST_BASE}/{STATE}/sync", rest_sync_state)
     app.router.add_post(REST_BASE, rest_take)
     app.router.add_get(REST_BASE, rest_list)

@@ -368,6 +368,7 @@ class ManifestBackupStore:
         # The last listing of each partition, reused while the backend's version is unchanged
         # (thousands of manifests are not read and decoded again for every list and status).
         self._listings: dict[PartitionId, PartitionListing] = {}
+        self._raws: dict[PartitionId, dict[BackupIdentifier, bytes]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._backend.description})"
@@ -529,8 +530,17 @@ class ManifestBackupStore:
         )
         if found is None and cached is not None:
             return cached
-        statuses = [self._decode_status(id, raw) for id, raw in found or ()]
+        # A manifest whose bytes are the ones decoded last time is not decoded again.
+        decoded = {s.id: s for s in cached.statuses} if cached is not None else {}
+        raws = self._raws.get(partition_id, {})
+        statuses = []
+        for id, raw in found or ():
+            status = decoded.get(id)
+            if status is None or raws.get(id) != raw:
+                status = self._decode_status(id, raw)
+            statuses.append(status)
         statuses.sort(key=lambda s: (s.id.checkpoint_id, s.id.node_id))
+        self._raws[partition_id] = {id: raw for id, raw in found or ()}
         listing = PartitionListing(version, statuses)
         if version is not None:
             self._listings[partition_id] = listing

@@ -85,6 +85,7 @@ _NO_BACKUPS: Final = "none"  # the version of a partition whose manifest directo
 LISTING_REUSE_MAX_S: Final = 10.0
 
 T = TypeVar("T")
+_FileKey = tuple[int, int, int, int]  # inode, size, mtime and ctime (ns)
 
 
 class _FilesystemBackend:
@@ -94,6 +95,9 @@ class _FilesystemBackend:
         self.contents = base_path / "contents"
         self.description = f"filesystem backup store at {base_path}"
         self._chunk_bytes = chunk_bytes
+        # Per partition, per (checkpoint, node): the manifest's stat and bytes at the last
+        # listing, so that listing again reads only manifests whose file changed.
+        self._read: dict[PartitionId, dict[tuple[int, int], tuple[_FileKey, bytes]]] = {}
 
     def _changing(self, id: BackupIdentifier) -> contextlib.AbstractContextManager[str]:
         """Held around every change of a manifest of ``id``'s partition (module docstring)."""
@@ -224,6 +228,32 @@ class _FilesystemBackend:
                     found.append((BackupIdentifier(NodeId(n), PartitionId(p), BackupId(c)), data))
         return found
 
+    def _walk_partition(self, partition_id: PartitionId) -> list[tuple[BackupIdentifier, bytes]]:
+        """Every manifest of the partition; one whose file is as at the last listing (same
+        inode, size, mtime and ctime: a manifest is only ever replaced by a rename) is not
+        read again."""
+        known = self._read.get(partition_id, {})
+        read: dict[tuple[int, int], tuple[_FileKey, bytes]] = {}
+        found = []
+        p_dir = self.manifests / str(partition_id)
+        for c in _decimal_entries(p_dir):
+            c_dir = p_dir / str(c)
+            for n in _decimal_entries(c_dir):
+                path = c_dir / str(n) / MANIFEST_NAME
+                try:
+                    stat = os.stat(path)
+                    key = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+                    cached = known.get((c, n))
+                    data = cached[1] if cached is not None and cached[0] == key else None
+                    if data is None:
+                        data = path.read_bytes()
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # being created or deleted right now
+                read[(c, n)] = (key, data)
+                found.append((BackupIdentifier(NodeId(n), partition_id, BackupId(c)), data))
+        self._read[partition_id] = read
+        return found
+
     async def list_partition(
         self, partition_id: PartitionId, known_version: str | None
     ) -> tuple[str | None, list[tuple[BackupIdentifier, bytes]] | None]:
@@ -240,7 +270,7 @@ class _FilesystemBackend:
                 version = f"{token}:{os.stat(p_dir).st_mtime_ns}:{bucket}"
                 if version == known_version:
                     return version, None
-                return version, self._walk(BackupIdentifierWildcard(partition_id=partition_id))
+                return version, self._walk_partition(partition_id)
 
         return await self._io("Listing backups", listing)
 
