@@ -30,8 +30,9 @@ them may be killed at any instant:
   while it reads the token and walks. So no listing sees a token and a manifest change that it
   does not reflect, a writer killed half-way (the lock dies with it) leaves a new token, and a
   cached listing is reused only when nothing changed. Changes made by hand (a backup's
-  directory removed) are seen through the partition directory's mtime, or after at most
-  ``LISTING_REUSE_MAX_S``.
+  directory removed) are seen through the partition directory's mtime, anything else after at
+  most ``LISTING_REUSE_MAX_S`` (the partition is walked again; a walk reads only the manifests
+  whose file changed, and a listing keeps its version while nothing did).
 
 All blocking I/O runs in ``asyncio.to_thread``.
 """
@@ -98,6 +99,9 @@ class _FilesystemBackend:
         # Per partition, per (checkpoint, node): the manifest's stat and bytes at the last
         # listing, so that listing again reads only manifests whose file changed.
         self._read: dict[PartitionId, dict[tuple[int, int], tuple[_FileKey, bytes]]] = {}
+        # Per partition: the token and directory mtime, when it was last walked (monotonic
+        # seconds), and the version given to that listing.
+        self._versions: dict[PartitionId, tuple[str, float, str]] = {}
 
     def _changing(self, id: BackupIdentifier) -> contextlib.AbstractContextManager[str]:
         """Held around every change of a manifest of ``id``'s partition (module docstring)."""
@@ -228,13 +232,16 @@ class _FilesystemBackend:
                     found.append((BackupIdentifier(NodeId(n), PartitionId(p), BackupId(c)), data))
         return found
 
-    def _walk_partition(self, partition_id: PartitionId) -> list[tuple[BackupIdentifier, bytes]]:
-        """Every manifest of the partition; one whose file is as at the last listing (same
-        inode, size, mtime and ctime: a manifest is only ever replaced by a rename) is not
-        read again."""
+    def _walk_partition(
+        self, partition_id: PartitionId
+    ) -> tuple[list[tuple[BackupIdentifier, bytes]], bool]:
+        """Every manifest of the partition, and whether any differs from the last walk's; one
+        whose file is as at the last walk (same inode, size, mtime and ctime: a manifest is
+        only ever replaced by a rename) is not read again."""
         known = self._read.get(partition_id, {})
         read: dict[tuple[int, int], tuple[_FileKey, bytes]] = {}
         found = []
+        changed = False
         p_dir = self.manifests / str(partition_id)
         for c in _decimal_entries(p_dir):
             c_dir = p_dir / str(c)
@@ -247,12 +254,13 @@ class _FilesystemBackend:
                     data = cached[1] if cached is not None and cached[0] == key else None
                     if data is None:
                         data = path.read_bytes()
+                        changed = True
                 except (FileNotFoundError, NotADirectoryError):
                     continue  # being created or deleted right now
                 read[(c, n)] = (key, data)
                 found.append((BackupIdentifier(NodeId(n), partition_id, BackupId(c)), data))
         self._read[partition_id] = read
-        return found
+        return found, changed or len(read) != len(known)
 
     async def list_partition(
         self, partition_id: PartitionId, known_version: str | None
@@ -265,12 +273,20 @@ class _FilesystemBackend:
             with _listing_lock(p_dir, exclusive=False) as token:
                 # Changes made by hand, not through a store, do not change the token: removing
                 # or adding a backup's directory changes the directory's mtime, and anything
-                # else is seen within LISTING_REUSE_MAX_S.
-                bucket = int(time.time() // LISTING_REUSE_MAX_S)
-                version = f"{token}:{os.stat(p_dir).st_mtime_ns}:{bucket}"
-                if version == known_version:
-                    return version, None
-                return version, self._walk_partition(partition_id)
+                # else is found by walking again at least every LISTING_REUSE_MAX_S (cheap:
+                # only changed files are read), which then gives the listing a new version.
+                base = f"{token}:{os.stat(p_dir).st_mtime_ns}"
+                now = time.monotonic()
+                last = self._versions.get(partition_id)
+                fresh = last is not None and last[0] == base and now - last[1] < LISTING_REUSE_MAX_S
+                if fresh and last is not None and last[2] == known_version:
+                    return last[2], None
+                found, changed = self._walk_partition(partition_id)
+                version = base
+                if last is not None and last[0] == base:
+                    version = f"{base}:{uuid.uuid4().hex}" if changed else last[2]
+                self._versions[partition_id] = (base, now, version)
+                return version, None if version == known_version else found
 
         return await self._io("Listing backups", listing)
 
