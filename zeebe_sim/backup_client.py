@@ -377,9 +377,11 @@ class BackupClient:
                 f"request to the gateway at {self.base_url} failed: {exc}"
             ) from exc
 
-    async def take(self, backup_id: BackupId) -> Any:
-        """``POST /actuator/backups``: schedule backup ``backup_id``; the raw 202 answer."""
-        return (await self._call("POST", "", {"backupId": backup_id}))[1]
+    async def take(self, backup_id: BackupId | None) -> Any:
+        """``POST /actuator/backups``: schedule backup ``backup_id``, or one whose id the cluster
+        generates (None: no body); the raw 202 answer."""
+        body = None if backup_id is None else {"backupId": backup_id}
+        return (await self._call("POST", "", body))[1]
 
     async def status(self, backup_id: BackupId) -> Any:
         """``GET /actuator/backups/{id}``: the raw BackupInfo (404 raises BackupApiError)."""
@@ -393,6 +395,19 @@ class BackupClient:
     async def delete(self, backup_id: BackupId) -> None:
         """``DELETE /actuator/backups/{id}`` (204 also when nothing existed)."""
         await self._call("DELETE", f"/{backup_id}")
+
+
+def generated_id(answer: Any) -> BackupId:
+    """The id of a backup the cluster generated, from the 202 answer to a POST without an id.
+
+    Raises:
+        MalformedAnswer: the answer names no id (a cluster that does not generate ids refuses
+            the POST with 400 before this).
+    """
+    backup_id = answer.get("backupId") if isinstance(answer, dict) else None
+    if not isinstance(backup_id, int) or isinstance(backup_id, bool) or backup_id <= 0:
+        raise MalformedAnswer(f"the gateway's answer names no backup id: {_clip(str(answer))}")
+    return BackupId(backup_id)
 
 
 @attrs.frozen

@@ -51,8 +51,11 @@ def _id_prefix(ctx: click.Context, param: click.Parameter, value: Any) -> str:
     return text
 
 
-def _backup_id(ctx: click.Context, param: click.Parameter, value: Any) -> BackupId:
-    """A backup id by the one rule of :func:`~zeebe_sim.ground.backups.parse_backup_id`."""
+def _backup_id(ctx: click.Context, param: click.Parameter, value: Any) -> BackupId | None:
+    """A backup id by the one rule of :func:`~zeebe_sim.ground.backups.parse_backup_id`; None
+    for an optional id left out."""
+    if value is None and not param.required:
+        return None
     try:
         return parse_backup_id(value)
     except InvalidArgument as exc:
@@ -236,7 +239,7 @@ def backup() -> None:
 
 
 @backup.command("take")
-@click.argument("backup_id", metavar="ID", callback=_backup_id)
+@click.argument("backup_id", metavar="[ID]", required=False, callback=_backup_id)
 @click.option("--wait", is_flag=True, help="wait until the backup is COMPLETED (exit 0) or not")
 @_wait_options
 @click.option(
@@ -249,7 +252,7 @@ def backup() -> None:
 )
 @_backup_options
 def take(
-    backup_id: BackupId,
+    backup_id: BackupId | None,
     wait: bool,
     timeout: float,
     poll_interval: float,
@@ -257,18 +260,22 @@ def take(
     management_url: str,
     as_json: bool,
 ) -> None:
-    """Schedule backup ID (it must be higher than every earlier backup id)."""
+    """Schedule backup ID (it must be higher than every earlier backup id).
 
-    async def work() -> tuple[Any, bc.WaitResult | None]:
+    Without ID the cluster generates the id (continuous backups, a schedule or a checkpoint
+    interval configured); the answer names it."""
+
+    async def work() -> tuple[Any, BackupId, bc.WaitResult | None]:
         async with bc.BackupClient(management_url) as client:
             answer = await client.take(backup_id)
+            taken = backup_id if backup_id is not None else bc.generated_id(answer)
             if not wait:
-                return answer, None
+                return answer, taken, None
             with _Progress() as progress:
-                progress.update(f"Backup {backup_id}: scheduled")
+                progress.update(f"Backup {taken}: scheduled")
                 result = await bc.wait_for_backup(
                     client,
-                    backup_id,
+                    taken,
                     timeout_s=timeout,
                     poll_interval_s=poll_interval,
                     incomplete_grace_s=incomplete_grace,
@@ -276,18 +283,16 @@ def take(
                     sleep=_sleep,
                     on_update=progress.update,
                 )
-            return answer, result
+            return answer, taken, result
 
-    answer, result = _call(work)
+    answer, taken, result = _call(work)
     if result is None:
         if as_json:
             _print_json(answer)
         else:
-            click.echo(
-                f"Backup {backup_id} scheduled. Follow it with: zeebe-sim backup status {backup_id}"
-            )
+            click.echo(f"Backup {taken} scheduled. Follow it with: zeebe-sim backup status {taken}")
         return
-    _finish_wait(backup_id, result, timeout, as_json)
+    _finish_wait(taken, result, timeout, as_json)
 
 
 def _finish_wait(

@@ -834,7 +834,6 @@ def test_backup_delete_error(actuator: tuple[FakeActuator, str]) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ["take"],
         ["take", "abc"],
         ["take", "0"],
         ["take", "-3"],
