@@ -59,6 +59,7 @@ from storage.backup.api import (
     BackupStatus,
     BackupStore,
     FileRef,
+    PartitionListing,
     RuntimeMetadata,
     best_copy,
 )
@@ -68,7 +69,7 @@ from zeebe_sim.ground import VERSION, layout
 from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import BackupNotConfigured, SaveOvertaken, ZeebeSimError
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId, Position
-from zeebe_sim.ground.protocol import PartitionBackupStatus
+from zeebe_sim.ground.protocol import ListBackupsResponse, PartitionBackupStatus
 from zeebe_sim.ground.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,16 @@ RECORDED_FILE = layout.BACKUP_RECORDED_FILE
 # Retry of writing a failure to a store that was unreachable when the backup failed.
 RECORD_RETRY_INITIAL_S = 1.0
 RECORD_RETRY_MAX_S = 30.0
+# Listings kept per partition to answer with a delta (one per prefix a gateway keeps, and one
+# more for a lister that is a step behind).
+LISTINGS_KEPT = 5
+# Per backup id: its copies in the store and the best copy's status.
+_BestCopies = dict[BackupId, tuple[list[BackupStatus], PartitionBackupStatus]]
+
+
+def _status(best: _BestCopies, backup_id: BackupId) -> PartitionBackupStatus | None:
+    found = best.get(backup_id)
+    return found[1] if found is not None else None
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -153,6 +164,9 @@ class BackupService:
         self._metadata_locks: dict[int, asyncio.Lock] = {}
         # (partition, backup id) -> DELETE requests waiting for the store's deletion
         self._removals: dict[tuple[PartitionId, int], list[asyncio.Future[None]]] = {}
+        # Per partition, the last few listings answered, by version: a lister holding one of
+        # them is answered with what changed since.
+        self._listed: dict[PartitionId, dict[str, _BestCopies]] = {}
 
     def _require_store(self) -> BackupStore:
         if self.store is None:
@@ -435,20 +449,59 @@ class BackupService:
 
     async def list_backups(
         self, partition_id: PartitionId, prefix: str | None, known_version: str | None = None
-    ) -> tuple[str | None, list[PartitionBackupStatus] | None]:
-        """The listing's version and, unless it is ``known_version``, each backup's best copy
-        whose id starts with ``prefix``."""
+    ) -> ListBackupsResponse:
+        """Each backup's best copy whose id starts with ``prefix``, with the listing's version;
+        only what changed since ``known_version`` where this service still holds that
+        listing (the last few it answered with)."""
         listing = await self._require_store().partition_listing(partition_id)
         if listing.version is not None and listing.version == known_version:
-            return listing.version, None
-        by_id: dict[BackupId, list[BackupStatus]] = {}
+            return ListBackupsResponse([], listing.version, delta=True)
+        kept = self._listed.setdefault(partition_id, {})
+        current = self._best_copies(partition_id, listing, kept)
+        if listing.version is not None:
+            kept.pop(listing.version, None)
+            kept[listing.version] = current
+            while len(kept) > LISTINGS_KEPT:
+                del kept[next(iter(kept))]
+
+        def wanted(backup_id: BackupId) -> bool:
+            return not prefix or str(backup_id).startswith(prefix)
+
+        known = kept.get(known_version) if known_version is not None else None
+        if known is None:
+            statuses = [s for i, (_, s) in sorted(current.items()) if wanted(i)]
+            return ListBackupsResponse(statuses, listing.version)
+        # Unchanged copies keep their status object (see _best_copies): ``is`` finds them.
+        changed = [s for i, (_, s) in current.items() if wanted(i) and _status(known, i) is not s]
+        return ListBackupsResponse(
+            changed,
+            listing.version,
+            delta=True,
+            removed=[i for i in known if i not in current and wanted(i)],
+        )
+
+    def _best_copies(
+        self,
+        partition_id: PartitionId,
+        listing: PartitionListing,
+        kept: dict[str, _BestCopies],
+    ) -> _BestCopies:
+        """Per backup id, its copies and the best one's status; a backup whose copies are the
+        ones of the newest kept listing keeps that listing's status object."""
+        if listing.version is not None and listing.version in kept:
+            return kept[listing.version]
+        copies_by_id: dict[BackupId, list[BackupStatus]] = {}
         for status in listing.statuses:
-            if not prefix or str(status.id.checkpoint_id).startswith(prefix):
-                by_id.setdefault(status.id.checkpoint_id, []).append(status)
-        return listing.version, [
-            detail(partition_id, backup_id, best_copy(copies))
-            for backup_id, copies in sorted(by_id.items())
-        ]
+            copies_by_id.setdefault(status.id.checkpoint_id, []).append(status)
+        last = kept[next(reversed(kept))] if kept else {}
+        best: _BestCopies = {}
+        for backup_id, copies in copies_by_id.items():
+            before = last.get(backup_id)
+            if before is not None and before[0] == copies:
+                best[backup_id] = before
+            else:
+                best[backup_id] = (copies, detail(partition_id, backup_id, best_copy(copies)))
+        return best
 
     async def delete(self, partition_id: PartitionId, backup_id: BackupId) -> None:
         """Delete every copy; an IN_PROGRESS one is marked FAILED first, so that a save still

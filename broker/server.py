@@ -64,7 +64,6 @@ from zeebe_sim.ground.protocol import (
     FaultsResponse,
     InterPartitionCommandSent,
     ListBackupsRequest,
-    ListBackupsResponse,
     Message,
     QueryRequest,
     QueryResponse,
@@ -317,10 +316,9 @@ class Broker:
             return BackupStatusResponse(status)
         if isinstance(message, ListBackupsRequest):
             self._partition(message.partition_id)
-            version, statuses = await self.backups.list_backups(
+            return await self.backups.list_backups(
                 message.partition_id, message.prefix, message.known_version
             )
-            return ListBackupsResponse(statuses or [], version, unchanged=statuses is None)
         if isinstance(message, DeleteBackupRequest):
             await self._delete_backup(message)
             return DeleteBackupResponse()

@@ -25,7 +25,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -64,6 +64,7 @@ from zeebe_sim.ground.protocol import (
     TakeBackupResponse,
 )
 
+Status = PartitionBackupStatus
 CLIENT = web.AppKey("backup-client", BrokerClient)
 FANOUT_JITTER_S = web.AppKey("backup-fanout-jitter-s", float)
 ACTUATOR_BASES = ("/actuator/backups", "/actuator/backupRuntime")
@@ -207,13 +208,19 @@ def aggregate_list(
             by_id.setdefault(status.backup_id, {})[status.partition_id] = status
     return [
         aggregate(
-            backup_id,
-            [
-                found.get(p) or PartitionBackupStatus(backup_id, p, BackupState.DOES_NOT_EXIST)
-                for p in partition_ids
-            ],
+            backup_id, _or_missing(backup_id, partition_ids, [found.get(p) for p in partition_ids])
         )
         for backup_id, found in sorted(by_id.items(), reverse=True)
+    ]
+
+
+def _or_missing(
+    backup_id: BackupId, partition_ids: Sequence[PartitionId], found: Sequence[Status | None]
+) -> list[Status]:
+    """Each partition's status of the backup, DOES_NOT_EXIST where it has none."""
+    return [
+        s or PartitionBackupStatus(backup_id, p, BackupState.DOES_NOT_EXIST)
+        for p, s in zip(partition_ids, found, strict=True)
     ]
 
 
@@ -368,59 +375,95 @@ async def status(client: BrokerClient, backup_id: BackupId) -> dict[str, Any]:
 
 class Listings:
     """One API's listings (every backup whose id starts with a prefix, newest first, as a
-    rendered body), reused while nothing changed.
+    rendered body), kept and brought up to date by what changed.
 
     Why: with thousands of backups, a listing is megabytes of statuses to read, send, merge
     and encode. Each partition's leader answers with its listing's version (the store's,
     see ``storage/backup/filesystem.py``); this keeps each partition's last statuses per
-    prefix and sends their version along, so an unchanged partition answers "unchanged"
-    and nothing else, and keeps the last body per prefix with the versions it was made
-    from. Every list still asks every partition: a change anywhere is seen at once. A store
-    that cannot version its listing (S3) answers no version, and nothing is reused."""
+    prefix and sends their version along, so a partition answers only what changed since
+    (nothing at all while nothing changed; see ``ListBackupsResponse``). Each backup's JSON
+    is kept with the statuses it was made from, so only the changed backups are merged and
+    encoded again, and the last body per prefix while no version moved. Every list still
+    asks every partition: a change anywhere is seen at once. A store that cannot version
+    its listing (S3) answers no version, and its statuses are not kept."""
 
     PREFIXES_MAX = 4
 
-    def __init__(self, render: Callable[[list[dict[str, Any]]], bytes]) -> None:
+    def __init__(self, render: Callable[[dict[str, Any]], Any]) -> None:
+        """``render``: one BackupInfo as the API shows it in a list."""
         self._render = render
-        self._statuses: dict[tuple[str, PartitionId], tuple[str, list[PartitionBackupStatus]]]
-        self._statuses = {}
+        # Per (prefix, partition): the listing's version and its statuses by backup id.
+        self._held: dict[tuple[str, PartitionId], tuple[str, dict[BackupId, Status]]] = {}
+        # Per prefix, per backup id: the statuses (by partition) its JSON was made from.
+        self._rendered: dict[str, dict[BackupId, tuple[tuple[Status | None, ...], bytes]]] = {}
         self._bodies: dict[str, tuple[tuple[str | None, ...], bytes]] = {}
 
     async def body(self, client: BrokerClient, prefix: str | None) -> bytes:
         """The rendered list of the backups whose id starts with ``prefix`` ("" for all;
         ``None``, a prefix no id can have: none)."""
         if prefix is None:
-            return self._render([])
+            return b"[]"
+        sent: dict[PartitionId, tuple[str, dict[BackupId, Status]] | None] = {}
 
         def request(partition: PartitionId) -> ListBackupsRequest:
-            known = self._statuses.get((prefix, partition))
+            known = sent[partition] = self._held.get((prefix, partition))
             return ListBackupsRequest(partition, prefix or None, known[0] if known else None)
 
         answers = await _fan_out(client, request)
-        lists, versions = [], []
-        for partition, answer in answers.items():
+        partitions = sorted(answers)
+        per_partition, versions = [], []
+        for partition in partitions:
+            answer = answers[partition]
             assert isinstance(answer, ListBackupsResponse), answer
-            statuses = answer.statuses
-            if answer.unchanged:
-                statuses = self._statuses[(prefix, partition)][1]
-            elif answer.version is not None:
-                self._statuses[(prefix, partition)] = (answer.version, statuses)
-            lists.append(statuses)
+            statuses = {s.backup_id: s for s in answer.statuses}
+            if answer.delta:
+                known = sent[partition]
+                assert known is not None, "a delta against no listing"
+                if answer.statuses or answer.removed:
+                    statuses = {**known[1], **statuses}
+                    for backup_id in answer.removed:
+                        statuses.pop(backup_id, None)
+                else:
+                    statuses = known[1]
+            if answer.version is not None:
+                self._held[(prefix, partition)] = (answer.version, statuses)
+            per_partition.append(statuses)
             versions.append(answer.version)
         key = tuple(versions)
         cached = self._bodies.get(prefix)
         if cached is not None and cached[0] == key and None not in key:
             return cached[1]
-        body = self._render(aggregate_list(list(answers), lists))
+        body = self._merged(prefix, partitions, per_partition)
         if None not in key:
             self._bodies.pop(prefix, None)
             self._bodies[prefix] = (key, body)
             while len(self._bodies) > self.PREFIXES_MAX:
                 oldest = next(iter(self._bodies))
                 del self._bodies[oldest]
-                for partition_key in [k for k in self._statuses if k[0] == oldest]:
-                    del self._statuses[partition_key]
+                self._rendered.pop(oldest, None)
+                for partition_key in [k for k in self._held if k[0] == oldest]:
+                    del self._held[partition_key]
         return body
+
+    def _merged(
+        self,
+        prefix: str,
+        partitions: list[PartitionId],
+        per_partition: list[dict[BackupId, Status]],
+    ) -> bytes:
+        """One BackupInfo per backup id, newest first (see ``aggregate_list``), encoding
+        again only the backups whose statuses changed since the last body."""
+        before = self._rendered.get(prefix, {})
+        rendered = {}
+        for backup_id in sorted(set().union(*per_partition), reverse=True):
+            found = tuple(statuses.get(backup_id) for statuses in per_partition)
+            kept = before.get(backup_id)
+            if kept is None or kept[0] != found:
+                info = aggregate(backup_id, _or_missing(backup_id, partitions, found))
+                kept = (found, _encoded(self._render(info)))
+            rendered[backup_id] = kept
+        self._rendered[prefix] = rendered
+        return b"[" + b",".join(json for _, json in rendered.values()) + b"]"
 
 
 LISTINGS = web.AppKey("backup-listings", Listings)
@@ -539,7 +582,7 @@ def add_routes(app: web.Application, client: BrokerClient, fanout_jitter_s: floa
     cuts likely."""
     app[CLIENT] = client
     app[FANOUT_JITTER_S] = fanout_jitter_s
-    app[LISTINGS] = Listings(lambda infos: _encoded([actuator_view(i, True) for i in infos]))
+    app[LISTINGS] = Listings(lambda info: actuator_view(info, True))
     for base in ACTUATOR_BASES:
         # Before ".../{backup}", which "state" would also match.
         app.router.add_get(f"{base}/{STATE}", actuator_state)
@@ -589,7 +632,7 @@ def add_rest_routes(app: web.Application, client: BrokerClient) -> None:
     """Add the backup endpoints of the REST API (A.7) to the REST app."""
     app[CLIENT] = client
     app[FANOUT_JITTER_S] = 0.0
-    app[LISTINGS] = Listings(_encoded)
+    app[LISTINGS] = Listings(lambda info: info)
     app.router.add_get(f"{REST_BASE}/{STATE}", rest_state)
     app.router.add_delete(f"{REST_BASE}/{STATE}", reset_state)
     app.router.add_post(f"{REST_BASE}/{STATE}/sync", rest_sync_state)

@@ -386,19 +386,25 @@ class BackupStatusResponse(Message):
 class ListBackupsRequest(Message):
     partition_id: PartitionId
     prefix: str | None = None  # decimal prefix of the backup id; None = all
-    # The listing version the asker holds: if the partition's listing is still at it, the
-    # answer is ``unchanged`` and carries no statuses (thousands of them need not travel).
+    # The listing version the asker holds: the answer is then a delta against it where the
+    # partition still knows that listing (thousands of statuses need not travel).
     known_version: str | None = None
 
 
 @attrs.frozen
 class ListBackupsResponse(Message):
     """Per backup id, the partition's best copy; ``version`` names this listing (None: the
-    store cannot tell, so it must not be reused)."""
+    store cannot tell, so it must not be reused).
+
+    ``delta``: the answer holds only what changed since the asker's ``known_version`` (the
+    backups whose status changed or that are new in ``statuses``, the ids gone in
+    ``removed``): after one backup is taken or deleted, one status travels instead of all
+    of them. An unchanged listing is an empty delta."""
 
     statuses: list[PartitionBackupStatus]
     version: str | None = None
-    unchanged: bool = False
+    delta: bool = False
+    removed: list[BackupId] = attrs.field(factory=list)
 
 
 @attrs.frozen
