@@ -89,9 +89,10 @@ LISTINGS_KEPT = 5
 _BestCopies = dict[BackupId, tuple[list[BackupStatus], PartitionBackupStatus]]
 
 
-def _status(best: _BestCopies, backup_id: BackupId) -> PartitionBackupStatus | None:
-    found = best.get(backup_id)
-    return found[1] if found is not None else None
+def _changed(before: _BestCopies, backup_id: BackupId, status: PartitionBackupStatus) -> bool:
+    # An unchanged backup keeps its status object (see _best_copies): ``is`` finds it cheaply.
+    found = before.get(backup_id)
+    return found is None or (found[1] is not status and found[1] != status)
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -471,8 +472,7 @@ class BackupService:
         if known is None:
             statuses = [s for i, (_, s) in sorted(current.items()) if wanted(i)]
             return ListBackupsResponse(statuses, listing.version)
-        # Unchanged copies keep their status object (see _best_copies): ``is`` finds them.
-        changed = [s for i, (_, s) in current.items() if wanted(i) and _status(known, i) is not s]
+        changed = [s for i, (_, s) in current.items() if wanted(i) and _changed(known, i, s)]
         return ListBackupsResponse(
             changed,
             listing.version,
