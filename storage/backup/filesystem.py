@@ -31,8 +31,9 @@ them may be killed at any instant:
   does not reflect, a writer killed half-way (the lock dies with it) leaves a new token, and a
   cached listing is reused only when nothing changed. Changes made by hand (a backup's
   directory removed) are seen through the partition directory's mtime, anything else after at
-  most ``LISTING_REUSE_MAX_S`` (the partition is walked again; a walk reads only the manifests
-  whose file changed, and a listing keeps its version while nothing did).
+  most ``LISTING_REUSE_MAX_S`` (the partition is walked again, in the background, off the
+  request path; a walk reads only the manifests whose file changed, and a listing keeps its
+  version while nothing did).
 
 All blocking I/O runs in ``asyncio.to_thread``.
 """
@@ -44,6 +45,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -73,6 +75,9 @@ from storage.backup.manifest import ZSTD
 from storage.durable import fsync_directory
 from zeebe_sim.ground.errors import BackupStoreError
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.ground.tasks import OwnedTasks
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME: Final = "manifest.json"
 _TEMP_PREFIX: Final = ".manifest.json."
@@ -102,6 +107,8 @@ class _FilesystemBackend:
         # Per partition: the token and directory mtime, when it was last walked (monotonic
         # seconds), and the version given to that listing.
         self._versions: dict[PartitionId, tuple[str, float, str]] = {}
+        self._rewalks = OwnedTasks(f"listing walks of the {self.description}")
+        self._rewalking: set[PartitionId] = set()
 
     def _changing(self, id: BackupIdentifier) -> contextlib.AbstractContextManager[str]:
         """Held around every change of a manifest of ``id``'s partition (module docstring)."""
@@ -265,30 +272,51 @@ class _FilesystemBackend:
     async def list_partition(
         self, partition_id: PartitionId, known_version: str | None
     ) -> tuple[str | None, list[tuple[BackupIdentifier, bytes]] | None]:
+        version, found, stale = await self._io(
+            "Listing backups", lambda: self._listing(partition_id, known_version, reuse=True)
+        )
+        if stale and partition_id not in self._rewalking:
+            # Off the request path: walking 10,000 backups takes a while, and a change made
+            # through a store is seen at once anyway (the token).
+            self._rewalking.add(partition_id)
+            self._rewalks.spawn(self._rewalk(partition_id))
+        return version, found
+
+    async def _rewalk(self, partition_id: PartitionId) -> None:
+        try:
+            await self._io(
+                "Listing backups", lambda: self._listing(partition_id, None, reuse=False)
+            )
+        except BackupStoreError as exc:
+            log.warning("%s (walked again at the next list)", exc)
+        finally:
+            self._rewalking.discard(partition_id)
+
+    def _listing(
+        self, partition_id: PartitionId, known_version: str | None, *, reuse: bool
+    ) -> tuple[str, list[tuple[BackupIdentifier, bytes]] | None, bool]:
+        """The listing's version, its manifests unless that is ``known_version``, and whether
+        the listing was reused although it is due to be walked again (``reuse``: without a
+        walk where nothing changed through a store)."""
         p_dir = self.manifests / str(partition_id)
-
-        def listing() -> tuple[str | None, list[tuple[BackupIdentifier, bytes]] | None]:
-            if not p_dir.is_dir():
-                return _NO_BACKUPS, [] if known_version != _NO_BACKUPS else None
-            with _listing_lock(p_dir, exclusive=False) as token:
-                # Changes made by hand, not through a store, do not change the token: removing
-                # or adding a backup's directory changes the directory's mtime, and anything
-                # else is found by walking again at least every LISTING_REUSE_MAX_S (cheap:
-                # only changed files are read), which then gives the listing a new version.
-                base = f"{token}:{os.stat(p_dir).st_mtime_ns}"
-                now = time.monotonic()
-                last = self._versions.get(partition_id)
-                fresh = last is not None and last[0] == base and now - last[1] < LISTING_REUSE_MAX_S
-                if fresh and last is not None and last[2] == known_version:
-                    return last[2], None
-                found, changed = self._walk_partition(partition_id)
-                version = base
-                if last is not None and last[0] == base:
-                    version = f"{base}:{uuid.uuid4().hex}" if changed else last[2]
-                self._versions[partition_id] = (base, now, version)
-                return version, None if version == known_version else found
-
-        return await self._io("Listing backups", listing)
+        if not p_dir.is_dir():
+            return _NO_BACKUPS, [] if known_version != _NO_BACKUPS else None, False
+        with _listing_lock(p_dir, exclusive=False) as token:
+            # Changes made by hand, not through a store, do not change the token: removing or
+            # adding a backup's directory changes the directory's mtime, and anything else is
+            # found by walking again (in the background) at least every LISTING_REUSE_MAX_S
+            # (cheap: only changed files are read), which then gives the listing a new version.
+            base = f"{token}:{os.stat(p_dir).st_mtime_ns}"
+            now = time.monotonic()
+            last = self._versions.get(partition_id)
+            if reuse and last is not None and last[0] == base and last[2] == known_version:
+                return last[2], None, now - last[1] >= LISTING_REUSE_MAX_S
+            found, changed = self._walk_partition(partition_id)
+            version = base
+            if last is not None and last[0] == base:
+                version = f"{base}:{uuid.uuid4().hex}" if changed else last[2]
+            self._versions[partition_id] = (base, now, version)
+            return version, None if version == known_version else found, False
 
     # -- contents --------------------------------------------------------------------------------
 
@@ -400,7 +428,7 @@ class _FilesystemBackend:
             ) from None
 
     async def close(self) -> None:
-        pass
+        await self._rewalks.stop()
 
 
 @contextlib.contextmanager

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from storage.backup.api import BackupIdentifierWildcard, FileRef
+from storage.backup import filesystem
+from storage.backup.api import BackupIdentifierWildcard, FileRef, PartitionListing
 from storage.backup.filesystem import FilesystemBackupStore
 from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import BackupStoreError
+from zeebe_sim.ground.ids import PartitionId
+from zeebe_sim.harness import eventually
 
 from .kits import FilesystemKit, HeldSave, bid, make_backup, payload, small_backup
 
@@ -173,3 +176,26 @@ async def test_check_reports_an_unusable_base_path(tmp_path: Path) -> None:
 
     await FilesystemBackupStore(tmp_path / "fresh").check()
     assert (tmp_path / "fresh" / "manifests").is_dir()
+
+
+async def test_a_manifest_changed_by_hand_is_found_by_a_walk_off_the_request_path(
+    fs_kit: FilesystemKit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest overwritten by hand changes neither the listing's token nor its partition
+    directory: a listing due to be walked again is answered at once as it was, the walk runs
+    in the background, and the listings after it show the change (here: unreadable, FAILED)."""
+    monkeypatch.setattr(filesystem, "LISTING_REUSE_MAX_S", 0.0)
+    store = fs_kit.open()
+    await store.save(small_backup(tmp_path, bid()))
+    listing = await store.partition_listing(PartitionId(1))
+    assert [s.status_code for s in listing.statuses] == [BackupState.COMPLETED]
+    (fs_kit.base / fs_kit.manifest_path(bid())).write_bytes(b"overwritten by hand")
+
+    assert await store.partition_listing(PartitionId(1)) is listing
+
+    async def changed() -> PartitionListing | None:
+        again = await store.partition_listing(PartitionId(1))
+        return again if again.version != listing.version else None
+
+    walked = await eventually(changed, timeout_s=30)
+    assert [s.status_code for s in walked.statuses] == [BackupState.FAILED]

@@ -40,8 +40,9 @@ async def test_a_changed_listing_is_answered_with_what_changed(
     store: FilesystemBackupStore,
 ) -> None:
     """After a full listing, a take answers only the new backup, a delete only its id, a
-    changed best copy only that backup (another copy that is not the best: nothing); a prefix filters the delta too; an unchanged listing is an
-    empty delta; a version the broker never answered with gets the whole listing."""
+    changed best copy only that backup (another copy that is not the best: nothing); a prefix
+    filters the delta too; an unchanged listing is an empty delta; a version the broker never
+    answered with gets the whole listing."""
     backups = BackupService(store, 0, 1)
     for checkpoint in (1, 2, 12):
         await save(store, checkpoint)
