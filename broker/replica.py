@@ -370,18 +370,24 @@ class Replica:
                 f"partition {p.partition_id}: committed entries after {self.applied_index} are "
                 "not in the log"
             )
+        # One replay for the whole committed range: the engine's per-call work (and the
+        # unprocessed commands' bookkeeping) is paid once, not once an entry.
+        records: list[Record] = []
         for entry in entries:
             if entry.data is not None:
                 first, count, payload = parse_entry_data(entry.data)
-                processed, commands = p.engine.replay(
-                    decode_records(payload), self._skip_until, p.processed_position
-                )
-                p.processed_position = processed
-                self.unprocessed = [
-                    c for c in [*self.unprocessed, *commands] if c.position > processed
-                ]
+                records += decode_records(payload)
                 self.applied_position = first + count - 1
-            self.applied_index, self.applied_term = entry.index, entry.term
+        if records:
+            processed, commands = p.engine.replay(
+                records, self._skip_until, p.processed_position
+            )
+            p.processed_position = processed
+            self.unprocessed = [
+                c for c in [*self.unprocessed, *commands] if c.position > processed
+            ]
+        last = entries[-1]
+        self.applied_index, self.applied_term = last.index, last.term
 
     def _on_role(self, change: RoleChanged) -> None:
         was_leading = self.leading_term is not None

@@ -363,16 +363,19 @@ class Engine:
         (they are a suffix of the log: commands are processed in log order).
         """
         commands: list[Record] = []
+        state, apply_event = self.state, appliers.apply_event  # followers run this hot
         for record in records:
             if record.position <= skip_until:
                 continue
-            if record.is_command:
+            record_type = record.record_type
+            if record_type == RecordType.COMMAND:
                 commands.append(record)
                 continue
-            if record.is_event:
-                appliers.apply_event(self.state, record)
-                self.state.commit_command()  # nothing to undo in replay: keep no journal
-            processed_position = max(processed_position, record.source_position)
+            if record_type == RecordType.EVENT:
+                apply_event(state, record)
+                state.commit_command()  # nothing to undo in replay: keep no journal
+            if record.source_position > processed_position:
+                processed_position = record.source_position
         return processed_position, [c for c in commands if c.position > processed_position]
 
     def due_commands(self, now_ms: int) -> list[tuple[str, str, int]]:

@@ -69,6 +69,9 @@ class Record:
         return self.record_type == RecordType.EVENT
 
 
+_RECORD_TYPES = {int(t): t for t in RecordType}
+
+
 def encode_records(records: Sequence[Record]) -> bytes:
     packed: bytes = msgpack.packb(
         [
@@ -100,9 +103,10 @@ def decode_records(payload: bytes) -> list[Record]:
     """
     try:
         rows = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        record_types = _RECORD_TYPES  # a dict lookup: IntEnum's call is slow here
         return [
-            Record(p, s, k, t, RecordType(rt), vt, i, v, rjt, rjr)
+            Record(p, s, k, t, record_types[rt], vt, i, v, rjt, rjr)
             for (p, s, k, t, rt, vt, i, v, rjt, rjr) in rows
         ]
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
         raise StorageCorruption(f"log entry is not a batch of records: {exc}") from exc
