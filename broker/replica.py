@@ -379,13 +379,9 @@ class Replica:
                 records += decode_records(payload)
                 self.applied_position = first + count - 1
         if records:
-            processed, commands = p.engine.replay(
-                records, self._skip_until, p.processed_position
-            )
+            processed, commands = p.engine.replay(records, self._skip_until, p.processed_position)
             p.processed_position = processed
-            self.unprocessed = [
-                c for c in [*self.unprocessed, *commands] if c.position > processed
-            ]
+            self.unprocessed = [c for c in [*self.unprocessed, *commands] if c.position > processed]
         last = entries[-1]
         self.applied_index, self.applied_term = last.index, last.term
 

@@ -138,8 +138,8 @@ class RaftConfig:
     snapshot_chunk_size_bytes: int = 1 << 30  # Zeebe's snapshotChunkSize, 1 GB
     snapshot_request_timeout_ms: int = 2500  # an unanswered chunk is sent again after this
     prefer_snapshot_replication_threshold: int = 100
-    append_batch_entries_max: int = 64
-    append_window_entries_max: int = 1024
+    append_batch_entries_max: int = 256
+    append_window_entries_max: int = 4096
     # an append request stops adding entries past this many data bytes (it holds at least one
     # entry): requests must fit in a wire frame
     append_batch_bytes_max: int = 1 << 20

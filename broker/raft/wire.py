@@ -17,7 +17,7 @@ def to_wire(partition_id: PartitionId, m: raft.Message) -> protocol.RaftMessage:
             m.term,
             m.prev_index,
             m.prev_term,
-            [protocol.RaftEntry(e.index, e.term, e.data) for e in m.entries],
+            protocol.pack_raft_entries((e.index, e.term, e.data) for e in m.entries),
             m.commit_index,
         )
     if isinstance(m, raft.AppendResponse):
@@ -48,7 +48,10 @@ def from_wire(m: protocol.RaftMessage) -> raft.Message:
             sender,
             raft.Index(m.prev_index),
             raft.Term(m.prev_term),
-            tuple(raft.Entry(raft.Index(e.index), raft.Term(e.term), e.data) for e in m.entries),
+            tuple(
+                raft.Entry(raft.Index(index), raft.Term(term), data)
+                for index, term, data in protocol.unpack_raft_entries(m.entries)
+            ),
             raft.Index(m.commit_index),
         )
     if isinstance(m, protocol.RaftAppendResponse):

@@ -78,7 +78,7 @@ VALID: dict[type[protocol.Message], protocol.Message] = {
     protocol.RaftVoteRequest: protocol.RaftVoteRequest(1, 0, 4, 10, 2),
     protocol.RaftVoteResponse: protocol.RaftVoteResponse(1, 2, 4, False),
     protocol.RaftAppendRequest: protocol.RaftAppendRequest(
-        1, 0, 4, 9, 2, [protocol.RaftEntry(10, 4, b"batch"), protocol.RaftEntry(11, 4, None)], 9
+        1, 0, 4, 9, 2, protocol.pack_raft_entries([(10, 4, b"batch"), (11, 4, None)]), 9
     ),
     protocol.RaftAppendResponse: protocol.RaftAppendResponse(1, 2, 4, True, 11),
     protocol.RaftInstallRequest: protocol.RaftInstallRequest(

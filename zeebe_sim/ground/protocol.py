@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, ClassVar, Literal
 
 import attrs
@@ -197,11 +197,44 @@ class InterPartitionCommandSent(Message):
 RaftNumber = Annotated[int, shapes.IntRange(0, INT64_MAX)]  # a term, log index or byte offset
 
 
-@attrs.frozen
-class RaftEntry:
-    index: RaftNumber
-    term: RaftNumber
-    data: bytes | None  # None: the no-op a new leader appends
+# A Raft entry: index, term, data (None: the no-op a new leader appends).
+RaftEntry = tuple[int, int, bytes | None]
+# An append request carries its entries packed in one byte string, each a header (index, term,
+# data length or -1 for no data) and its data as it is: no per-entry map to pack, walk and
+# check on either side.
+_RAFT_ENTRY_HEADER = struct.Struct("<QQq")
+
+
+def pack_raft_entries(entries: Iterable[RaftEntry]) -> bytes:
+    header, parts = _RAFT_ENTRY_HEADER, []
+    for index, term, data in entries:
+        parts.append(header.pack(index, term, -1 if data is None else len(data)))
+        if data is not None:
+            parts.append(data)
+    return b"".join(parts)
+
+
+def unpack_raft_entries(packed: bytes) -> list[RaftEntry]:
+    """The entries :func:`pack_raft_entries` packed.
+
+    Raises:
+        ProtocolError: ``packed`` is not a sequence of whole entries.
+    """
+    entries: list[RaftEntry] = []
+    header, offset, end = _RAFT_ENTRY_HEADER, 0, len(packed)
+    while offset < end:
+        if end - offset < header.size:
+            raise ProtocolError("a Raft entry's header is cut short")
+        index, term, size = header.unpack_from(packed, offset)
+        offset += header.size
+        if index > INT64_MAX or term > INT64_MAX or size < -1 or offset + size > end:
+            raise ProtocolError(f"a malformed Raft entry at index {index}")
+        if size < 0:
+            entries.append((index, term, None))
+        else:
+            entries.append((index, term, packed[offset : offset + size]))
+            offset += size
+    return entries
 
 
 @attrs.frozen
@@ -262,7 +295,7 @@ class RaftAppendRequest(Message):
     term: RaftNumber
     prev_index: RaftNumber
     prev_term: RaftNumber
-    entries: list[RaftEntry]
+    entries: bytes  # pack_raft_entries
     commit_index: RaftNumber
 
 
