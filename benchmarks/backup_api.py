@@ -9,8 +9,8 @@ written with the store's own manifest encoder into the filesystem layout, before
 starts (taking 10,000 real backups would take far longer and measure something else; list and
 status read only manifests). Then the cluster (3 brokers, 3 partitions) starts on that store
 and the two calls are timed, one at a time, after a warm-up; also ``/v2/backups/runtime``, a
-prefix listing, and the first list after a new backup (which reads the changed partitions'
-manifests again: listings are versioned and reused while nothing changed).
+prefix listing, the first list after a new backup and after a delete (listings are versioned,
+and a changed one travels as a delta), and lists in a row for 25 s (no periodic stall).
 
 Run: ``PYTHONPATH=. python benchmarks/backup_api.py [--backups 10000] [--rounds 30]``
 """
@@ -30,6 +30,7 @@ import aiohttp
 
 from storage.backup.api import BackupDescriptor, BackupIdentifier
 from storage.backup.base import MANIFEST_NAME
+from storage.backup.filesystem import LISTING_REUSE_MAX_S
 from storage.backup.manifest import FileEntry, Manifest, encode_manifest
 from zeebe_sim.ground import VERSION
 from zeebe_sim.ground.backups import BackupState
@@ -122,7 +123,23 @@ async def main(backups: int, rounds: int) -> None:
                 async with session.get(f"{management}/actuator/backups") as response:
                     assert len(await response.json()) == backup_id
                 cold.append((time.perf_counter() - start) * 1000)
-            report("GET /actuator/backups, first after a backup", cold, None)
+            report("GET /actuator/backups, first after a backup", cold, 300)
+            cold = []
+            for backup_id in range(backups + 1, backups + 4):
+                async with session.delete(f"{management}/actuator/backups/{backup_id}") as answer:
+                    assert answer.status == 204
+                start = time.perf_counter()
+                async with session.get(f"{management}/actuator/backups") as response:
+                    assert len(await response.json()) == backups + 3 - (backup_id - backups)
+                cold.append((time.perf_counter() - start) * 1000)
+            report("GET /actuator/backups, first after a delete", cold, 300)
+            # Long enough to cover the periodic re-walk of the filesystem store twice.
+            times = []
+            deadline = time.monotonic() + 2.5 * LISTING_REUSE_MAX_S
+            while time.monotonic() < deadline:
+                times += (await timed(session, f"{management}/actuator/backups", 10))[0]
+            report(f"GET /actuator/backups, {len(times)} in a row", times, 300)
+            print(f"{'':<44} max    {max(times):7.1f} ms")
 
 
 if __name__ == "__main__":

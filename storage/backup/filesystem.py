@@ -29,7 +29,12 @@ them may be killed at any instant:
   *before* changing the manifest, and releases the lock after; a listing holds a shared lock
   while it reads the token and walks. So no listing sees a token and a manifest change that it
   does not reflect, a writer killed half-way (the lock dies with it) leaves a new token, and a
-  cached listing is reused only when nothing changed. Changes made by hand (a backup's
+  cached listing is reused only when nothing changed. The file is also a journal: each
+  writer appends a line (its new token, the checkpoint and node of the manifest it changes,
+  the partition directory's mtime before and after), so a listing that held an earlier token
+  reads only the manifests named since, instead of walking 10,000 directories, when the
+  chain of mtimes is unbroken (else something was changed by hand: everything is walked).
+  The journal keeps its newest ``_JOURNAL_LINES_MAX`` lines. Changes made by hand (a backup's
   directory removed) are seen through the partition directory's mtime, anything else after at
   most ``LISTING_REUSE_MAX_S`` (the partition is walked again, in the background, off the
   request path; a walk reads only the manifests whose file changed, and a listing keeps its
@@ -51,9 +56,11 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Final, TypeVar
+
+import attrs
 
 from storage.backup.api import BackupIdentifier, BackupIdentifierWildcard
 from storage.backup.base import (
@@ -86,6 +93,8 @@ _TEMP_SUFFIX: Final = ".tmp"
 _MKDIR_RETRIES_MAX: Final = 5
 _DECIMAL: Final = re.compile(r"[1-9][0-9]*|0")
 _LISTING_FILE: Final = ".listing"
+# Lines kept in a listing's journal (module docstring); about 60 bytes each.
+_JOURNAL_LINES_MAX: Final = 2000
 _NO_BACKUPS: Final = "none"  # the version of a partition whose manifest directory is absent
 # A listing is read again at least this often, so that manifests changed by hand are seen.
 LISTING_REUSE_MAX_S: Final = 10.0
@@ -104,15 +113,17 @@ class _FilesystemBackend:
         # Per partition, per (checkpoint, node): the manifest's stat and bytes at the last
         # listing, so that listing again reads only manifests whose file changed.
         self._read: dict[PartitionId, dict[tuple[int, int], tuple[_FileKey, bytes]]] = {}
-        # Per partition: the token and directory mtime, when it was last walked (monotonic
+        # Per partition: the token and directory mtime (ns), when it was last walked (monotonic
         # seconds), and the version given to that listing.
-        self._versions: dict[PartitionId, tuple[str, float, str]] = {}
+        self._versions: dict[PartitionId, tuple[str, int, float, str]] = {}
         self._rewalks = OwnedTasks(f"listing walks of the {self.description}")
         self._rewalking: set[PartitionId] = set()
 
-    def _changing(self, id: BackupIdentifier) -> contextlib.AbstractContextManager[str]:
+    def _changing(self, id: BackupIdentifier) -> contextlib.AbstractContextManager[list[_Change]]:
         """Held around every change of a manifest of ``id``'s partition (module docstring)."""
-        return _listing_lock(self.manifests / str(id.partition_id), exclusive=True)
+        return _listing_lock(
+            self.manifests / str(id.partition_id), changing=(id.checkpoint_id, id.node_id)
+        )
 
     def manifest_dir(self, id: BackupIdentifier) -> Path:
         return self.manifests / str(id.partition_id) / str(id.checkpoint_id) / str(id.node_id)
@@ -240,33 +251,42 @@ class _FilesystemBackend:
         return found
 
     def _walk_partition(
-        self, partition_id: PartitionId
+        self, partition_id: PartitionId, only: set[tuple[int, int]] | None = None
     ) -> tuple[list[tuple[BackupIdentifier, bytes]], bool]:
         """Every manifest of the partition, and whether any differs from the last walk's; one
         whose file is as at the last walk (same inode, size, mtime and ctime: a manifest is
-        only ever replaced by a rename) is not read again."""
+        only ever replaced by a rename) is not read again. ``only``: the (checkpoint, node)
+        pairs that may have changed since (the journal's); the others are as last walked."""
         known = self._read.get(partition_id, {})
-        read: dict[tuple[int, int], tuple[_FileKey, bytes]] = {}
-        found = []
-        changed = False
         p_dir = self.manifests / str(partition_id)
-        for c in _decimal_entries(p_dir):
-            c_dir = p_dir / str(c)
-            for n in _decimal_entries(c_dir):
-                path = c_dir / str(n) / MANIFEST_NAME
-                try:
-                    stat = os.stat(path)
-                    key = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-                    cached = known.get((c, n))
-                    data = cached[1] if cached is not None and cached[0] == key else None
-                    if data is None:
-                        data = path.read_bytes()
-                        changed = True
-                except (FileNotFoundError, NotADirectoryError):
-                    continue  # being created or deleted right now
-                read[(c, n)] = (key, data)
-                found.append((BackupIdentifier(NodeId(n), partition_id, BackupId(c)), data))
+        if only is None:
+            read: dict[tuple[int, int], tuple[_FileKey, bytes]] = {}
+            candidates: Iterable[tuple[int, int]] = (
+                (c, n) for c in _decimal_entries(p_dir) for n in _decimal_entries(p_dir / str(c))
+            )
+        else:
+            read, candidates = dict(known), sorted(only)
+        changed = False
+        for c, n in candidates:
+            path = p_dir / str(c) / str(n) / MANIFEST_NAME
+            cached = known.get((c, n))
+            try:
+                stat = os.stat(path)
+                key = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+                data = cached[1] if cached is not None and cached[0] == key else None
+                if data is None:
+                    data = path.read_bytes()
+                    changed = True
+            except (FileNotFoundError, NotADirectoryError):
+                # Being created or deleted right now, or deleted.
+                changed |= read.pop((c, n), None) is not None
+                continue
+            read[(c, n)] = (key, data)
         self._read[partition_id] = read
+        found = [
+            (BackupIdentifier(NodeId(n), partition_id, BackupId(c)), data)
+            for (c, n), (_, data) in read.items()
+        ]
         return found, changed or len(read) != len(known)
 
     async def list_partition(
@@ -301,21 +321,26 @@ class _FilesystemBackend:
         p_dir = self.manifests / str(partition_id)
         if not p_dir.is_dir():
             return _NO_BACKUPS, [] if known_version != _NO_BACKUPS else None, False
-        with _listing_lock(p_dir, exclusive=False) as token:
-            # Changes made by hand, not through a store, do not change the token: removing or
-            # adding a backup's directory changes the directory's mtime, and anything else is
-            # found by walking again (in the background) at least every LISTING_REUSE_MAX_S
-            # (cheap: only changed files are read), which then gives the listing a new version.
-            base = f"{token}:{os.stat(p_dir).st_mtime_ns}"
+        with _listing_lock(p_dir) as journal:
+            token, mtime_ns = journal[-1].token, os.stat(p_dir).st_mtime_ns
             now = time.monotonic()
             last = self._versions.get(partition_id)
-            if reuse and last is not None and last[0] == base and last[2] == known_version:
-                return last[2], None, now - last[1] >= LISTING_REUSE_MAX_S
-            found, changed = self._walk_partition(partition_id)
-            version = base
-            if last is not None and last[0] == base:
-                version = f"{base}:{uuid.uuid4().hex}" if changed else last[2]
-            self._versions[partition_id] = (base, now, version)
+            same = last is not None and last[:2] == (token, mtime_ns)
+            if reuse and same and last is not None and last[3] == known_version:
+                return last[3], None, now - last[2] >= LISTING_REUSE_MAX_S
+            # Changes made by hand, not through a store, are not in the journal: removing or
+            # adding a backup's directory changes the directory's mtime (then everything is
+            # walked), and anything else is found by walking again (in the background) at
+            # least every LISTING_REUSE_MAX_S (cheap: only changed files are read), which then
+            # gives the listing a new version.
+            only = None
+            if reuse and last is not None and not same:
+                only = _changed_since(journal, last[0], last[1], mtime_ns)
+            found, changed = self._walk_partition(partition_id, only)
+            version = f"{token}:{mtime_ns}"
+            if same and last is not None:
+                version = f"{version}:{uuid.uuid4().hex}" if changed else last[3]
+            self._versions[partition_id] = (token, mtime_ns, now, version)
             return version, None if version == known_version else found, False
 
     # -- contents --------------------------------------------------------------------------------
@@ -431,28 +456,102 @@ class _FilesystemBackend:
         await self._rewalks.stop()
 
 
+@attrs.frozen
+class _Change:
+    """One line of a partition's listing journal (module docstring): the token a writer made,
+    the manifest it changed, and the partition directory's mtime before and after."""
+
+    token: str
+    manifest: tuple[int, int] | None  # (checkpoint, node); None: unknown
+    mtime_before_ns: int | None = None
+    mtime_after_ns: int | None = None
+
+    @staticmethod
+    def parse(line: str) -> _Change:
+        fields = line.split()
+        try:
+            c, n, before, *after = (int(f) for f in fields[1:])
+            return _Change(fields[0], (c, n), before, after[0] if after else None)
+        except (ValueError, IndexError):  # a line of an older store, or cut by a kill
+            return _Change(fields[0] if fields else "", None)
+
+
 @contextlib.contextmanager
-def _listing_lock(partition_dir: Path, *, exclusive: bool) -> Iterator[str]:
-    """Hold the partition's listing lock (module docstring); yields the listing's version.
-    Exclusive: a writer's, which writes a new version first. Shared: a reader's; a listing
-    file that has no version yet (made by a reader, or a store written by hand) gets one."""
-    if exclusive:
+def _listing_lock(
+    partition_dir: Path, *, changing: tuple[int, int] | None = None
+) -> Iterator[list[_Change]]:
+    """Hold the partition's listing lock (module docstring); yields the listing's journal, the
+    current token last. ``changing`` (checkpoint, node): a writer's exclusive lock, which
+    writes a new token first and the directory's mtime after. Otherwise a reader's shared
+    lock; a listing file that has no token yet (made by a reader, or a store written by
+    hand) gets one."""
+    if changing is not None:
         _make_dirs_durable(partition_dir)
     fd = os.open(partition_dir / _LISTING_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        version = os.pread(fd, 64, 0).decode("ascii", "replace")
-        if not exclusive and not version:
+        fcntl.flock(fd, fcntl.LOCK_EX if changing is not None else fcntl.LOCK_SH)
+        journal = _read_journal(fd)
+        if changing is None and not journal:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            version = os.pread(fd, 64, 0).decode("ascii", "replace")
-            exclusive = not version
-        if exclusive:
-            version = uuid.uuid4().hex
+            journal = _read_journal(fd)
+            if not journal:
+                journal = [_Change(uuid.uuid4().hex, None)]
+                os.pwrite(fd, journal[0].token.encode("ascii"), 0)
+        if changing is None:
+            yield journal
+            return
+        mtime_ns = os.stat(partition_dir).st_mtime_ns
+        change = _Change(uuid.uuid4().hex, changing, mtime_ns)
+        # Each line starts with its newline: a line an older store left without one (or a
+        # kill cut short) is ended first.
+        line = f"\n{change.token} {changing[0]} {changing[1]} {mtime_ns}"
+        if len(journal) >= _JOURNAL_LINES_MAX:
+            # Keep the newer half: a reader further behind walks the whole partition.
+            kept = "".join(f"\n{_line(c)}" for c in journal[-_JOURNAL_LINES_MAX // 2 :])
             os.ftruncate(fd, 0)
-            os.pwrite(fd, version.encode("ascii"), 0)
-        yield version
+            os.pwrite(fd, f"{kept}{line}".encode("ascii"), 0)
+        else:
+            os.write(fd, line.encode("ascii"))  # the offset is at the end after the read
+        try:
+            yield [*journal, change]
+        finally:
+            os.write(fd, f" {os.stat(partition_dir).st_mtime_ns}".encode("ascii"))
     finally:
         os.close(fd)  # releases the flock
+
+
+def _read_journal(fd: int) -> list[_Change]:
+    with os.fdopen(os.dup(fd), "rb") as file:
+        text = file.read().decode("ascii", "replace")
+    os.lseek(fd, 0, os.SEEK_END)
+    return [_Change.parse(line) for line in text.splitlines() if line.strip()]
+
+
+def _line(change: _Change) -> str:
+    if change.manifest is None or change.mtime_after_ns is None:
+        return change.token
+    c, n = change.manifest
+    return f"{change.token} {c} {n} {change.mtime_before_ns} {change.mtime_after_ns}"
+
+
+def _changed_since(
+    journal: list[_Change], token: str, mtime_ns: int, now_mtime_ns: int
+) -> set[tuple[int, int]] | None:
+    """The manifests changed since the listing at ``token`` and directory ``mtime_ns``, if
+    the journal tells them all: every change after it known, and the directory's mtime moved
+    only by those changes (else something was changed by hand). ``None``: walk everything."""
+    for start in range(len(journal) - 1, -1, -1):
+        if journal[start].token == token:
+            break
+    else:
+        return None
+    changed = set()
+    for change in journal[start + 1 :]:
+        if change.manifest is None or change.mtime_before_ns != mtime_ns:
+            return None
+        changed.add(change.manifest)
+        mtime_ns = change.mtime_after_ns  # type: ignore[assignment]
+    return changed if mtime_ns == now_mtime_ns else None
 
 
 class _LockedDir:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -199,3 +200,32 @@ async def test_a_manifest_changed_by_hand_is_found_by_a_walk_off_the_request_pat
 
     walked = await eventually(changed, timeout_s=30)
     assert [s.status_code for s in walked.statuses] == [BackupState.FAILED]
+
+
+async def test_a_listing_after_a_change_reads_what_the_journal_names(
+    fs_kit: FilesystemKit, tmp_path: Path
+) -> None:
+    """A change through another store (another broker) is in the partition's journal: the
+    next listing reads just the manifests it names and shows the change; a manifest
+    overwritten by hand meanwhile, which only a walk finds, is not read yet. A backup's
+    directory removed by hand between two changes breaks the journal's chain of directory
+    mtimes: the whole partition is walked, and the removal and the overwrite are seen."""
+    reader, writer = fs_kit.open(), fs_kit.open()
+    for c in (10, 11, 12):
+        await writer.save(small_backup(tmp_path / str(c), bid(checkpoint=c), seed=c))
+    await reader.partition_listing(PartitionId(1))
+    (fs_kit.base / fs_kit.manifest_path(bid(checkpoint=10))).write_bytes(b"overwritten by hand")
+    await writer.save(small_backup(tmp_path / "13", bid(checkpoint=13), seed=13))
+
+    listing = await reader.partition_listing(PartitionId(1))
+    assert [(s.id.checkpoint_id, s.status_code) for s in listing.statuses] == [
+        (c, BackupState.COMPLETED) for c in (10, 11, 12, 13)
+    ]
+
+    shutil.rmtree(fs_kit.base / "manifests/1/11")
+    await writer.delete(bid(checkpoint=12))
+    listing = await reader.partition_listing(PartitionId(1))
+    assert [(s.id.checkpoint_id, s.status_code) for s in listing.statuses] == [
+        (10, BackupState.FAILED),
+        (13, BackupState.COMPLETED),
+    ]
