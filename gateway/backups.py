@@ -65,6 +65,7 @@ from zeebe_sim.ground.protocol import (
 )
 
 Status = PartitionBackupStatus
+_Rendered = dict[BackupId, tuple[tuple[Status | None, ...], bytes]]
 CLIENT = web.AppKey("backup-client", BrokerClient)
 FANOUT_JITTER_S = web.AppKey("backup-fanout-jitter-s", float)
 ACTUATOR_BASES = ("/actuator/backups", "/actuator/backupRuntime")
@@ -394,8 +395,9 @@ class Listings:
         self._render = render
         # Per (prefix, partition): the listing's version and its statuses by backup id.
         self._held: dict[tuple[str, PartitionId], tuple[str, dict[BackupId, Status]]] = {}
-        # Per prefix, per backup id: the statuses (by partition) its JSON was made from.
-        self._rendered: dict[str, dict[BackupId, tuple[tuple[Status | None, ...], bytes]]] = {}
+        # Per prefix: the listings' versions it was made from and, per backup id, the
+        # statuses (by partition) its JSON was made from.
+        self._rendered: dict[str, tuple[tuple[str | None, ...], _Rendered]] = {}
         self._bodies: dict[str, tuple[tuple[str | None, ...], bytes]] = {}
 
     async def body(self, client: BrokerClient, prefix: str | None) -> bytes:
@@ -412,13 +414,19 @@ class Listings:
         answers = await _fan_out(client, request)
         partitions = sorted(answers)
         per_partition, versions = [], []
+        # The backups the deltas name; None: a partition answered everything.
+        touched: set[BackupId] | None = set()
         for partition in partitions:
             answer = answers[partition]
             assert isinstance(answer, ListBackupsResponse), answer
             statuses = {s.backup_id: s for s in answer.statuses}
-            if answer.delta:
+            if not answer.delta:
+                touched = None
+            else:
                 known = sent[partition]
                 assert known is not None, "a delta against no listing"
+                if touched is not None:
+                    touched.update(statuses, answer.removed)
                 if answer.statuses or answer.removed:
                     statuses = {**known[1], **statuses}
                     for backup_id in answer.removed:
@@ -433,7 +441,8 @@ class Listings:
         cached = self._bodies.get(prefix)
         if cached is not None and cached[0] == key and None not in key:
             return cached[1]
-        body = self._merged(prefix, partitions, per_partition)
+        since = tuple(k[0] if k else None for k in (sent[p] for p in partitions))
+        body = self._merged(prefix, partitions, per_partition, (since, key), touched)
         if None not in key:
             self._bodies.pop(prefix, None)
             self._bodies[prefix] = (key, body)
@@ -450,20 +459,33 @@ class Listings:
         prefix: str,
         partitions: list[PartitionId],
         per_partition: list[dict[BackupId, Status]],
+        versions: tuple[tuple[str | None, ...], tuple[str | None, ...]],
+        touched: set[BackupId] | None,
     ) -> bytes:
-        """One BackupInfo per backup id, newest first (see ``aggregate_list``), encoding
-        again only the backups whose statuses changed since the last body."""
-        before = self._rendered.get(prefix, {})
-        rendered = {}
-        for backup_id in sorted(set().union(*per_partition), reverse=True):
+        """One BackupInfo per backup id, newest first (see ``aggregate_list``). The JSON of
+        each backup is kept with the statuses it was made from; after deltas against the
+        listings the last body was made from (``versions``: those, and the new ones), only
+        the ``touched`` backups are looked at, else each is encoded again only if its
+        statuses changed."""
+        made_from, before = self._rendered.get(prefix, ((), {}))
+        since, now = versions
+        if touched is not None and made_from == since and None not in since:
+            rendered, ids = dict(before), touched
+        else:
+            rendered, ids = {}, set().union(*per_partition)
+        for backup_id in ids:
             found = tuple(statuses.get(backup_id) for statuses in per_partition)
             kept = before.get(backup_id)
-            if kept is None or kept[0] != found:
+            if not any(found):
+                rendered.pop(backup_id, None)
+            elif kept is not None and kept[0] == found:
+                rendered[backup_id] = kept
+            else:
                 info = aggregate(backup_id, _or_missing(backup_id, partitions, found))
-                kept = (found, _encoded(self._render(info)))
-            rendered[backup_id] = kept
-        self._rendered[prefix] = rendered
-        return b"[" + b",".join(json for _, json in rendered.values()) + b"]"
+                rendered[backup_id] = (found, _encoded(self._render(info)))
+        self._rendered[prefix] = (now, rendered)
+        order = sorted(rendered, reverse=True)
+        return b"[" + b",".join(rendered[backup_id][1] for backup_id in order) + b"]"
 
 
 LISTINGS = web.AppKey("backup-listings", Listings)
