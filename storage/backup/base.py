@@ -368,7 +368,8 @@ class ManifestBackupStore:
         # The last listing of each partition, reused while the backend's version is unchanged
         # (thousands of manifests are not read and decoded again for every list and status).
         self._listings: dict[PartitionId, PartitionListing] = {}
-        self._raws: dict[PartitionId, dict[BackupIdentifier, bytes]] = {}
+        # Per partition, per (checkpoint, node): the manifest's bytes and status last listed.
+        self._raws: dict[PartitionId, dict[tuple[int, int], tuple[bytes, BackupStatus]]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._backend.description})"
@@ -530,17 +531,18 @@ class ManifestBackupStore:
         )
         if found is None and cached is not None:
             return cached
-        # A manifest whose bytes are the ones decoded last time is not decoded again.
-        decoded = {s.id: s for s in cached.statuses} if cached is not None else {}
-        raws = self._raws.get(partition_id, {})
-        statuses = []
+        # A manifest whose bytes are the ones decoded last time is not decoded again (keyed
+        # by plain ints: hashing 10,000 identifiers would cost more than the rest).
+        before = self._raws.get(partition_id, {})
+        decoded: dict[tuple[int, int], tuple[bytes, BackupStatus]] = {}
         for id, raw in found or ():
-            status = decoded.get(id)
-            if status is None or raws.get(id) != raw:
-                status = self._decode_status(id, raw)
-            statuses.append(status)
-        statuses.sort(key=lambda s: (s.id.checkpoint_id, s.id.node_id))
-        self._raws[partition_id] = {id: raw for id, raw in found or ()}
+            key = (id.checkpoint_id, id.node_id)
+            known = before.get(key)
+            if known is None or known[0] != raw:  # the same bytes object: no comparison
+                known = (raw, self._decode_status(id, raw))
+            decoded[key] = known
+        self._raws[partition_id] = decoded
+        statuses = [decoded[key][1] for key in sorted(decoded)]
         listing = PartitionListing(version, statuses)
         if version is not None:
             self._listings[partition_id] = listing

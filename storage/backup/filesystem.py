@@ -110,9 +110,11 @@ class _FilesystemBackend:
         self.contents = base_path / "contents"
         self.description = f"filesystem backup store at {base_path}"
         self._chunk_bytes = chunk_bytes
-        # Per partition, per (checkpoint, node): the manifest's stat and bytes at the last
+        # Per partition, per (checkpoint, node): the manifest's stat, bytes and id at the last
         # listing, so that listing again reads only manifests whose file changed.
-        self._read: dict[PartitionId, dict[tuple[int, int], tuple[_FileKey, bytes]]] = {}
+        self._read: dict[
+            PartitionId, dict[tuple[int, int], tuple[_FileKey, bytes, BackupIdentifier]]
+        ] = {}
         # Per partition: the token and directory mtime (ns), when it was last walked (monotonic
         # seconds), and the version given to that listing.
         self._versions: dict[PartitionId, tuple[str, int, float, str]] = {}
@@ -260,7 +262,7 @@ class _FilesystemBackend:
         known = self._read.get(partition_id, {})
         p_dir = self.manifests / str(partition_id)
         if only is None:
-            read: dict[tuple[int, int], tuple[_FileKey, bytes]] = {}
+            read: dict[tuple[int, int], tuple[_FileKey, bytes, BackupIdentifier]] = {}
             candidates: Iterable[tuple[int, int]] = (
                 (c, n) for c in _decimal_entries(p_dir) for n in _decimal_entries(p_dir / str(c))
             )
@@ -281,13 +283,10 @@ class _FilesystemBackend:
                 # Being created or deleted right now, or deleted.
                 changed |= read.pop((c, n), None) is not None
                 continue
-            read[(c, n)] = (key, data)
+            id = cached[2] if cached else BackupIdentifier(NodeId(n), partition_id, BackupId(c))
+            read[(c, n)] = (key, data, id)
         self._read[partition_id] = read
-        found = [
-            (BackupIdentifier(NodeId(n), partition_id, BackupId(c)), data)
-            for (c, n), (_, data) in read.items()
-        ]
-        return found, changed or len(read) != len(known)
+        return [(id, data) for _, data, id in read.values()], changed or len(read) != len(known)
 
     async def list_partition(
         self, partition_id: PartitionId, known_version: str | None
