@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
+import operator
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -87,6 +89,7 @@ RECORD_RETRY_MAX_S = 30.0
 LISTINGS_KEPT = 5
 # Per backup id: its copies in the store and the best copy's status.
 _BestCopies = dict[BackupId, tuple[list[BackupStatus], PartitionBackupStatus]]
+_CHECKPOINT_ID = operator.attrgetter("id.checkpoint_id")
 
 
 def _changed(before: _BestCopies, backup_id: BackupId, status: PartitionBackupStatus) -> bool:
@@ -490,12 +493,11 @@ class BackupService:
         ones of the newest kept listing keeps that listing's status object."""
         if listing.version is not None and listing.version in kept:
             return kept[listing.version]
-        copies_by_id: dict[BackupId, list[BackupStatus]] = {}
-        for status in listing.statuses:
-            copies_by_id.setdefault(status.id.checkpoint_id, []).append(status)
         last = kept[next(reversed(kept))] if kept else {}
         best: _BestCopies = {}
-        for backup_id, copies in copies_by_id.items():
+        # A listing is sorted by checkpoint: its copies are neighbours.
+        for backup_id, group in itertools.groupby(listing.statuses, _CHECKPOINT_ID):
+            copies = list(group)
             before = last.get(backup_id)
             if before is not None and before[0] == copies:
                 best[backup_id] = before
