@@ -509,6 +509,7 @@ def _listing_lock(
             kept = "".join(f"\n{_line(c)}" for c in journal[-_JOURNAL_LINES_MAX // 2 :])
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{kept}{line}".encode("ascii"), 0)
+            os.lseek(fd, 0, os.SEEK_END)  # the mtime after goes at the new end
         else:
             os.write(fd, line.encode("ascii"))  # the offset is at the end after the read
         try:

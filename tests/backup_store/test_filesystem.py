@@ -229,3 +229,22 @@ async def test_a_listing_after_a_change_reads_what_the_journal_names(
         (10, BackupState.FAILED),
         (13, BackupState.COMPLETED),
     ]
+
+
+async def test_the_journal_keeps_its_newest_lines(
+    fs_kit: FilesystemKit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing journal is cut to its newer half when full: it stays well-formed, a
+    listing that follows every change reads only what it names, and a listing further
+    behind than the journal reaches walks the partition and is right as well."""
+    monkeypatch.setattr(filesystem, "_JOURNAL_LINES_MAX", 4)
+    near, far, writer = fs_kit.open(), fs_kit.open(), fs_kit.open()
+    await far.partition_listing(PartitionId(1))
+    for c in range(1, 8):
+        await writer.save(small_backup(tmp_path / str(c), bid(checkpoint=c), seed=c))
+        listing = await near.partition_listing(PartitionId(1))
+        assert [s.id.checkpoint_id for s in listing.statuses] == list(range(1, c + 1))
+    journal = (fs_kit.base / "manifests/1/.listing").read_text("ascii")
+    assert "\0" not in journal and len(journal.split()) <= 5 * 4
+    listing = await far.partition_listing(PartitionId(1))
+    assert [s.id.checkpoint_id for s in listing.statuses] == list(range(1, 8))
