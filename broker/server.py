@@ -297,7 +297,9 @@ class Broker:
             return FaultsResponse(sorted(self.faults.cut), self.faults.delay_ms)
         if isinstance(message, TopologyRequest):
             if message.node_id is not None and message.address:
-                self._merge_member(message.node_id, message.address, "a topology request")
+                old = self._merge_member(message.node_id, message.address, "a topology request")
+                if old is not None:
+                    await old.close()  # the member moved: its old connection must not leak
             return self.topology()
         if isinstance(message, QueryRequest) and message.query in AWAIT_QUERIES:
             partition = self._partition(message.partition_id)

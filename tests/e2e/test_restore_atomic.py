@@ -194,7 +194,8 @@ async def test_cli_after_a_crash_verify_and_brokers_refuse_and_restore_finishes(
     refused naming the one to finish, and `restore` of the same backup finishes it (with
     progress), after which `verify` passes."""
     data = tmp_path / "data"
-    args = ["--data-dir", str(data), "--backup-dir", str(backup_dir)]
+    # The backup comes from a cluster without replication (the harness's default).
+    args = ["--data-dir", str(data), "--backup-dir", str(backup_dir), "--replication-factor", "1"]
     # steps: 3 partitions staged, staged durably, committed, broker 0 placed (6)
     code, output = await run_cli(
         "restore", "--backup-id", str(BACKUP_ID), *args,

@@ -111,6 +111,8 @@ async def test_s3_server_stopping_mid_backup_fails_it_with_a_reason_in_time(
                     "1",
                     "--partitions",
                     "1",
+                    "--replication-factor",
+                    "1",
                     *args,
                 )
                 return code == 1 and "partition 1 is FAILED" in output
