@@ -607,24 +607,12 @@ class SegmentedLog:
         with self._lock:
             if self._closed:
                 raise InvalidState("Cannot read: the log is closed")
-            plan: list[tuple[Path, int, int, int, int]] = []
-            if not self.is_empty and position <= self._next_position - 1:
-                segments = self._segments
-                at = max(0, _segment_holding(segments, position))
-                start = max(0, bisect.bisect_right(segments[at].positions, position) - 1)
-                for segment in segments[at:]:
-                    if start < segment.entry_count:
-                        plan.append(
-                            (
-                                segment.path,
-                                segment.offsets[start],
-                                segment.size,
-                                segment.first_index + start,
-                                segment.positions[start],
-                            )
-                        )
-                    start = 0
-        return _read_entries(plan)
+            if self.is_empty or position > self._next_position - 1:
+                return _read_entries([])
+            segments = self._segments
+            at = max(0, _segment_holding(segments, position))
+            start = max(0, bisect.bisect_right(segments[at].positions, position) - 1)
+            return _read_entries(self._read_plan(at, start))
 
     def entries_from_index(self, index: int) -> Iterator[LogEntry]:
         """The entries from index ``index`` (or the first one still held, if later) to the end
@@ -635,24 +623,30 @@ class SegmentedLog:
         with self._lock:
             if self._closed:
                 raise InvalidState("Cannot read: the log is closed")
-            plan: list[tuple[Path, int, int, int, int]] = []
-            if not self.is_empty and index < self._next_index:
-                segments = self._segments
-                at = max(0, bisect.bisect_right(segments, index, key=lambda s: s.first_index) - 1)
-                start = max(0, index - segments[at].first_index)
-                for segment in segments[at:]:
-                    if start < segment.entry_count:
-                        plan.append(
-                            (
-                                segment.path,
-                                segment.offsets[start],
-                                segment.size,
-                                segment.first_index + start,
-                                segment.positions[start],
-                            )
-                        )
-                    start = 0
-        return _read_entries(plan)
+            if self.is_empty or index >= self._next_index:
+                return _read_entries([])
+            segments = self._segments
+            at = max(0, bisect.bisect_right(segments, index, key=lambda s: s.first_index) - 1)
+            start = max(0, index - segments[at].first_index)
+            return _read_entries(self._read_plan(at, start))
+
+    def _read_plan(self, at: int, start: int) -> list[tuple[Path, int, int, int, int]]:
+        """What to read, segment by segment, from entry ``start`` of segment ``at`` to the end:
+        (path, offset, segment size, first index, first position). Called under the lock."""
+        plan = []
+        for segment in self._segments[at:]:
+            if start < segment.entry_count:
+                plan.append(
+                    (
+                        segment.path,
+                        segment.offsets[start],
+                        segment.size,
+                        segment.first_index + start,
+                        segment.positions[start],
+                    )
+                )
+            start = 0
+        return plan
 
     def entry_at_position(self, position: int) -> LogEntry | None:
         """The entry containing ``position``, or None if the log does not hold it.
