@@ -72,7 +72,7 @@ from zeebe_sim.ground.backups import BackupState
 from zeebe_sim.ground.errors import BackupNotConfigured, SaveOvertaken, ZeebeSimError
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId, Position
 from zeebe_sim.ground.protocol import ListBackupsResponse, PartitionBackupStatus
-from zeebe_sim.ground.tasks import OwnedTasks
+from zeebe_sim.ground.tasks import OwnedTasks, in_thread
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ class BackupService:
     async def _reconcile(self, identifier: BackupIdentifier) -> None:
         partition_id, checkpoint_id = identifier.partition_id, identifier.checkpoint_id
         note = self._recorded_path(partition_id)
-        if note is not None and await asyncio.to_thread(_read_recorded, note) >= checkpoint_id:
+        if note is not None and await in_thread(_read_recorded, note) >= checkpoint_id:
             return  # the store had it: absent now means deleted
         delay_s = RECORD_RETRY_INITIAL_S
         while True:
@@ -428,7 +428,7 @@ class BackupService:
         if note is None:
             return
         try:
-            await asyncio.to_thread(_write_recorded, note, identifier.checkpoint_id)
+            await in_thread(_write_recorded, note, identifier.checkpoint_id)
         except OSError as exc:
             log.error("cannot note that the store has %s: %s", identifier, exc)
 

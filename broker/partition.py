@@ -79,7 +79,7 @@ from storage.snapshots import Snapshot, SnapshotId, SnapshotStore
 from zeebe_sim.ground.errors import InternalError, PartitionLeaderMismatch, ResourceExhausted
 from zeebe_sim.ground.layout import LOG_DIR, SNAPSHOTS_DIR, STATE_FILE
 from zeebe_sim.ground.records import Record, decode_records
-from zeebe_sim.ground.tasks import OwnedTasks
+from zeebe_sim.ground.tasks import OwnedTasks, in_thread
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class Partition:
         try:
             # Written before the crash (or the restore) but never processed: process them now.
             results = [self._process_written(command) for command in unprocessed]
-            await asyncio.to_thread(self.log.flush)
+            await in_thread(self.log.flush)
         except Exception as exc:
             # Reported as DEAD in the topology rather than taking the whole broker down.
             self.processing_stopped(exc)
@@ -434,7 +434,7 @@ class Partition:
                     group.append((None, self._process(checkpoint)))
                 group.append((queued.reply, self._process(queued.command)))
             if group:
-                await asyncio.to_thread(self.log.flush)
+                await in_thread(self.log.flush)
                 self._write_failure = None
         except (ResourceExhausted, OSError) as exc:
             await self._write_failed(taken, durable_position, exc)
@@ -621,7 +621,7 @@ class Partition:
             self.log.close()
             while True:
                 try:
-                    self.log = await asyncio.to_thread(self._reopen_log, durable_position)
+                    self.log = await in_thread(self._reopen_log, durable_position)
                     break
                 except OSError as reopen_error:
                     log.error(
@@ -734,12 +734,12 @@ class Partition:
                 await asyncio.sleep(0)
             pending = self.snapshots.begin(snapshot_id, last_followup_position)
             try:
-                await asyncio.to_thread(pending.write_file, STATE_FILE, chunks)
+                await in_thread(pending.write_file, STATE_FILE, chunks)
             except BaseException:
                 # Out of disk: a partial file must not keep holding the space.
                 pending.abort()
                 raise
-            snapshot = await asyncio.to_thread(self.snapshots.persist, pending)
+            snapshot = await in_thread(self.snapshots.persist, pending)
             if self.replica is not None:
                 self.replica.snapshot_taken(snapshot)
             log.info(

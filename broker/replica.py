@@ -81,6 +81,7 @@ from zeebe_sim.ground.errors import PartitionLeaderMismatch, StorageCorruption
 from zeebe_sim.ground.ids import NodeId, PartitionId
 from zeebe_sim.ground.protocol import Message, RaftMessage
 from zeebe_sim.ground.records import Record, decode_records
+from zeebe_sim.ground.tasks import in_thread
 
 if TYPE_CHECKING:
     from broker.engine.processor import ProcessingResult, Response
@@ -330,7 +331,7 @@ class Replica:
             else:
                 later.append(effect)
         if dirty:
-            await asyncio.to_thread(p.log.flush)
+            await in_thread(p.log.flush)
         for effect in later:
             if isinstance(effect, Send):
                 self.send(effect.to, to_wire(PartitionId(p.partition_id), effect.message))

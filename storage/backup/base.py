@@ -80,6 +80,7 @@ from zeebe_sim.ground.errors import (
     ZeebeSimError,
 )
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
+from zeebe_sim.ground.tasks import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -204,17 +205,12 @@ class ContentSource:
         gen = self.chunks()
         try:
             while True:
-                chunk = await asyncio.to_thread(next, gen, None)
+                chunk = await in_thread(next, gen, None)
                 if chunk is None:
                     return
                 yield chunk
         finally:
-            try:
-                gen.close()
-            except ValueError:
-                # Still running in its thread (we were cancelled mid-read); it closes the file
-                # itself when that read returns and the generator is collected.
-                pass
+            gen.close()  # the read in its thread has ended (in_thread waits for it)
 
 
 class ContentSink:
@@ -675,10 +671,10 @@ class ManifestBackupStore:
                 raise
 
         try:
-            await asyncio.to_thread(_make_dirs, [dirs[k] for k in {k for k, _ in jobs}])
+            await in_thread(_make_dirs, [dirs[k] for k in {k for k, _ in jobs}])
             await self._bounded([fetch(kind, entry) for kind, entry in jobs])
         except BaseException as exc:
-            await asyncio.shield(asyncio.to_thread(_remove_files, written))
+            await in_thread(_remove_files, written)
             if isinstance(exc, OSError):
                 raise BackupStoreError(f"Cannot restore {id} into {target_dir}: {exc}") from exc
             raise
@@ -787,8 +783,3 @@ def _make_dirs(dirs: list[Path]) -> None:
 def _remove_files(paths: list[Path]) -> None:
     for p in paths:
         p.unlink(missing_ok=True)
-
-
-async def run_in_thread(fn: Callable[[], T]) -> T:
-    """``asyncio.to_thread`` for a no-argument callable (keeps call sites typed)."""
-    return await asyncio.to_thread(fn)

@@ -40,12 +40,11 @@ them may be killed at any instant:
   request path; a walk reads only the manifests whose file changed, and a listing keeps its
   version while nothing did).
 
-All blocking I/O runs in ``asyncio.to_thread``.
+All blocking I/O runs in a thread (``in_thread``: a cancelled caller waits for it).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -82,7 +81,7 @@ from storage.backup.manifest import ZSTD
 from storage.durable import fsync_directory
 from zeebe_sim.ground.errors import BackupStoreError
 from zeebe_sim.ground.ids import BackupId, NodeId, PartitionId
-from zeebe_sim.ground.tasks import OwnedTasks
+from zeebe_sim.ground.tasks import OwnedTasks, in_thread
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +134,7 @@ class _FilesystemBackend:
 
     async def _io(self, what: str, fn: Callable[[], T]) -> T:
         try:
-            return await asyncio.to_thread(fn)
+            return await in_thread(fn)
         except OSError as exc:
             raise BackupStoreError(
                 f"{what} failed in the {self.description}: {_os_reason(exc)}"
@@ -445,7 +444,7 @@ class _FilesystemBackend:
             probe_file.unlink()
 
         try:
-            await asyncio.to_thread(probe)
+            await in_thread(probe)
         except OSError as exc:
             raise BackupStoreError(
                 f"The {self.description} is not usable: {_os_reason(exc)}"

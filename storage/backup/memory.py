@@ -10,8 +10,6 @@ writing, so it is atomic on the event loop; that is this store's compare-and-swa
 
 from __future__ import annotations
 
-import asyncio
-
 import attrs
 
 from storage.backup.api import BackupIdentifier, BackupIdentifierWildcard
@@ -35,6 +33,7 @@ from storage.backup.base import (
 )
 from storage.backup.manifest import ZSTD
 from zeebe_sim.ground.ids import PartitionId
+from zeebe_sim.ground.tasks import in_thread
 
 
 @attrs.define
@@ -110,7 +109,7 @@ class _MemoryBackend:
 
     async def write_content(self, id: BackupIdentifier, source: ContentSource) -> None:
         # Reading the source file blocks: do it in a thread, like the other stores.
-        data = await asyncio.to_thread(lambda: b"".join(source.chunks()))
+        data = await in_thread(lambda: b"".join(source.chunks()))
         self.medium.objects[content_key(id, source.kind, source.name)] = data
 
     async def read_content(
@@ -118,9 +117,9 @@ class _MemoryBackend:
     ) -> None:
         data = self.medium.objects.get(content_key(id, kind, name))
         if data is None:
-            await asyncio.to_thread(sink.abort)
+            await in_thread(sink.abort)
             raise sink.missing()
-        await asyncio.to_thread(_feed, sink, data, self._chunk_bytes)
+        await in_thread(_feed, sink, data, self._chunk_bytes)
 
     async def delete_contents(self, id: BackupIdentifier) -> None:
         prefix = backup_prefix(id) + "/"

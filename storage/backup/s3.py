@@ -70,6 +70,7 @@ from storage.backup.base import (
 from storage.backup.config import S3StoreConfig
 from zeebe_sim.ground.errors import BackupStoreError, ConfigError
 from zeebe_sim.ground.ids import PartitionId
+from zeebe_sim.ground.tasks import in_thread
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta
@@ -410,8 +411,8 @@ class _S3Backend:
                     return None
 
             while (chunk := await self._call(what, next_chunk)) is not None:
-                await asyncio.to_thread(sink.write, chunk)
-            await asyncio.to_thread(sink.finish)
+                await in_thread(sink.write, chunk)
+            await in_thread(sink.finish)
         except BaseException:
             sink.abort()
             raise

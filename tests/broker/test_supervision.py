@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import pytest
 
-from zeebe_sim.ground.tasks import OwnedTasks
+from zeebe_sim.ground.tasks import OwnedTasks, in_thread
 from zeebe_sim.harness import eventually
 
 
@@ -45,3 +46,29 @@ async def test_a_failing_loop_is_restarted_with_backoff_and_reported_until_it_re
 
 async def _true(value: bool) -> bool | None:
     return value or None
+
+
+async def test_stopping_an_owner_waits_for_the_thread_its_task_started() -> None:
+    """A task cancelled while its in_thread call runs ends only after that call has: stop()
+    returns once nothing the owner started still runs (a thread cannot be cancelled)."""
+    tasks = OwnedTasks("test owner")
+    started, release = threading.Event(), threading.Event()
+    wrote: list[str] = []
+
+    def slow_write() -> None:
+        started.set()
+        release.wait(timeout=30)
+        wrote.append("done")
+
+    async def work() -> None:
+        await in_thread(slow_write)
+        wrote.append("after the thread")  # never: the task was cancelled meanwhile
+
+    tasks.spawn(work())
+    await eventually(lambda: _true(started.is_set()), timeout_s=10, interval_s=0.005)
+    stopping = asyncio.ensure_future(tasks.stop())
+    done, _ = await asyncio.wait([stopping], timeout=0.2)
+    assert not done and wrote == []  # the thread still runs, so stop() has not returned
+    release.set()
+    await asyncio.wait_for(stopping, timeout=10)
+    assert wrote == ["done"] and len(tasks) == 0

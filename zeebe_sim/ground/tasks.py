@@ -13,11 +13,12 @@ has run as long as it waited. The owner shows that in its health: a loop never d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import attrs
 
@@ -25,6 +26,28 @@ log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_INITIAL_S = 0.1
 RESTART_BACKOFF_MAX_S = 30.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def in_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """``asyncio.to_thread``, except that a cancelled caller ends only once the thread has.
+
+    A thread cannot be cancelled: with plain ``to_thread`` an owner's ``stop()`` returns while
+    its thread still writes (a snapshot, a marker file, a log flush racing the close). Here the
+    cancellation waits for the call to finish, then goes on; so when ``stop()`` returns, nothing
+    the owner started still touches its files. For bounded local work only (file I/O), never
+    for a call that may wait on the network.
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        while not work.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([work])
+        raise
 
 
 @attrs.define
