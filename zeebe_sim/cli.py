@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from zeebe_sim import VERSION, config
-from zeebe_sim.ground import logs
+from zeebe_sim.ground import collector, logs
 from zeebe_sim.ground.backups import parse_backup_id
 from zeebe_sim.ground.errors import ConfigError, InvalidArgument, ZeebeSimError
 from zeebe_sim.ground.ids import NodeId
@@ -127,6 +127,7 @@ async def _until_signal() -> None:
 async def _serve(node: Any, parent_pid: int | None, ready: Callable[[], None]) -> None:
     """Start a broker or gateway, announce it, and keep it running until SIGINT/SIGTERM or,
     when a launcher started it (``--parent-pid``), until that launcher is gone; then stop it."""
+    collector.tune()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
