@@ -39,7 +39,7 @@ import json
 import math
 import signal
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -79,6 +79,10 @@ JOB_COMPLETIONS_IN_FLIGHT_MAX = 100
 # Status polls are cheap but many: bound them separately from the in-flight instances, so that
 # 500 waiting instances do not become 500 concurrent GETs.
 POLLS_IN_FLIGHT_MAX = 64
+# A publication or job completion refused during a failover gap is retried (see until_taken).
+GAP_RETRY_INITIAL_S = 0.1
+GAP_RETRY_MAX_S = 2.0
+GAP_RETRY_FOR_S = 30.0
 # Poll backoff: the first poll soon (latency is measured at the poll that sees COMPLETED, so it
 # overstates the true latency by up to one interval), then slower for instances that take long.
 POLL_INITIAL_S = 0.025
@@ -463,11 +467,15 @@ def default_reporter() -> Reporter:
 
 
 class RestCallError(Exception):
-    """One failed REST call; ``kind`` is the bucket it is counted in."""
+    """One failed REST call; ``kind`` is the bucket it is counted in, ``status`` the HTTP
+    status if there was an answer."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, status: int | None = None, *, answered: bool = True) -> None:
         super().__init__(kind)
         self.kind = kind
+        self.status = status
+        # A failover gap: no leader (503), a silent one (504) or no answer at all.
+        self.gap = status in (503, 504) or not answered
 
 
 class RestApi:
@@ -486,14 +494,15 @@ class RestApi:
             ) as response:
                 payload = await response.read()
                 if response.status >= 400:
-                    raise RestCallError(error_kind(operation, response.status, payload))
+                    kind = error_kind(operation, response.status, payload)
+                    raise RestCallError(kind, response.status)
                 if response.status == 204 or not payload:
                     return None
                 return json.loads(payload)
         except TimeoutError as exc:
-            raise RestCallError(f"{operation}: timeout") from exc
+            raise RestCallError(f"{operation}: timeout", answered=False) from exc
         except aiohttp.ClientConnectionError as exc:
-            raise RestCallError(f"{operation}: connection error") from exc
+            raise RestCallError(f"{operation}: connection error", answered=False) from exc
         except aiohttp.ClientError as exc:
             raise RestCallError(f"{operation}: {type(exc).__name__}") from exc
         except ValueError as exc:
@@ -591,6 +600,36 @@ class _Run:
                 await asyncio.wait_for(self.stop.wait(), delay_s)
         return self.stop.is_set()
 
+    async def until_taken(self, call: Callable[[], Awaitable[None]], taken_status: int) -> bool:
+        """Make ``call``; while a failover gap refuses it, count the error and try again with
+        backoff, for up to :data:`GAP_RETRY_FOR_S` (or until the run stops). A publication or
+        a job completion given up leaves its instance waiting for ever. A retry answered
+        ``taken_status`` means an earlier try was taken after all, its answer lost. True if
+        the call was taken."""
+        give_up_s = self.elapsed_s() + GAP_RETRY_FOR_S
+        delay_s = GAP_RETRY_INITIAL_S
+        retry = False
+        while True:
+            try:
+                await call()
+                return True
+            except RestCallError as exc:
+                if retry and exc.status == taken_status:
+                    return True
+                self.count_error(exc)
+                if not exc.gap or self.elapsed_s() + delay_s > give_up_s:
+                    return False
+            if await self.wait_or_stop(delay_s):
+                return False
+            retry = True
+            delay_s = min(delay_s * 2, GAP_RETRY_MAX_S)
+
+    async def publish(self, correlation_key: str) -> None:
+        # The message id is the correlation key: a publication taken twice is refused as 409.
+        await self.until_taken(
+            lambda: self.api.publish_message(MESSAGE_NAME, correlation_key, MESSAGE_TTL_MS), 409
+        )
+
     async def start_all(self, instances: asyncio.TaskGroup) -> None:
         index = 0
         while not self.schedule.is_over(index, self.elapsed_s()):
@@ -650,10 +689,7 @@ class _Run:
                 return
             self.stats.started += 1
             if not late:
-                try:
-                    await self.api.publish_message(MESSAGE_NAME, correlation_key, MESSAGE_TTL_MS)
-                except RestCallError as exc:
-                    self.count_error(exc)
+                await self.publish(correlation_key)
             if await self.await_completion(key, created_s + self.settings.completion_timeout_s):
                 self.stats.completed += 1
                 now_s = self.elapsed_s()
@@ -701,10 +737,10 @@ class _Run:
             if not isinstance(job, dict) or "jobKey" not in job:
                 self.count_error(RestCallError("activate jobs: malformed job"))
                 return
-            try:
-                await self.api.complete_job(str(job["jobKey"]), {"demoTaskDone": True})
-            except RestCallError as exc:
-                self.count_error(exc)
+            key = str(job["jobKey"])
+            # A completion taken twice is refused as 404 (the job is gone).
+            done = {"demoTaskDone": True}
+            if not await self.until_taken(lambda: self.api.complete_job(key, done), 404):
                 return
             variables = job.get("variables")
             correlation_key = (
@@ -712,10 +748,7 @@ class _Run:
             )
             if isinstance(correlation_key, str) and correlation_key in self.publish_after_job:
                 self.publish_after_job.discard(correlation_key)
-                try:
-                    await self.api.publish_message(MESSAGE_NAME, correlation_key, MESSAGE_TTL_MS)
-                except RestCallError as exc:
-                    self.count_error(exc)
+                await self.publish(correlation_key)
         finally:
             self.completions.release()
 

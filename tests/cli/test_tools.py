@@ -989,7 +989,10 @@ class FakeRestApi:
 
     ``fail_creation_every`` makes every n-th creation a 503 Problem Details;
     the first ``messages_to_lose`` messages are accepted and dropped (their instance never
-    completes).
+    completes). A failover gap, as the gateway answers it: the first ``publications_to_refuse``
+    publications are refused 503 (not taken); the first ``completion_answers_to_lose``
+    completions are taken but answered 504. As the engine, a completed job is gone (404) and a
+    message id is taken once (409).
     """
 
     def __init__(self) -> None:
@@ -1002,6 +1005,9 @@ class FakeRestApi:
         self.creations = 0
         self.fail_creation_every = 0
         self.messages_to_lose = 0
+        self.publications_to_refuse = 0
+        self.completion_answers_to_lose = 0
+        self.message_ids: set[str] = set()
         self.app = web.Application()
         self.app.router.add_post("/v2/deployments", self.deploy)
         self.app.router.add_post("/v2/process-instances", self.create)
@@ -1071,15 +1077,26 @@ class FakeRestApi:
         assert body["variables"]
         key = request.match_info["key"].removeprefix("job-")
         instance = self.instances[key]
+        if instance["job_done"]:
+            return self.problem(404, "NOT_FOUND", "no such job")
         instance["job_done"] = True
         self.events.append(("job", instance["correlationKey"]))
         self.advance(instance)
+        if self.completion_answers_to_lose:
+            self.completion_answers_to_lose -= 1
+            return self.problem(504, "DEADLINE_EXCEEDED", "the leader did not answer in time")
         return web.Response(status=204)
 
     async def publish(self, request: web.Request) -> web.Response:
         body = await request.json()
         assert body["name"] == "demo-message" and body["timeToLive"] == 60_000
         correlation_key = body["correlationKey"]
+        if self.publications_to_refuse:
+            self.publications_to_refuse -= 1
+            return self.problem(503, "UNAVAILABLE", "no leader for the partition")
+        if body["messageId"] in self.message_ids:
+            return self.problem(409, "ALREADY_EXISTS", "message id taken")
+        self.message_ids.add(body["messageId"])
         self.messages.append(correlation_key)
         self.events.append(("message", correlation_key))
         if self.messages_to_lose:
@@ -1160,6 +1177,25 @@ def test_load_instance_that_never_completes(rest_api: tuple[FakeRestApi, str]) -
     summary = json.loads(result.stdout)
     assert summary["started"] == 3 and summary["completed"] == 2
     assert summary["notCompleted"] == 1 and summary["errorsTotal"] == 0
+
+
+def test_load_retries_what_a_failover_gap_refused(rest_api: tuple[FakeRestApi, str]) -> None:
+    """Publications refused 503 and completions taken but answered 504 (a failover gap) are
+    tried again: the publication is taken then, the completion's 404 says it was taken before.
+    Every instance completes, once; the gap's errors are counted (exit 1)."""
+    fake, url = rest_api
+    fake.publications_to_refuse = 2
+    fake.completion_answers_to_lose = 2
+    result = invoke(load, ["--instances", "6", "--rate", "200", "--rest-url", url, "--json"])
+    assert result.exit_code == 1
+    summary = json.loads(result.stdout)
+    assert summary["errors"] == {
+        "publish message: 503 UNAVAILABLE": 2,
+        "complete job: 504 DEADLINE_EXCEEDED": 2,
+    }
+    assert summary["started"] == 6 and summary["completed"] == 6 and summary["notCompleted"] == 0
+    assert sorted(fake.messages) == sorted(i["correlationKey"] for i in fake.instances.values())
+    assert sum(kind == "job" for kind, _ in fake.events) == 6
 
 
 def test_load_deploy_refused(rest_api: tuple[FakeRestApi, str]) -> None:

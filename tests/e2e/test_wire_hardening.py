@@ -138,18 +138,6 @@ async def test_bad_member_entries_are_dropped_and_gossip_goes_on(tmp_path: Path)
     async with running_cluster(tmp_path, broker_args=FAST_BROKER_ARGS) as cluster:
         await cluster.api.deploy(DEMO_BPMN)
         real = {n: cluster.broker_address(n) for n in range(3)}
-        for node in range(3):
-            connection = await Connection.open(real[node])
-            try:
-                for bad in (
-                    TopologyRequest((node + 1) % 3, "no-port-here"),
-                    TopologyRequest((node + 2) % 3, "127.0.0.1:99999"),
-                    TopologyRequest(99, "127.0.0.1:26501"),
-                ):
-                    answer = await connection.request(bad, 10)
-                    assert isinstance(answer, TopologyResponse)
-            finally:
-                await connection.close()
 
         async def members_intact() -> bool:
             for node in range(3):
@@ -162,6 +150,22 @@ async def test_bad_member_entries_are_dropped_and_gossip_goes_on(tmp_path: Path)
                 if dict(answer.members) != real:
                     return False
             return True
+
+        # Every broker knows every real address first (gossip may still be spreading them):
+        # from then on, a bad entry taken would show at once.
+        await eventually(members_intact, timeout_s=30)
+        for node in range(3):
+            connection = await Connection.open(real[node])
+            try:
+                for bad in (
+                    TopologyRequest((node + 1) % 3, "no-port-here"),
+                    TopologyRequest((node + 2) % 3, "127.0.0.1:99999"),
+                    TopologyRequest(99, "127.0.0.1:26501"),
+                ):
+                    answer = await connection.request(bad, 10)
+                    assert isinstance(answer, TopologyResponse)
+            finally:
+                await connection.close()
 
         assert await members_intact()
         await canary(cluster)  # takes several gossip rounds: a bad entry would spread meanwhile
