@@ -1,7 +1,7 @@
 """An in-process cluster: the real brokers and gateway in one event loop, for tests that are
 about logic rather than processes.
 
-    async with inprocess_cluster(tmp_path) as cluster:
+    async with InProcessCluster(tmp_path) as cluster:
         api = cluster.api                          # the harness's ClusterApi
         await api.deploy(Path("examples/demo-process.bpmn"))
         await cluster.kill_broker(1)               # its connections reset, its tasks cancelled
@@ -27,8 +27,6 @@ The multi-process tests (``zeebe_sim.harness.running_cluster``) prove those shel
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -205,36 +203,3 @@ class InProcessCluster:
             await self.gateway.stop()
         for node in list(self.brokers):
             await self.kill_broker(node)
-
-
-@contextlib.asynccontextmanager
-async def inprocess_cluster(
-    data_dir: Path,
-    *,
-    brokers: int = 3,
-    partitions: int = 3,
-    backups: MemoryObjects | bool = True,
-    backup_upload_delay_s: float = 0.0,
-    request_timeout_s: float = 5.0,
-    partition: PartitionConfig = FAST_PARTITIONS,
-    frame_limits: FrameLimits = DEFAULT_FRAME_LIMITS,
-    backup_schedule: SchedulerConfig = NO_SCHEDULE,
-    replication_factor: int = 1,
-    raft: RaftConfig = FAST_RAFT,
-) -> AsyncIterator[InProcessCluster]:
-    """Start an :class:`InProcessCluster`; stop it after (as ``harness.running_cluster``)."""
-    cluster = InProcessCluster(
-        data_dir,
-        brokers=brokers,
-        partitions=partitions,
-        backups=backups,
-        backup_upload_delay_s=backup_upload_delay_s,
-        request_timeout_s=request_timeout_s,
-        partition=partition,
-        frame_limits=frame_limits,
-        backup_schedule=backup_schedule,
-        replication_factor=replication_factor,
-        raft=raft,
-    )
-    async with cluster:
-        yield cluster

@@ -17,7 +17,7 @@ from storage.backup.base import MANIFEST_NAME
 from tests.e2e.test_openapi import assert_documented
 from tests.inprocess.helpers import JSON, no_backup_running, partition_backup_state, raw
 from zeebe_sim.harness import eventually
-from zeebe_sim.inprocess import InProcessCluster, inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 
 pytestmark = pytest.mark.inprocess
 
@@ -63,7 +63,7 @@ async def test_the_documented_backup_cycle(tmp_path: Path) -> None:
     it COMPLETED on every partition with every detail field; it is listed under both bases and
     every matching prefix, not under another; DELETE is 204 (twice), then GET is 404; and the
     id can never be taken again (409)."""
-    async with inprocess_cluster(tmp_path) as cluster:
+    async with InProcessCluster(tmp_path) as cluster:
         assert await checked(cluster, "POST", "/actuator/backups", b'{ "backupId": "100" }') == (
             202,
             {
@@ -151,7 +151,7 @@ async def test_bad_backup_input_is_a_documented_400_never_500(tmp_path: Path) ->
     nested JSON: 400 with Zeebe's message under both bases, never a 500 nor another backup;
     a body over the size limit is 413; a path id that is not a long is 400 with the newest
     line's message."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=1) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=1) as cluster:
         for base in BASES:
             for body in BAD_BODIES:
                 status, answer = await checked(cluster, "POST", base, body or None)
@@ -181,7 +181,7 @@ async def test_ids_at_or_below_zero_are_404_and_204_and_signed_prefixes_list_not
     204, as the newest line answers (REFERENCE §1: the range of a path id is not validated);
     a prefix with a sign, `-1*`, is a listing that matches nothing; a JSON POST whose
     Content-Type is not JSON is 415."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=1) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=1) as cluster:
         assert (await checked(cluster, "POST", "/actuator/backups", b'{"backupId": 3}'))[0] == 202
         await settled(cluster, 3)
         for base in BASES:
@@ -202,7 +202,7 @@ async def test_ids_at_or_below_zero_are_404_and_204_and_signed_prefixes_list_not
 
 async def test_an_undocumented_method_is_405_naming_the_allowed_ones(tmp_path: Path) -> None:
     """PUT on the collection is 405 with the error body and an Allow header."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=1) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=1) as cluster:
         url = cluster.management_url + "/actuator/backups"
         async with cluster.api.session.put(url) as response:
             assert response.status == 405
@@ -213,7 +213,7 @@ async def test_an_undocumented_method_is_405_naming_the_allowed_ones(tmp_path: P
 
 async def test_many_simultaneous_posts_of_one_id_give_exactly_one_202(tmp_path: Path) -> None:
     """25 concurrent POSTs of one id: one 202, 24 409s, and the backup completes."""
-    async with inprocess_cluster(tmp_path) as cluster:
+    async with InProcessCluster(tmp_path) as cluster:
         path, body = "/actuator/backups", b'{"backupId": 7}'
         results = await asyncio.gather(*(raw(cluster, "POST", path, body, JSON) for _ in range(25)))
         assert sorted(s for s, _ in results) == [202] + [409] * 24
@@ -226,7 +226,7 @@ async def test_without_a_store_every_operation_is_400_and_no_id_is_consumed(
     """No backup store: every operation under both bases is a documented 400 with Zeebe's
     message, and the refused POST wrote no checkpoint (REFERENCE §1, corrected: the broker
     refuses before writing one)."""
-    async with inprocess_cluster(tmp_path, backups=False) as cluster:
+    async with InProcessCluster(tmp_path, backups=False) as cluster:
         for base in BASES:
             for method, path, body in [
                 ("POST", base, b'{"backupId": 5}'),
@@ -245,7 +245,7 @@ async def test_deleting_an_in_progress_backup_fails_it_first_and_it_never_comes_
 ) -> None:
     """DELETE while the uploads run: 204, then 404, still 404 once the uploads are over, and
     nothing of it is left in the store."""
-    async with inprocess_cluster(tmp_path, backup_upload_delay_s=1.0) as cluster:
+    async with InProcessCluster(tmp_path, backup_upload_delay_s=1.0) as cluster:
         await cluster.api.take_backup(9)
 
         async def uploading() -> bool:
@@ -274,7 +274,7 @@ async def test_a_broker_stopped_mid_backup_marks_it_failed_and_the_next_id_succe
     """The leader of partition 2 stops while its copy uploads; when it is back, that copy is
     FAILED with Zeebe's leader-change reason, the backup is FAILED with the reason per
     partition (by id and in the list), and a higher id then completes."""
-    async with inprocess_cluster(tmp_path, backup_upload_delay_s=1.0) as cluster:
+    async with InProcessCluster(tmp_path, backup_upload_delay_s=1.0) as cluster:
         await cluster.api.take_backup(1)
 
         async def uploading() -> bool:
@@ -312,7 +312,7 @@ def _manifest_keys(cluster: InProcessCluster, partition: int, backup_id: int) ->
 async def test_a_partition_copy_gone_makes_the_backup_incomplete(tmp_path: Path) -> None:
     """One partition's copy disappears from the store: by id and in every list the backup is
     INCOMPLETE, that partition DOES_NOT_EXIST, the others unchanged; DELETE still works."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=2) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=2) as cluster:
         await cluster.api.take_backup(100)
         completed = await settled(cluster, 100)
         assert cluster.backups is not None
@@ -336,7 +336,7 @@ async def test_a_partition_copy_gone_makes_the_backup_incomplete(tmp_path: Path)
 async def test_a_backup_with_an_unreadable_manifest_is_shown_failed(tmp_path: Path) -> None:
     """An unreadable manifest is reported FAILED (so that the user can see and delete it): GET
     and the list show a documented FAILED backup, not a 500."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=1) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=1) as cluster:
         await cluster.api.take_backup(100)
         await settled(cluster, 100)
         assert cluster.backups is not None
@@ -352,7 +352,7 @@ async def test_listings_follow_every_change_although_they_are_reused(tmp_path: P
     """Lists are answered from the last listing while every partition says it is unchanged:
     interleaved with takes and deletes, every list (all, and by prefixes the gateway keeps)
     shows exactly the backups that exist, newest first, with their current state."""
-    async with inprocess_cluster(tmp_path, brokers=2, partitions=2) as cluster:
+    async with InProcessCluster(tmp_path, brokers=2, partitions=2) as cluster:
         existing: set[int] = set()
         prefixes = ["", "1", "12", "-1"]
 

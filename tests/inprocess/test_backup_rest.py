@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.test_rest_openapi import assert_documented
 from zeebe_sim.harness import eventually
-from zeebe_sim.inprocess import InProcessCluster, inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 
 pytestmark = pytest.mark.inprocess
 
@@ -70,7 +70,7 @@ async def test_the_runtime_backup_cycle_over_rest(tmp_path: Path) -> None:
     """POST {backupId} is 202 {backupId}; GET shows it COMPLETED with every detail field on
     every partition (null where unknown); the list is newest first, by prefix too; a repeated
     id is a 409 Problem Details; DELETE is 204 (twice), then GET is 404."""
-    async with inprocess_cluster(tmp_path) as cluster:
+    async with InProcessCluster(tmp_path) as cluster:
         for backup_id in (10, 17, 170):
             body = f'{{"backupId": {backup_id}}}'.encode()
             assert await rest(cluster, BASE, "POST", BASE, body) == (202, {"backupId": backup_id})
@@ -106,7 +106,7 @@ async def test_bad_backup_input_over_rest_is_a_documented_4xx(tmp_path: Path) ->
     """Outside generated-id mode a POST without a body or backupId (null included) is 400 with
     the id rule's message; a bad id or prefix is 400; a non-JSON body is 415; ids <= 0 are 404
     for GET and 204 for DELETE. Nothing was taken by any of it."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=1) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=1) as cluster:
         for body in (None, b"", b"{}", b'{"backupId": null}'):
             status, problem = await rest(cluster, BASE, "POST", BASE, body)
             assert status == 400, body

@@ -18,7 +18,7 @@ from zeebe_sim.ground.backups import BackupState, CheckpointType
 from zeebe_sim.ground.ids import PartitionId
 from zeebe_sim.ground.protocol import BackupRuntimeStateRequest, BackupRuntimeStateResponse
 from zeebe_sim.harness import eventually
-from zeebe_sim.inprocess import InProcessCluster, inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 
 CONTINUOUS = SchedulerConfig(
     continuous=True,
@@ -51,7 +51,7 @@ async def test_the_scheduler_runs_on_the_lowest_live_broker_and_moves_with_it(
     """Broker 0 runs the scheduler; when it dies broker 1 takes over and checkpoints go on
     (the partitions' leaders moved too: replication factor 3); when broker 0 returns the
     scheduler goes back to it and stops on broker 1."""
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path, backup_schedule=CONTINUOUS, replication_factor=3
     ) as cluster:
 
@@ -78,7 +78,7 @@ async def test_a_restarted_broker_records_no_backup_for_a_marker(tmp_path: Path)
     does not record a FAILED "not taken" backup for it (markers take no backup), so the store
     holds no backup at all."""
     markers = SchedulerConfig(checkpoint_interval_ms=250)
-    async with inprocess_cluster(tmp_path, backup_schedule=markers) as cluster:
+    async with InProcessCluster(tmp_path, backup_schedule=markers) as cluster:
 
         async def marked() -> bool:
             checkpoint = (await runtime_state(cluster, 1)).checkpoint
@@ -102,7 +102,7 @@ async def test_continuous_backups_make_contiguous_ranges_and_store_metadata(
     metadata holds the same ranges and checkpoints, and the backups carry their type and
     first log position; RESET clears the state and its metadata. With and without
     replication."""
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path, backup_schedule=CONTINUOUS, replication_factor=replication_factor
     ) as cluster:
 

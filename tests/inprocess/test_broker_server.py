@@ -32,7 +32,7 @@ from zeebe_sim.ground.protocol import (
     TopologyResponse,
 )
 from zeebe_sim.ground.transport import Connection, MemoryNetwork, parse_address, serve_connection
-from zeebe_sim.inprocess import inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 
 pytestmark = pytest.mark.inprocess
 
@@ -52,7 +52,7 @@ async def exchange(network: MemoryNetwork, address: str, payload: bytes) -> byte
 async def test_garbage_and_oversized_frames_close_only_that_connection(tmp_path: Path) -> None:
     """Bad msgpack, a length over the frame limit, a frame cut by EOF, a bad byte at the end:
     that connection is closed without an answer; one opened before and one after are served."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=1) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=1) as cluster:
         address = cluster.broker_address(0)
         bystander = await Connection.open(address, network=cluster.network)
         bad_inputs = [
@@ -74,7 +74,7 @@ async def test_what_a_broker_does_not_lead_or_handle_is_an_error_answer(tmp_path
     """A request for a partition the broker does not lead is PARTITION_LEADER_MISMATCH (so the
     gateway looks for the leader); a message brokers do not handle is UNSUPPORTED_MESSAGE; an
     unknown query is INVALID_ARGUMENT; the connection stays usable after each."""
-    async with inprocess_cluster(tmp_path, brokers=2, partitions=2) as cluster:
+    async with InProcessCluster(tmp_path, brokers=2, partitions=2) as cluster:
         connection = await Connection.open(cluster.broker_address(0), network=cluster.network)
         with pytest.raises(PartitionLeaderMismatch):
             await connection.request(BackupStatusRequest(2, 1), 5)
@@ -90,7 +90,7 @@ async def test_what_a_broker_does_not_lead_or_handle_is_an_error_answer(tmp_path
 async def test_a_checkpoint_request_without_a_store_takes_no_checkpoint(tmp_path: Path) -> None:
     """TAKE_BACKUP on a broker without a store answers BACKUP_NOT_CONFIGURED before writing
     anything: the partition's checkpoint does not move (REFERENCE §1, corrected)."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=1, backups=False) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=1, backups=False) as cluster:
         connection = await Connection.open(cluster.broker_address(0), network=cluster.network)
         with pytest.raises(BackupNotConfigured):
             await connection.request(TakeBackupRequest(1, 5), 5)

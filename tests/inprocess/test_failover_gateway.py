@@ -12,7 +12,7 @@ import pytest
 from zeebe_sim import chaos
 from zeebe_sim.ground.ids import NodeId, PartitionId, partition_of_key
 from zeebe_sim.harness import eventually
-from zeebe_sim.inprocess import InProcessCluster, inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 
 pytestmark = pytest.mark.inprocess
 
@@ -32,7 +32,7 @@ async def test_a_request_is_answered_by_the_next_leader(tmp_path: Path) -> None:
     """Partition 1's leader is stopped: a query for partition 1 sent right then is answered
     once another replica leads (within the request timeout, no error), and /v2/topology
     shows all three replicas of every partition, one leader each."""
-    async with inprocess_cluster(tmp_path, replication_factor=3, request_timeout_s=20) as cluster:
+    async with InProcessCluster(tmp_path, replication_factor=3, request_timeout_s=20) as cluster:
         await cluster.api.deploy(DEMO)
         key = await instance_on(cluster, 1)
         topology = await cluster.api.call("GET", f"{cluster.rest_url}/v2/topology")
@@ -54,7 +54,7 @@ async def test_requests_follow_the_leader_of_the_new_term(tmp_path: Path) -> Non
     it may claim its old term until it notices it lost its quorum): the others elect a leader
     in a higher term, which the gateway takes as partition 1's leader; writes succeed, and
     after heal the old leader follows."""
-    async with inprocess_cluster(tmp_path, replication_factor=3, request_timeout_s=20) as cluster:
+    async with InProcessCluster(tmp_path, replication_factor=3, request_timeout_s=20) as cluster:
         await cluster.api.deploy(DEMO)
         client = cluster.gateway_client
         old = client.leaders[P1]

@@ -13,7 +13,7 @@ from zeebe_sim.ground.errors import InvalidArgument
 from zeebe_sim.ground.ids import PartitionId
 from zeebe_sim.ground.records import ValueType
 from zeebe_sim.harness import eventually
-from zeebe_sim.inprocess import InProcessCluster, inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 
 pytestmark = pytest.mark.inprocess
 
@@ -41,7 +41,7 @@ async def test_a_cut_holds_back_a_deployment_until_healed(tmp_path: Path) -> Non
     """Broker 0 (partition 1, where deployments start) is cut from broker 1: the deployment
     reaches partition 3 on broker 2 but not partition 2; after heal, partition 1's retries
     bring it to partition 2. Each broker reports the faults in force."""
-    async with inprocess_cluster(tmp_path) as cluster:
+    async with InProcessCluster(tmp_path) as cluster:
         await chaos.cut(addresses(cluster), [0], [1], cluster.network)
         faults = await chaos.set_faults(cluster.broker_address(1), network=cluster.network)
         assert (faults.cut, faults.delay_ms) == ([0], 0)
@@ -59,7 +59,7 @@ async def test_a_slow_broker_sends_late(tmp_path: Path) -> None:
     """Broker 0 slowed by 60 s: its deployment reaches no other partition while the delay
     holds (the other partitions are checked after partition 1 answered); once the delay is
     set back to 0, the retries deliver it everywhere."""
-    async with inprocess_cluster(tmp_path) as cluster:
+    async with InProcessCluster(tmp_path) as cluster:
         await chaos.slow(addresses(cluster), 0, 60_000, cluster.network)
         await cluster.api.deploy(DEMO)
         assert await deployed_on(cluster, 1)
@@ -74,7 +74,7 @@ async def test_faults_that_name_no_peer_are_refused(tmp_path: Path) -> None:
     """A cut of a broker outside the cluster, or of the broker itself, is INVALID_ARGUMENT
     from the broker, and the chaos API refuses unknown brokers and overlapping sides before
     asking any broker."""
-    async with inprocess_cluster(tmp_path) as cluster:
+    async with InProcessCluster(tmp_path) as cluster:
         address = cluster.broker_address(0)
         with pytest.raises(InvalidArgument, match="brokers of this cluster"):
             await chaos.set_faults(address, cut=[7], network=cluster.network)

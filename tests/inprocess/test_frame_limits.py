@@ -22,7 +22,7 @@ from zeebe_sim.ground.transport import (
     parse_address,
 )
 from zeebe_sim.harness import eventually
-from zeebe_sim.inprocess import InProcessCluster, inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 
 pytestmark = pytest.mark.inprocess
 
@@ -108,7 +108,7 @@ async def test_a_half_sent_frame_is_cut_off_at_the_deadline_and_others_are_serve
     has passed (not before); a connection opened before and one opened after are served, and
     the broker holds nothing for it any more."""
     deadline_s = 0.3
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path,
         brokers=1,
         partitions=1,
@@ -135,7 +135,7 @@ async def test_a_frame_finished_in_time_is_served_and_idle_connections_have_no_d
     """The deadline is for an unfinished frame only: a frame sent in two halves within it is
     answered, and a connection idle for longer than the deadline between frames stays open."""
     deadline_s = 0.5
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path,
         brokers=1,
         partitions=1,
@@ -162,7 +162,7 @@ async def test_a_frame_finished_in_time_is_served_and_idle_connections_have_no_d
 async def test_an_unfinished_frame_over_the_connection_cap_closes_at_once(tmp_path: Path) -> None:
     """A connection whose unfinished frame grows past its cap is closed without waiting for
     the deadline."""
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path,
         brokers=1,
         partitions=1,
@@ -185,7 +185,7 @@ async def test_many_half_frames_stay_under_the_broker_cap_biggest_closed_first(
     cap of 256 KiB: the broker never holds more than the cap, it closes the biggest holders
     (100, 90, 80 KiB), keeps the others, and goes on serving."""
     cap = 256 * 1024
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path,
         brokers=1,
         partitions=1,

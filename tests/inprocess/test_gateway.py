@@ -27,7 +27,7 @@ from zeebe_sim.ground.ids import PartitionId, encode_key, partition_of_key
 from zeebe_sim.ground.protocol import Message, TopologyRequest, TopologyResponse
 from zeebe_sim.ground.transport import MemoryNetwork, serve_connection
 from zeebe_sim.harness import ApiError, eventually
-from zeebe_sim.inprocess import InProcessCluster, inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 
 pytestmark = pytest.mark.inprocess
 
@@ -46,7 +46,7 @@ async def instance_on(cluster: InProcessCluster, partition: int) -> int:
 async def test_topology_health_and_routing_of_a_fresh_cluster(tmp_path: Path) -> None:
     """3 brokers found by gossip from one contact point; /v2/topology and health report every
     partition led by broker (p-1) % 3; instances go round-robin to every partition."""
-    async with inprocess_cluster(tmp_path) as cluster:
+    async with InProcessCluster(tmp_path) as cluster:
         for broker in cluster.brokers.values():
             await eventually(lambda b=broker: _true(len(b.members) == 3), timeout_s=10)
         topology = await cluster.api.call("GET", f"{cluster.rest_url}/v2/topology")
@@ -76,7 +76,7 @@ async def test_a_partition_without_leader_is_retried_until_the_timeout_then_503(
     with its message (REFERENCE.md §1); the other partitions keep answering; readiness goes
     503 and health names the partition DOWN."""
     timeout_s = 0.5
-    async with inprocess_cluster(tmp_path, request_timeout_s=timeout_s) as cluster:
+    async with InProcessCluster(tmp_path, request_timeout_s=timeout_s) as cluster:
         await cluster.api.deploy(DEMO)
         on_two, on_one = await instance_on(cluster, 2), await instance_on(cluster, 1)
         await cluster.kill_broker(1)
@@ -110,7 +110,7 @@ async def test_a_request_waits_for_a_leader_that_comes_back_within_the_timeout(
 ) -> None:
     """A request sent while its partition has no leader is answered once the broker is back,
     if that is within the request timeout."""
-    async with inprocess_cluster(tmp_path, request_timeout_s=20.0) as cluster:
+    async with InProcessCluster(tmp_path, request_timeout_s=20.0) as cluster:
         await cluster.api.deploy(DEMO)
         key = await instance_on(cluster, 2)
         await cluster.kill_broker(1)

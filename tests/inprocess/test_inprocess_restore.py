@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import DEMO_BPMN
 from zeebe_sim.ground.ids import partition_of_key
 from zeebe_sim.harness import ApiError, ClusterApi, eventually
-from zeebe_sim.inprocess import inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 from zeebe_sim.verify import check, load_data_dir
 
 pytestmark = pytest.mark.inprocess
@@ -35,7 +35,7 @@ async def test_an_in_process_restore_brings_back_the_backup_without_a_restart(
     """Instances before backup 10 and 11 survive, those after 11 are gone, the brokers are the
     same objects (not restarted), and the restored cluster takes commands again; the plan and
     the progress name every broker's partitions with their chain of backups."""
-    async with inprocess_cluster(tmp_path / "data") as cluster:
+    async with InProcessCluster(tmp_path / "data") as cluster:
         api = cluster.api
         rest, management = cluster.rest_url, cluster.management_url
         await api.deploy(DEMO_BPMN)
@@ -141,7 +141,7 @@ async def test_a_failed_in_process_restore_is_shown_and_leaves_the_partition_as_
     """A corrupt file in partition 2's backup: the restore restores partition 1, then fails on
     partition 2, which runs on from its old directory; GET /v2/restore shows FAILED with the
     reason, the brokers stay RECOVERING (commands refused) until PATCH PROCESSING."""
-    async with inprocess_cluster(tmp_path / "data") as cluster:
+    async with InProcessCluster(tmp_path / "data") as cluster:
         api, rest = cluster.api, cluster.rest_url
         medium = cluster.backups
         assert medium is not None

@@ -17,7 +17,7 @@ from zeebe_sim.ground.errors import PartitionLeaderMismatch
 from zeebe_sim.ground.ids import NodeId
 from zeebe_sim.ground.records import ValueType
 from zeebe_sim.harness import eventually
-from zeebe_sim.inprocess import InProcessCluster, inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 
 DEMO = Path("examples/demo-process.bpmn")
 
@@ -48,7 +48,7 @@ async def test_every_broker_hosts_every_partition_and_one_leader_each(tmp_path: 
     """With 3 brokers and factor 3 each broker holds a replica of every partition; each
     partition elects one leader, followers answer PARTITION_LEADER_MISMATCH with a hint, and
     topology reports roles and terms."""
-    async with inprocess_cluster(tmp_path, replication_factor=3) as cluster:
+    async with InProcessCluster(tmp_path, replication_factor=3) as cluster:
         for broker in cluster.brokers.values():
             assert sorted(broker.partitions) == [1, 2, 3]
         found = await eventually(lambda: _all_led(cluster), timeout_s=30)
@@ -68,7 +68,7 @@ async def _all_led(cluster: InProcessCluster) -> dict[int, int] | None:
 async def test_acknowledged_writes_are_on_a_quorum_and_followers_replay(tmp_path: Path) -> None:
     """Instances created through the gateway are answered only once committed; every
     follower applies the same records and reaches the leader's state at the same position."""
-    async with inprocess_cluster(tmp_path, replication_factor=3) as cluster:
+    async with InProcessCluster(tmp_path, replication_factor=3) as cluster:
         await eventually(lambda: _all_led(cluster), timeout_s=30)
         await cluster.api.deploy(DEMO)
         keys = [
@@ -90,7 +90,7 @@ async def test_acknowledged_writes_are_on_a_quorum_and_followers_replay(tmp_path
 async def test_a_new_leader_takes_over_with_every_acknowledged_write(tmp_path: Path) -> None:
     """Stopping a partition's leader: another replica is elected, processes, and every
     instance acknowledged before is still there."""
-    async with inprocess_cluster(tmp_path, replication_factor=3) as cluster:
+    async with InProcessCluster(tmp_path, replication_factor=3) as cluster:
         await eventually(lambda: _all_led(cluster), timeout_s=30)
         await cluster.api.deploy(DEMO)
         keys = [
@@ -127,7 +127,7 @@ async def test_a_follower_behind_the_compacted_log_catches_up_by_snapshot(
     raft = RaftConfig(
         election_timeout_ms=500, heartbeat_interval_ms=100, snapshot_chunk_size_bytes=4096
     )
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path, partitions=1, replication_factor=3, partition=partition, raft=raft
     ) as cluster:
         leader_node = (await eventually(lambda: _all_led(cluster), timeout_s=30))[1]
@@ -169,7 +169,7 @@ async def test_a_cut_off_leader_steps_down_and_fails_what_waits(tmp_path: Path) 
     waits, and when the leader steps down (no quorum heard) it is answered
     PARTITION_LEADER_MISMATCH and never applied; the others elect a new leader in a newer
     term, and the old one follows it once healed."""
-    async with inprocess_cluster(tmp_path, partitions=1, replication_factor=3) as cluster:
+    async with InProcessCluster(tmp_path, partitions=1, replication_factor=3) as cluster:
         old = (await eventually(lambda: _all_led(cluster), timeout_s=30))[1]
         await cluster.api.deploy(DEMO)
         broker = cluster.brokers[old]
@@ -212,7 +212,7 @@ async def test_replicas_snapshot_when_the_raft_log_in_memory_grows_long(
     replica takes a snapshot whatever the snapshot period (here an hour), so the bound holds."""
     monkeypatch.setattr(partition_module, "RAFT_ENTRIES_IN_MEMORY_MAX", 40)
     slow = PartitionConfig(snapshot_period_s=3600, retry_initial_s=0.2, retry_max_s=1.0)
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path, partitions=1, replication_factor=3, partition=slow
     ) as cluster:
         await eventually(lambda: _all_led(cluster), timeout_s=30)

@@ -14,7 +14,7 @@ import pytest
 from zeebe_sim.ground.ids import partition_of_key
 from zeebe_sim.ground.routing import subscription_partition_id
 from zeebe_sim.harness import eventually
-from zeebe_sim.inprocess import InProcessCluster, inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 from zeebe_sim.verify import check, load_data_dir
 
 pytestmark = pytest.mark.inprocess
@@ -41,7 +41,7 @@ async def states(cluster: InProcessCluster, keys: list[int]) -> list[str]:
 async def test_modeler_bpmn_instances_on_every_partition_jobs_complete(tmp_path: Path) -> None:
     """Deploy a Modeler-exported BPMN; instances round-robin over all partitions; both service
     tasks' jobs are activated and completed; variables merge; every instance completes."""
-    async with inprocess_cluster(tmp_path) as cluster:
+    async with InProcessCluster(tmp_path) as cluster:
         deployment = await cluster.api.deploy(ORDER_BPMN)
         definition = deployment["deployments"][0]["processDefinition"]
         assert definition["processDefinitionId"] == "order-process"
@@ -59,7 +59,7 @@ async def test_messages_correlate_across_partitions_exactly_once(tmp_path: Path)
     """Instances on all partitions wait for messages whose keys hash to other partitions;
     half the messages are published before the instance waits (buffered): all complete once,
     a further message completes nothing twice, and the data directories pass verify."""
-    async with inprocess_cluster(tmp_path) as cluster:
+    async with InProcessCluster(tmp_path) as cluster:
         await cluster.api.deploy(DEMO_BPMN)
         correlation_keys = [f"order-{i}" for i in range(12)]
         instances = []
@@ -140,7 +140,7 @@ BAD_REST_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
 async def test_bad_rest_input_gets_4xx_problem_details_never_500(tmp_path: Path) -> None:
     """Every malformed request (bad JSON, wrong types, unknown keys and definitions, hostile
     XML, unknown routes and methods) is a 4xx with a Problem Details body."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=1) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=1) as cluster:
         for method, path, kwargs in BAD_REST_REQUESTS:
             if "form" in kwargs:
                 form = aiohttp.FormData()

@@ -12,7 +12,7 @@ import pytest
 
 from storage.backup.memory import InMemoryBackupStore, MemoryObjects
 from zeebe_sim.harness import ApiError, eventually
-from zeebe_sim.inprocess import inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 from zeebe_sim.restore import RestoreError, RestoreRequest, restore
 from zeebe_sim.verify import check, load_data_dir
 
@@ -52,7 +52,7 @@ async def test_a_restored_cluster_is_the_cut_and_works_on(tmp_path: Path) -> Non
     checkpoint and none created after, reports backup 200 as it was, refuses id 200 again and
     completes a backup 201."""
     keys = [f"order-{i}" for i in range(20)]
-    async with inprocess_cluster(tmp_path / "data") as cluster:
+    async with InProcessCluster(tmp_path / "data") as cluster:
         assert cluster.backups is not None
         medium = cluster.backups
         await cluster.api.deploy(DEMO_BPMN)
@@ -73,7 +73,7 @@ async def test_a_restored_cluster_is_the_cut_and_works_on(tmp_path: Path) -> Non
     report = check(load_data_dir(restored))
     assert report.ok and report.checkpoint == 200, report.render()
 
-    async with inprocess_cluster(restored, backups=medium) as cluster:
+    async with InProcessCluster(restored, backups=medium) as cluster:
 
         async def none_running() -> bool:
             return all(
@@ -103,7 +103,7 @@ async def test_restore_refuses_and_touches_nothing(tmp_path: Path) -> None:
     """A non-empty data directory, an unknown backup, a FAILED one, another partition count:
     each refused with a reason naming it, and no directory is created or changed."""
     data = tmp_path / "data"
-    async with inprocess_cluster(data, backup_upload_delay_s=1.0) as cluster:
+    async with InProcessCluster(data, backup_upload_delay_s=1.0) as cluster:
         assert cluster.backups is not None
         medium = cluster.backups
         await cluster.api.take_backup(3)
@@ -137,7 +137,7 @@ async def test_a_corrupt_file_in_the_store_fails_the_restore_and_leaves_nothing(
 ) -> None:
     """One byte flipped in a partition's backed-up segment: the checksum fails the restore,
     and neither staging nor any broker directory is left behind."""
-    async with inprocess_cluster(tmp_path / "data") as cluster:
+    async with InProcessCluster(tmp_path / "data") as cluster:
         assert cluster.backups is not None
         medium = cluster.backups
         await cluster.api.deploy(DEMO_BPMN)

@@ -14,7 +14,7 @@ from storage.log import SegmentedLog
 from zeebe_sim.ground import layout
 from zeebe_sim.ground.ids import NodeId, PartitionId
 from zeebe_sim.ground.records import decode_records, encode_records
-from zeebe_sim.inprocess import inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 from zeebe_sim.restore import RestoreRequest, restore
 from zeebe_sim.verify import check, load_data_dir
 
@@ -31,7 +31,7 @@ async def test_every_replica_is_restored_from_one_backup_and_verify_agrees(
     passes with 9 replicas and the cut at the backup's checkpoint. With factor 2, broker 0
     holds partitions 1 and 3 (round-robin). Changing the last entry of one replica makes
     verify fail, naming that index and the broker."""
-    async with inprocess_cluster(tmp_path / "data") as cluster:
+    async with InProcessCluster(tmp_path / "data") as cluster:
         assert cluster.backups is not None
         medium = cluster.backups
         await cluster.api.deploy(DEMO_BPMN)

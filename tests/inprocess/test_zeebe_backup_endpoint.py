@@ -26,7 +26,7 @@ from gateway.errors import actuator_errors
 from tests.inprocess.helpers import JSON, partition_backup_state, raw
 from zeebe_sim.ground import errors
 from zeebe_sim.harness import eventually
-from zeebe_sim.inprocess import InProcessCluster, inprocess_cluster
+from zeebe_sim.inprocess import InProcessCluster
 
 pytestmark = pytest.mark.inprocess
 
@@ -89,7 +89,7 @@ async def test_BackupEndpointTest_TakeTest_shouldReturn409WhenBackupAlreadyExist
     tmp_path: Path,
 ) -> None:
     """Backup 2 exists; taking 1 is 409 with the newest line's message."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=2) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=2) as cluster:
         assert (await take(cluster, b'{"backupId": 2}'))[0] == 202
         status, body = await take(cluster, b'{"backupId": 1}')
         assert status == 409
@@ -100,7 +100,7 @@ async def test_BackupEndpointTest_TakeTest_shouldReturn400WhenContinuousBackupsA
     tmp_path: Path,
 ) -> None:
     """In generated-id mode an explicit id is 400 with Zeebe's message (main's wording)."""
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path, brokers=1, partitions=1, backup_schedule=CONTINUOUS
     ) as cluster:
         assert await take(cluster, b'{"backupId": 1}') == (400, {"message": GENERATED_ID_GIVEN})
@@ -111,7 +111,7 @@ async def test_BackupEndpointTest_TakeTest_backupIdShouldBeCloseToNowWhenContinu
 ) -> None:
     """Two POSTs without a body: both 202 with the generated id in the body and the message;
     the second id is higher; both are epoch milliseconds within 2 s of now."""
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path, brokers=1, partitions=2, backup_schedule=CONTINUOUS
     ) as cluster:
         now_ms = time.time() * 1000
@@ -137,7 +137,7 @@ async def test_BackupEndpointTest_TakeTest_backupIdShouldIncludeOffsetOnContinuo
 ) -> None:
     """With offset 20251104131520 the generated id minus the offset is within 2 s of now."""
     offset = 20251104131520
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path,
         brokers=1,
         partitions=1,
@@ -152,7 +152,7 @@ async def test_BackupEndpointTest_StatusTest_shouldReturn404WhenBackupDoesNotExi
     tmp_path: Path,
 ) -> None:
     """A backup no partition has is 404 with Zeebe's message."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=2) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=2) as cluster:
         assert await raw(cluster, "GET", f"{BASE}/1") == (
             404,
             {"message": "Backup with id 1 does not exist"},
@@ -164,7 +164,7 @@ async def test_BackupEndpointTest_StatusTest_shouldReturnCompletedBackupStatus(
 ) -> None:
     """A COMPLETED backup: every partition's detail has the dates, firstLogPosition,
     checkpointPosition, brokerId and brokerVersion; no failureReason anywhere."""
-    async with inprocess_cluster(tmp_path, brokers=2, partitions=2) as cluster:
+    async with InProcessCluster(tmp_path, brokers=2, partitions=2) as cluster:
         assert (await take(cluster, b'{"backupId": 1}'))[0] == 202
         info = await completed(cluster, 1)
         assert (info["backupId"], info["state"]) == (1, "COMPLETED") and "failureReason" not in info
@@ -188,7 +188,7 @@ async def test_BackupEndpointTest_StatusTest_shouldReturnFailedBackupStatus(
 ) -> None:
     """One partition FAILED (its leader stopped mid-upload), one COMPLETED: the backup is
     FAILED with the partition's reason; the failed detail has its reason and no version."""
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path, brokers=2, partitions=2, backup_upload_delay_s=1.0
     ) as cluster:
         assert (await take(cluster, b'{"backupId": 1}'))[0] == 202
@@ -221,7 +221,7 @@ async def test_BackupEndpointTest_StatusTest_shouldReturnFailedBackupStatus(
 async def test_BackupEndpointTest_ListTest_shouldReturnListOfBackups(tmp_path: Path) -> None:
     """Two backups, listed newest first (the newest line sorts), each detail with only
     partitionId, state, createdAt and brokerVersion."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=1) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=1) as cluster:
         for backup_id in (1, 2):
             assert (await take(cluster, f'{{"backupId": {backup_id}}}'.encode()))[0] == 202
             await completed(cluster, backup_id)
@@ -238,13 +238,13 @@ async def test_BackupEndpointTest_ListTest_shouldReturnListOfBackups(tmp_path: P
 
 async def test_BackupEndpointTest_ListTest_shouldReturnEmptyList(tmp_path: Path) -> None:
     """No backup: the list is []."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=1) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=1) as cluster:
         assert await raw(cluster, "GET", BASE) == (200, [])
 
 
 async def test_BackupEndpointTest_DeleteTest_shouldDeleteBackup(tmp_path: Path) -> None:
     """DELETE of a backup is 204, and it is gone (404)."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=1) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=1) as cluster:
         assert (await take(cluster, b'{"backupId": 1}'))[0] == 202
         await completed(cluster, 1)
         assert await raw(cluster, "DELETE", f"{BASE}/1") == (204, None)
@@ -253,7 +253,7 @@ async def test_BackupEndpointTest_DeleteTest_shouldDeleteBackup(tmp_path: Path) 
 
 async def test_BackupEndpointTest_StateTest_shouldReturnEmptyState(tmp_path: Path) -> None:
     """No checkpoint yet: the runtime state has three empty lists."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=2) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=2) as cluster:
         assert await raw(cluster, "GET", f"{BASE}/state") == (
             200,
             {"checkpointStates": [], "backupStates": [], "ranges": []},
@@ -268,7 +268,7 @@ async def test_BackupEndpointTest_StateTest_shouldReturnBothCheckpointAndBackupS
     firstLogPosition), each list by partition; a range starts and ends at the backup (no
     partitionId inside, no missingCheckpoints: the released 8.9 shape)."""
     markers = SchedulerConfig(checkpoint_interval_ms=300)
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path, brokers=1, partitions=2, backup_schedule=markers
     ) as cluster:
         status, taken = await take(cluster, None)
@@ -303,7 +303,7 @@ async def test_BackupErrorResponseTest_DuplicateBackupIdTest_shouldFailTakeBacku
     tmp_path: Path, existing: int, requested: int
 ) -> None:
     """Taking an id at or below an existing checkpoint is 409."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=1) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=1) as cluster:
         await take(cluster, f'{{"backupId": {existing}}}'.encode())
         assert (await take(cluster, f'{{"backupId": {requested}}}'.encode()))[0] == 409
 
@@ -312,14 +312,14 @@ async def test_BackupErrorResponseTest_BackupNotConfiguredTest_shouldReturn400(
     tmp_path: Path,
 ) -> None:
     """No backup store configured: a status request is 400."""
-    async with inprocess_cluster(tmp_path, brokers=1, partitions=1, backups=False) as cluster:
+    async with InProcessCluster(tmp_path, brokers=1, partitions=1, backups=False) as cluster:
         assert (await raw(cluster, "GET", f"{BASE}/1"))[0] == 400
 
 
 async def test_BackupErrorResponseTest_RequestTimeoutTest_shouldReturn504(tmp_path: Path) -> None:
     """The only broker is gone: the status request is retried until the (short) request
     timeout and then answered 504."""
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path, brokers=1, partitions=1, request_timeout_s=0.3
     ) as cluster:
         await cluster.kill_broker(0)
@@ -331,7 +331,7 @@ async def test_BackupErrorResponseTest_ContinuousBackupsEnabled_shouldReturn400(
     tmp_path: Path,
 ) -> None:
     """Continuous backups: taking backup 1 by id is 400."""
-    async with inprocess_cluster(
+    async with InProcessCluster(
         tmp_path, brokers=1, partitions=1, backup_schedule=CONTINUOUS
     ) as cluster:
         assert (await take(cluster, b'{"backupId": 1}'))[0] == 400
