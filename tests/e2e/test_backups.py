@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import DEMO_BPMN, FAST_BROKER_ARGS, FAST_GATEWAY_ARGS
-from tests.e2e.test_cluster import complete_all
-from tests.e2e.test_messages import states
+from tests.scenarios.workload import complete_all, instance_states
 from zeebe_sim.harness import ApiError, RunningCluster, eventually, run_cli, running_cluster
 
 pytestmark = pytest.mark.slow
@@ -208,7 +207,7 @@ async def test_backup_restore_is_a_consistent_cut_and_the_cluster_works_on(tmp_p
                 await cluster.api.publish("demo-message", key, ttl_ms=60_000)
 
         async def done() -> bool:
-            return all(s == "COMPLETED" for s in await states(cluster, before))
+            return all(s == "COMPLETED" for s in await instance_states(cluster, before))
 
         await eventually(done, timeout_s=30, interval_s=0.2)
         with pytest.raises(ApiError) as conflict:

@@ -13,22 +13,13 @@ import aiohttp
 import pytest
 
 from tests.conftest import FAST_BROKER_ARGS, FAST_GATEWAY_ARGS, ORDER_BPMN
+from tests.scenarios.workload import complete_all
 from zeebe_sim.ground import protocol
 from zeebe_sim.ground.protocol import TopologyRequest, TopologyResponse
 from zeebe_sim.ground.transport import Connection
-from zeebe_sim.harness import ApiError, RunningCluster, eventually, running_cluster
+from zeebe_sim.harness import ApiError, eventually, running_cluster
 
 pytestmark = pytest.mark.slow
-
-
-async def complete_all(cluster: RunningCluster, job_type: str) -> list[str]:
-    """Activate and complete every activatable job of a type; the completed job keys."""
-    done = []
-    while jobs := await cluster.api.activate_jobs(job_type):
-        for job in jobs:
-            await cluster.api.complete_job(job["jobKey"], {"done": job_type})
-            done.append(job["jobKey"])
-    return done
 
 
 async def test_fresh_cluster_answers_health_and_topology(tmp_path: Path) -> None:

@@ -8,54 +8,21 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DEMO_BPMN, FAST_BROKER_ARGS, FAST_GATEWAY_ARGS
-from tests.e2e.test_cluster import complete_all
-from zeebe_sim.ground.ids import partition_of_key
+from tests.scenarios.workload import complete_all, correlate_across_partitions, instance_states
 from zeebe_sim.ground.routing import subscription_partition_id
-from zeebe_sim.harness import RunningCluster, eventually, run_cli, running_cluster
+from zeebe_sim.harness import eventually, run_cli, running_cluster
 
 pytestmark = pytest.mark.slow
-
-
-def keys_on_other_partitions(count: int) -> list[str]:
-    """Correlation keys spread over every message partition."""
-    return [f"order-{i}" for i in range(count)]
-
-
-async def states(cluster: RunningCluster, keys: list[int]) -> list[str]:
-    return [(await cluster.api.get_instance(k))["state"] for k in keys]
 
 
 async def test_messages_correlate_across_partitions_exactly_once(tmp_path: Path) -> None:
     """Instances on all partitions wait for messages whose keys hash to other partitions;
     half the messages are published before the instance waits (buffered): all complete once."""
     async with running_cluster(tmp_path, broker_args=FAST_BROKER_ARGS) as cluster:
-        await cluster.api.deploy(DEMO_BPMN)
-        correlation_keys = keys_on_other_partitions(12)
-        instances = []
-        for i, key in enumerate(correlation_keys):
-            if i % 2 == 0:
-                await cluster.api.publish("demo-message", key, variables={"early": True})
-            instances.append(
-                await cluster.api.create_instance("demo-process", {"correlationKey": key})
-            )
-        crossing = [
-            k
-            for k, c in zip(instances, correlation_keys, strict=True)
-            if partition_of_key(k) != subscription_partition_id(c, 3)
-        ]
-        assert len(crossing) >= 6 and {partition_of_key(k) for k in instances} == {1, 2, 3}
-        assert len(await complete_all(cluster, "demo-task")) == 12
-        for i, key in enumerate(correlation_keys):
-            if i % 2 == 1:
-                await cluster.api.publish("demo-message", key, variables={"late": True})
-
-        async def done() -> bool:
-            return all(s == "COMPLETED" for s in await states(cluster, instances))
-
-        await eventually(done, timeout_s=20)
+        correlation_keys, instances = await correlate_across_partitions(cluster)
         # A further message with the same key finds nobody waiting: nothing completes twice.
         await cluster.api.publish("demo-message", correlation_keys[0], ttl_ms=0)
-        assert await states(cluster, instances) == ["COMPLETED"] * 12
+        assert await instance_states(cluster, instances) == ["COMPLETED"] * 12
     code, report = await run_cli("verify", "--data-dir", str(tmp_path))
     assert code == 0, report
     assert "OK: every invariant holds." in report
@@ -68,7 +35,7 @@ async def test_kill_9_with_messages_in_flight_retries_finish_the_work(tmp_path: 
         tmp_path, broker_args=FAST_BROKER_ARGS, gateway_args=FAST_GATEWAY_ARGS
     ) as cluster:
         await cluster.api.deploy(DEMO_BPMN)
-        correlation_keys = keys_on_other_partitions(30)
+        correlation_keys = [f"order-{i}" for i in range(30)]  # keys on every partition
         instances = [
             await cluster.api.create_instance("demo-process", {"correlationKey": k})
             for k in correlation_keys
@@ -98,7 +65,7 @@ async def test_kill_9_with_messages_in_flight_retries_finish_the_work(tmp_path: 
         await cluster.wait_ready()
 
         async def done() -> bool:
-            return all(s == "COMPLETED" for s in await states(cluster, instances))
+            return all(s == "COMPLETED" for s in await instance_states(cluster, instances))
 
         await eventually(done, timeout_s=30, interval_s=0.2)
 

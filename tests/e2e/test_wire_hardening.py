@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from tests.conftest import DEMO_BPMN, FAST_BROKER_ARGS
-from tests.e2e.test_cluster import complete_all
+from tests.scenarios.workload import complete_all
 from zeebe_sim.ground.ids import NodeId, partition_of_key
 from zeebe_sim.ground.protocol import PROTOCOL_VERSION, TopologyRequest, TopologyResponse
 from zeebe_sim.ground.records import ValueType

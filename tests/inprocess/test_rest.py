@@ -11,31 +11,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.conftest import ORDER_BPMN
+from tests.scenarios.workload import complete_all, correlate_across_partitions, instance_states
 from zeebe_sim.ground.ids import partition_of_key
-from zeebe_sim.ground.routing import subscription_partition_id
-from zeebe_sim.harness import eventually
 from zeebe_sim.inprocess import InProcessCluster
 from zeebe_sim.verify import check, load_data_dir
 
 pytestmark = pytest.mark.inprocess
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-DEMO_BPMN = EXAMPLES / "demo-process.bpmn"
-ORDER_BPMN = EXAMPLES / "order-process.bpmn"
-
-
-async def complete_all(cluster: InProcessCluster, job_type: str) -> list[str]:
-    """Activate and complete every activatable job of a type; the completed job keys."""
-    done = []
-    while jobs := await cluster.api.activate_jobs(job_type):
-        for job in jobs:
-            await cluster.api.complete_job(job["jobKey"], {"done": job_type})
-            done.append(job["jobKey"])
-    return done
-
-
-async def states(cluster: InProcessCluster, keys: list[int]) -> list[str]:
-    return [(await cluster.api.get_instance(k))["state"] for k in keys]
 
 
 async def test_modeler_bpmn_instances_on_every_partition_jobs_complete(tmp_path: Path) -> None:
@@ -60,32 +42,9 @@ async def test_messages_correlate_across_partitions_exactly_once(tmp_path: Path)
     half the messages are published before the instance waits (buffered): all complete once,
     a further message completes nothing twice, and the data directories pass verify."""
     async with InProcessCluster(tmp_path) as cluster:
-        await cluster.api.deploy(DEMO_BPMN)
-        correlation_keys = [f"order-{i}" for i in range(12)]
-        instances = []
-        for i, key in enumerate(correlation_keys):
-            if i % 2 == 0:
-                await cluster.api.publish("demo-message", key, variables={"early": True})
-            instances.append(
-                await cluster.api.create_instance("demo-process", {"correlationKey": key})
-            )
-        crossing = [
-            k
-            for k, c in zip(instances, correlation_keys, strict=True)
-            if partition_of_key(k) != subscription_partition_id(c, 3)
-        ]
-        assert len(crossing) >= 6 and {partition_of_key(k) for k in instances} == {1, 2, 3}
-        assert len(await complete_all(cluster, "demo-task")) == 12
-        for i, key in enumerate(correlation_keys):
-            if i % 2 == 1:
-                await cluster.api.publish("demo-message", key, variables={"late": True})
-
-        async def done() -> bool:
-            return all(s == "COMPLETED" for s in await states(cluster, instances))
-
-        await eventually(done, timeout_s=20, interval_s=0.01)
+        correlation_keys, instances = await correlate_across_partitions(cluster)
         await cluster.api.publish("demo-message", correlation_keys[0], ttl_ms=0)
-        assert await states(cluster, instances) == ["COMPLETED"] * 12
+        assert await instance_states(cluster, instances) == ["COMPLETED"] * 12
     report = check(load_data_dir(tmp_path))
     assert report.ok, report.render()
 
