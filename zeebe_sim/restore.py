@@ -33,10 +33,12 @@ ids or window finishes it (another request is refused, naming the flags that fin
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -111,70 +113,92 @@ async def restore(
 
     Raises:
         RestoreError: refused (non-empty directory, incomplete backup, partition count, an
-            unfinished restore of another backup) or failed before the commit (corrupt file,
+            unfinished restore of another backup, another restore into the directory running
+            now) or failed before the commit (corrupt file,
             missing checkpoint entry): no data directory was changed. Or it failed while
             placing the committed restore: the message says to run it again to finish.
     """
-    staging = data_dir / STAGING_DIR
-    journal = read_journal(data_dir)
-    if journal is not None:
-        if journal.request != request:
-            raise RestoreError(
-                f"{unfinished_restore(data_dir)}; refusing to restore {request.describe()} "
-                "(nothing was changed)"
-            )
-        progress(
-            f"Finishing the interrupted restore of {request.describe()} into {data_dir} "
-            f"(brokers {list(journal.node_ids)})"
-        )
-        _place(data_dir, journal, progress, crash_point)
-        node_ids = [n for n in node_ids if n not in journal.node_ids]
-        if not node_ids:
-            return
-    elif staging.exists():
-        shutil.rmtree(staging)
-        fsync_directory(data_dir)
-        progress(
-            f"Removed {staging}: an earlier restore was interrupted before it changed any data "
-            "directory"
-        )
-    for node in node_ids:
-        target = layout.broker_dir(data_dir, node)
-        if target.exists() and any(target.iterdir()):
-            raise RestoreError(
-                f"The data directory {target} is not empty; restore only writes into empty "
-                "ones (nothing was changed)"
-            )
-    chains = await resolve_chains(store, request, partition_count, progress)
-    try:
-        ensure_directory(staging)
-        for node in node_ids:
-            layout.broker_dir(staging, node).mkdir()  # also for a broker without partitions
-            for partition_id in replicated_partitions_of_broker(
-                node, cluster_size, partition_count, replication_factor
-            ):
-                await restore_partition(
-                    store,
-                    chains[partition_id],
-                    layout.partition_dir(layout.broker_dir(staging, node), partition_id),
-                    progress,
+    with _exclusive(data_dir):
+        staging = data_dir / STAGING_DIR
+        journal = read_journal(data_dir)
+        if journal is not None:
+            if journal.request != request:
+                raise RestoreError(
+                    f"{unfinished_restore(data_dir)}; refusing to restore {request.describe()} "
+                    "(nothing was changed)"
                 )
-                crash_point(f"staged partition {partition_id}")
-        fsync_tree(staging)
-        crash_point("staged everything durably")
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, RestoreError):
+            progress(
+                f"Finishing the interrupted restore of {request.describe()} into {data_dir} "
+                f"(brokers {list(journal.node_ids)})"
+            )
+            _place(data_dir, journal, progress, crash_point)
+            node_ids = [n for n in node_ids if n not in journal.node_ids]
+            if not node_ids:
+                return
+        elif staging.exists():
+            shutil.rmtree(staging)
+            fsync_directory(data_dir)
+            progress(
+                f"Removed {staging}: an earlier restore was interrupted before it changed any data "
+                "directory"
+            )
+        for node in node_ids:
+            target = layout.broker_dir(data_dir, node)
+            if target.exists() and any(target.iterdir()):
+                raise RestoreError(
+                    f"The data directory {target} is not empty; restore only writes into empty "
+                    "ones (nothing was changed)"
+                )
+        chains = await resolve_chains(store, request, partition_count, progress)
+        try:
+            ensure_directory(staging)
+            for node in node_ids:
+                layout.broker_dir(staging, node).mkdir()  # also for a broker without partitions
+                for partition_id in replicated_partitions_of_broker(
+                    node, cluster_size, partition_count, replication_factor
+                ):
+                    await restore_partition(
+                        store,
+                        chains[partition_id],
+                        layout.partition_dir(layout.broker_dir(staging, node), partition_id),
+                        progress,
+                    )
+                    crash_point(f"staged partition {partition_id}")
+            fsync_tree(staging)
+            crash_point("staged everything durably")
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, RestoreError):
+                raise
+            if isinstance(exc, ZeebeSimError):
+                raise RestoreError(f"Restore failed, nothing was restored: {exc.message}") from exc
+            if isinstance(exc, OSError):
+                raise RestoreError(f"Restore failed, nothing was restored: {exc}") from exc
             raise
-        if isinstance(exc, ZeebeSimError):
-            raise RestoreError(f"Restore failed, nothing was restored: {exc.message}") from exc
-        if isinstance(exc, OSError):
-            raise RestoreError(f"Restore failed, nothing was restored: {exc}") from exc
-        raise
-    journal = Journal(request, tuple(node_ids))
-    _write_journal(data_dir, journal)
-    crash_point("committed")
-    _place(data_dir, journal, progress, crash_point)
+        journal = Journal(request, tuple(node_ids))
+        _write_journal(data_dir, journal)
+        crash_point("committed")
+        _place(data_dir, journal, progress, crash_point)
+
+
+@contextlib.contextmanager
+def _exclusive(data_dir: Path) -> Iterator[None]:
+    """Hold ``data_dir`` for one restore (a lock on the directory itself, so that no file is
+    left behind): a second restore into it meanwhile would take the first one's staging
+    directory for an interrupted run's and remove it. The lock ends with the process."""
+    ensure_directory(data_dir)
+    fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RestoreError(
+                f"Another restore into {data_dir} is running; wait for it to end "
+                "(nothing was changed)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 # -- the journal and the placing step -----------------------------------------------------------

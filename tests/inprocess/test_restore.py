@@ -6,6 +6,8 @@ processes are proven by tests/e2e/test_backups.py and test_s3.py."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 from pathlib import Path
 
 import pytest
@@ -130,6 +132,31 @@ async def test_restore_refuses_and_touches_nothing(tmp_path: Path) -> None:
     with pytest.raises(RestoreError, match="3 partitions"):
         await restore_into(medium, empty, 3, partitions=4)
     assert not empty.exists() or tree(empty) == []
+
+
+async def test_a_second_restore_into_the_same_directory_meanwhile_is_refused(
+    tmp_path: Path,
+) -> None:
+    """While one restore holds the data directory (its lock is on the directory itself, as
+    another `zeebe-sim restore` process would hold it), a second is refused by name and
+    changes nothing; once the first lets go, the restore runs."""
+    async with InProcessCluster(tmp_path / "data") as cluster:
+        assert cluster.backups is not None
+        medium = cluster.backups
+        await cluster.api.take_backup(2)
+        assert (await cluster.api.wait_for_backup(2))["state"] == "COMPLETED"
+    target = tmp_path / "restored"
+    target.mkdir()
+    holder = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(RestoreError, match=r"Another restore into .* is running"):
+            await restore_into(medium, target, 2)
+        assert tree(target) == []
+    finally:
+        os.close(holder)
+    await restore_into(medium, target, 2)
+    assert sorted(p.name for p in target.iterdir()) == ["broker-0", "broker-1", "broker-2"]
 
 
 async def test_a_corrupt_file_in_the_store_fails_the_restore_and_leaves_nothing(
