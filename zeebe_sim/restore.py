@@ -114,9 +114,9 @@ async def restore(
     Raises:
         RestoreError: refused (non-empty directory, incomplete backup, partition count, an
             unfinished restore of another backup, another restore into the directory running
-            now) or failed before the commit (corrupt file,
-            missing checkpoint entry): no data directory was changed. Or it failed while
-            placing the committed restore: the message says to run it again to finish.
+            now) or failed before the commit (corrupt file, missing checkpoint entry): no data
+            directory was changed. Or it failed while placing the committed restore: the
+            message says to run it again to finish.
     """
     with _exclusive(data_dir):
         staging = data_dir / STAGING_DIR

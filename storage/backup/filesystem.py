@@ -85,9 +85,9 @@ from zeebe_sim.ground.tasks import OwnedTasks, in_thread
 
 log = logging.getLogger(__name__)
 
-# A file being backed up is synced every this many bytes, not only at its end: otherwise its
-# dirty pages pile up, and the partitions' own fsyncs (ext4 commits them in the same journal
-# transaction) wait behind them, stalling processing while a backup runs.
+# A file being backed up is synced every this many bytes, not only at its end: its dirty pages
+# stay few, so a large backup's writeback does not reach the disk all at once while partitions
+# fsync their logs to it (measured: the backup is faster under load, processing no worse).
 SYNC_EVERY_BYTES: Final = 8 << 20
 
 MANIFEST_NAME: Final = "manifest.json"
