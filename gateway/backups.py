@@ -197,24 +197,6 @@ def aggregate(backup_id: BackupId, statuses: list[PartitionBackupStatus]) -> dic
     }
 
 
-def aggregate_list(
-    partition_ids: list[PartitionId], per_partition: list[list[PartitionBackupStatus]]
-) -> list[dict[str, Any]]:
-    """Merge each partition's list into one BackupInfo per backup id, newest id first. A
-    partition with no entry for an id counts as DOES_NOT_EXIST, so a backup never looks
-    COMPLETED while a partition is missing."""
-    by_id: dict[BackupId, dict[PartitionId, PartitionBackupStatus]] = {}
-    for statuses in per_partition:
-        for status in statuses:
-            by_id.setdefault(status.backup_id, {})[status.partition_id] = status
-    return [
-        aggregate(
-            backup_id, _or_missing(backup_id, partition_ids, [found.get(p) for p in partition_ids])
-        )
-        for backup_id, found in sorted(by_id.items(), reverse=True)
-    ]
-
-
 def _or_missing(
     backup_id: BackupId, partition_ids: Sequence[PartitionId], found: Sequence[Status | None]
 ) -> list[Status]:
@@ -442,7 +424,7 @@ class Listings:
         if cached is not None and cached[0] == key and None not in key:
             return cached[1]
         since = tuple(k[0] if k else None for k in (sent[p] for p in partitions))
-        body = self._merged(prefix, partitions, per_partition, (since, key), touched)
+        body = self.merged(prefix, partitions, per_partition, (since, key), touched)
         if None not in key:
             self._bodies.pop(prefix, None)
             self._bodies[prefix] = (key, body)
@@ -454,7 +436,7 @@ class Listings:
                     del self._held[partition_key]
         return body
 
-    def _merged(
+    def merged(
         self,
         prefix: str,
         partitions: list[PartitionId],
@@ -462,11 +444,12 @@ class Listings:
         versions: tuple[tuple[str | None, ...], tuple[str | None, ...]],
         touched: set[BackupId] | None,
     ) -> bytes:
-        """One BackupInfo per backup id, newest first (see ``aggregate_list``). The JSON of
-        each backup is kept with the statuses it was made from; after deltas against the
-        listings the last body was made from (``versions``: those, and the new ones), only
-        the ``touched`` backups are looked at, else each is encoded again only if its
-        statuses changed."""
+        """One BackupInfo per backup id, newest first; a partition with no entry for an id
+        counts as DOES_NOT_EXIST, so a backup never looks COMPLETED while a partition is
+        missing. No I/O (:meth:`body` gathers the listings). The JSON of each backup is kept
+        with the statuses it was made from; after deltas against the listings the last body
+        was made from (``versions``: those, and the new ones), only the ``touched`` backups
+        are looked at, else each is encoded again only if its statuses changed."""
         made_from, before = self._rendered.get(prefix, ((), {}))
         since, now = versions
         if touched is not None and made_from == since and None not in since:
@@ -653,7 +636,6 @@ async def rest_sync_state(request: web.Request) -> web.Response:
 def add_rest_routes(app: web.Application, client: BrokerClient) -> None:
     """Add the backup endpoints of the REST API (A.7) to the REST app."""
     app[CLIENT] = client
-    app[FANOUT_JITTER_S] = 0.0
     app[LISTINGS] = Listings(lambda info: info)
     app.router.add_get(f"{REST_BASE}/{STATE}", rest_state)
     app.router.add_delete(f"{REST_BASE}/{STATE}", reset_state)

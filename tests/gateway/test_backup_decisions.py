@@ -4,6 +4,7 @@ and the two views of a BackupInfo (actuator and REST)."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 from click.testing import CliRunner
@@ -12,9 +13,9 @@ from hypothesis import strategies as st
 
 from gateway.backups import (
     GENERATED_ID_GIVEN,
+    Listings,
     actuator_view,
     aggregate,
-    aggregate_list,
     backup_id_to_take,
     parse_backup_id,
     parse_prefix,
@@ -185,12 +186,18 @@ def test_failure_reason_concatenates_failed_partitions_in_order() -> None:
     )
 )
 def test_list_counts_missing_partitions_as_does_not_exist(found: dict[int, list[str]]) -> None:
-    """An id known to only some partitions is never COMPLETED; ids come newest first."""
-    per_partition: list[list[PartitionBackupStatus]] = [[], [], []]
+    """An id known to only some partitions is never COMPLETED; ids come newest first (the
+    merge a listing renders, from every partition's statuses, nothing cached)."""
+    per_partition: list[dict[BackupId, PartitionBackupStatus]] = [{}, {}, {}]
     for backup_id, states in found.items():
         for partition, state in enumerate(states, start=1):
-            per_partition[partition - 1].append(_status(partition, state, backup_id, broker_id=0))
-    infos = aggregate_list([PartitionId(p) for p in (1, 2, 3)], per_partition)
+            status = _status(partition, state, backup_id, broker_id=0)
+            per_partition[partition - 1][status.backup_id] = status
+    partitions = [PartitionId(p) for p in (1, 2, 3)]
+    body = Listings(lambda info: info).merged(
+        "", partitions, per_partition, ((), (None,) * 3), None
+    )
+    infos = json.loads(body)
     assert [i["backupId"] for i in infos] == sorted(found, reverse=True)
     for info in infos:
         states = tuple(found[info["backupId"]]) + ("DOES_NOT_EXIST",) * (
