@@ -32,8 +32,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from gateway.client import BrokerClient
-from gateway.errors import UnsupportedMediaType
-from gateway.rest_input import is_json
+from gateway.rest_input import check_json_content_type
 from zeebe_sim.ground.backups import (
     BACKUP_ID_MAX,
     ID_REQUIRED,
@@ -503,11 +502,7 @@ async def _requested_id(request: web.Request) -> BackupId | None:
     raw = await request.read()
     if not raw:
         return None
-    # No Content-Type at all is read as JSON (curl -d without -H), as in the REST API.
-    if "Content-Type" in request.headers and not is_json(request.content_type):
-        raise UnsupportedMediaType(
-            f"Content-Type '{request.content_type}' is not supported: send application/json"
-        )
+    check_json_content_type(request)
     try:
         body = json.loads(raw)  # bytes: UTF-8, -16 or -32, as RFC 8259 allows
     except (ValueError, RecursionError) as exc:  # bad JSON or encoding, nested too deep

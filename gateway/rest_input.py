@@ -96,10 +96,23 @@ def _charset(request: web.BaseRequest) -> str:
     return name
 
 
-def is_json(content_type: str) -> bool:
+def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (
         content_type.startswith("application/") and content_type.endswith("+json")
     )
+
+
+def check_json_content_type(request: web.Request) -> None:
+    """Refuse a body sent as anything but JSON; no Content-Type at all is read as JSON (curl -d
+    without -H).
+
+    Raises:
+        UnsupportedMediaType: another media type (415).
+    """
+    if "Content-Type" in request.headers and not _is_json(request.content_type):
+        raise UnsupportedMediaType(
+            f"Content-Type '{request.content_type}' is not supported: send application/json"
+        )
 
 
 async def json_body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
@@ -111,11 +124,7 @@ async def json_body(request: web.Request, *, optional: bool = False) -> dict[str
     raw = await request.read()
     if not raw and optional:
         return {}
-    # No Content-Type at all is read as JSON (curl -d without -H); any other type is not.
-    if "Content-Type" in request.headers and not is_json(request.content_type):
-        raise UnsupportedMediaType(
-            f"Content-Type '{request.content_type}' is not supported: send application/json"
-        )
+    check_json_content_type(request)
     charset = _charset(request)
     if len(raw) > JSON_BODY_BYTES_MAX:
         raise PayloadTooLarge(
