@@ -33,6 +33,7 @@ import gateway
 from gateway.actuator import OPENAPI_PATH, management_app
 from gateway.client import BrokerClient
 from storage.backup.filesystem import LISTING_REUSE_MAX_S
+from tests.conftest import COMPLETED_DETAIL_FIELDS
 from zeebe_sim.harness import RunningCluster, eventually, running_cluster
 
 pytestmark = pytest.mark.slow
@@ -246,16 +247,7 @@ async def test_live_responses_validate_against_the_documented_schemas(tmp_path: 
         # A backup zeebe-sim took carries every field of a COMPLETED partition (but snapshotId,
         # which a log-only backup has not).
         for detail in completed["details"]:
-            assert set(detail) - {"snapshotId"} == {
-                "partitionId",
-                "state",
-                "createdAt",
-                "lastUpdatedAt",
-                "firstLogPosition",
-                "checkpointPosition",
-                "brokerId",
-                "brokerVersion",
-            }
+            assert set(detail) - {"snapshotId"} == COMPLETED_DETAIL_FIELDS
 
         status, _ = await checked(
             cluster, "POST", "/actuator/backupRuntime", b'{"backupId": "200"}'

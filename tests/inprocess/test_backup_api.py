@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from storage.backup.base import MANIFEST_NAME
+from tests.conftest import COMPLETED_DETAIL_FIELDS
 from tests.e2e.test_openapi import assert_documented
 from tests.inprocess.helpers import JSON, no_backup_running, partition_backup_state, raw
 from zeebe_sim.harness import eventually
@@ -26,16 +27,6 @@ NO_STORE = (
     "Cannot process backup requests. No backup store is configured. To use this feature, "
     "configure backup in broker configuration."
 )
-DETAIL_FIELDS = {
-    "partitionId",
-    "state",
-    "createdAt",
-    "lastUpdatedAt",
-    "firstLogPosition",
-    "checkpointPosition",
-    "brokerId",
-    "brokerVersion",
-}
 
 
 async def checked(
@@ -76,7 +67,7 @@ async def test_the_documented_backup_cycle(tmp_path: Path) -> None:
         assert info["state"] == "COMPLETED"
         assert [d["partitionId"] for d in info["details"]] == [1, 2, 3]
         for detail in info["details"]:
-            assert set(detail) == DETAIL_FIELDS  # a log-only backup has no snapshotId
+            assert set(detail) == COMPLETED_DETAIL_FIELDS  # a log-only backup has no snapshotId
             assert detail["brokerId"] == detail["partitionId"] - 1
             assert detail["createdAt"].endswith("Z")
         for base in BASES:

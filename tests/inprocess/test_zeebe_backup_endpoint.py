@@ -23,6 +23,7 @@ from broker.scheduler import SchedulerConfig
 from gateway.backups import GENERATED_ID_GIVEN
 from gateway.client import NoLeader
 from gateway.errors import actuator_errors
+from tests.conftest import COMPLETED_DETAIL_FIELDS
 from tests.inprocess.helpers import JSON, partition_backup_state, raw
 from zeebe_sim.ground import errors
 from zeebe_sim.harness import eventually
@@ -171,16 +172,7 @@ async def test_BackupEndpointTest_StatusTest_shouldReturnCompletedBackupStatus(
         assert [d["partitionId"] for d in info["details"]] == [1, 2]
         for detail in info["details"]:
             assert detail["state"] == "COMPLETED"
-            assert set(detail) - {"snapshotId"} == {
-                "partitionId",
-                "state",
-                "createdAt",
-                "lastUpdatedAt",
-                "firstLogPosition",
-                "checkpointPosition",
-                "brokerId",
-                "brokerVersion",
-            }
+            assert set(detail) - {"snapshotId"} == COMPLETED_DETAIL_FIELDS
 
 
 async def test_BackupEndpointTest_StatusTest_shouldReturnFailedBackupStatus(
