@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from zeebe_sim.harness import eventually
 from zeebe_sim.inprocess import InProcessCluster
 
 JSON = {"Content-Type": "application/json"}
@@ -46,3 +47,18 @@ async def no_backup_running(cluster: InProcessCluster) -> bool:
         for broker in cluster.brokers.values()
         for p in broker.partitions
     )
+
+
+async def restart_during_upload(
+    cluster: InProcessCluster, backup_id: int, partition: int, node: int
+) -> None:
+    """Once ``partition``'s copy of the backup is IN_PROGRESS (a cluster with an upload delay),
+    stop broker ``node`` (its leader) and start it again; wait until every partition leads."""
+
+    async def uploading() -> bool:
+        return await partition_backup_state(cluster, backup_id, partition) == "IN_PROGRESS"
+
+    await eventually(uploading, timeout_s=10, interval_s=0.005)
+    await cluster.kill_broker(node)
+    await cluster.start_broker(node)
+    await cluster.wait_ready()

@@ -16,7 +16,13 @@ import pytest
 from storage.backup.base import MANIFEST_NAME
 from tests.conftest import COMPLETED_DETAIL_FIELDS
 from tests.e2e.test_openapi import assert_documented
-from tests.inprocess.helpers import JSON, no_backup_running, partition_backup_state, raw
+from tests.inprocess.helpers import (
+    JSON,
+    no_backup_running,
+    partition_backup_state,
+    raw,
+    restart_during_upload,
+)
 from zeebe_sim.harness import eventually
 from zeebe_sim.inprocess import InProcessCluster
 
@@ -267,14 +273,7 @@ async def test_a_broker_stopped_mid_backup_marks_it_failed_and_the_next_id_succe
     partition (by id and in the list), and a higher id then completes."""
     async with InProcessCluster(tmp_path, backup_upload_delay_s=1.0) as cluster:
         await cluster.api.take_backup(1)
-
-        async def uploading() -> bool:
-            return await partition_backup_state(cluster, 1, 2) == "IN_PROGRESS"
-
-        await eventually(uploading, timeout_s=10, interval_s=0.005)
-        await cluster.kill_broker(1)
-        await cluster.start_broker(1)
-        await cluster.wait_ready()
+        await restart_during_upload(cluster, 1, partition=2, node=1)
         info = await settled(cluster, 1)
         assert info["state"] == "FAILED", info
         failed = {d["partitionId"]: d for d in info["details"]}[2]

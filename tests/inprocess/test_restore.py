@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from storage.backup.memory import InMemoryBackupStore, MemoryObjects
+from tests.inprocess.helpers import restart_during_upload
 from zeebe_sim.harness import ApiError, eventually
 from zeebe_sim.inprocess import InProcessCluster
 from zeebe_sim.restore import RestoreError, RestoreRequest, restore
@@ -111,13 +112,8 @@ async def test_restore_refuses_and_touches_nothing(tmp_path: Path) -> None:
         await cluster.api.take_backup(3)
         assert (await cluster.api.wait_for_backup(3))["state"] == "COMPLETED"
         await cluster.api.take_backup(4)
-
-        async def uploading() -> bool:
-            return (await cluster.api.backup(4))["state"] == "IN_PROGRESS"
-
-        await eventually(uploading, timeout_s=10, interval_s=0.005)
-        await cluster.kill_broker(0)  # backup 4 of partition 1: FAILED once broker 0 is back
-        await cluster.start_broker(0)
+        # backup 4 of partition 1: FAILED once broker 0 is back
+        await restart_during_upload(cluster, 4, partition=1, node=0)
         assert (await cluster.api.wait_for_backup(4))["state"] == "FAILED"
 
     before = tree(data)

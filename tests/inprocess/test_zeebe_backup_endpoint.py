@@ -24,7 +24,7 @@ from gateway.backups import GENERATED_ID_GIVEN
 from gateway.client import NoLeader
 from gateway.errors import actuator_errors
 from tests.conftest import COMPLETED_DETAIL_FIELDS
-from tests.inprocess.helpers import JSON, partition_backup_state, raw
+from tests.inprocess.helpers import JSON, raw, restart_during_upload
 from zeebe_sim.ground import errors
 from zeebe_sim.harness import eventually
 from zeebe_sim.inprocess import InProcessCluster
@@ -184,14 +184,7 @@ async def test_BackupEndpointTest_StatusTest_shouldReturnFailedBackupStatus(
         tmp_path, brokers=2, partitions=2, backup_upload_delay_s=1.0
     ) as cluster:
         assert (await take(cluster, b'{"backupId": 1}'))[0] == 202
-
-        async def uploading() -> bool:
-            return await partition_backup_state(cluster, 1, 2) == "IN_PROGRESS"
-
-        await eventually(uploading, timeout_s=10, interval_s=0.005)
-        await cluster.kill_broker(1)
-        await cluster.start_broker(1)
-        await cluster.wait_ready()
+        await restart_during_upload(cluster, 1, partition=2, node=1)
         info = await completed(cluster, 1)
         assert info["state"] == "FAILED"
         assert info["failureReason"] == (
